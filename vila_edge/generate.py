@@ -1,0 +1,141 @@
+"""Sampling, stop rules and the decode loop, shared by every backend (numpy only, no torch).
+
+A backend offers `reset()`, `prefill(inputs) -> logits [V]` and `decode(token_id) -> logits [V]`.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        t, top_p = self.params.temperature, self.params.top_p
+        if t <= 0:
+            return int(np.argmax(logits))
+        z = logits.astype(np.float64) / t
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        if top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
+            order = np.argsort(-p, kind="stable")
+            before = np.cumsum(p[order]) - p[order]
+            keep = order[before < top_p]
+            mask = np.zeros_like(p)
+            mask[keep] = p[keep]
+            p = mask / mask.sum()
+        return int(self.rng.choice(len(p), p=p))
+
+
+class TextStream:
+    """Incremental detokenisation with stop rules, as VILA's KeywordsStoppingCriteria: stop at EOS,
+    at a stop string's token ids, or at a stop string in the decoded text. Emitted text never holds
+    a stop string, a prefix of one that may still complete, or a half-decoded UTF-8 character."""
+
+    def __init__(self, tokenizer, stop_strings: tuple[str, ...] = ()):
+        self.tokenizer = tokenizer
+        self.stop_strings = tuple(s for s in stop_strings if s)
+        self.stop_ids = {tokenizer.eos_token_id} - {None}
+        for s in self.stop_strings:
+            ids = tokenizer(s, add_special_tokens=False).input_ids
+            if len(ids) == 1:
+                self.stop_ids.add(ids[0])
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        """Add a generated token; returns the text that is now safe to show."""
+        if token_id in self.stop_ids:
+            self.stopped = True
+            return self._flush(len(self.text))
+        self.token_ids.append(token_id)
+        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        for s in self.stop_strings:
+            cut = text.find(s)
+            if cut >= 0:
+                self.text, self.stopped = text[:cut], True
+                return self._flush(cut)
+        self.text = text
+        safe = len(text)
+        if text.endswith("\ufffd"):  # a multi-byte character still arriving
+            safe = len(text.rstrip("\ufffd"))
+        for s in self.stop_strings:
+            for k in range(min(len(s) - 1, safe), 0, -1):
+                if text[:safe].endswith(s[:k]):
+                    safe -= k
+                    break
+        return self._flush(safe)
+
+    def finish(self) -> str:
+        return self._flush(len(self.text))
+
+    def _flush(self, upto: int) -> str:
+        out = self.text[self.emitted : upto] if upto > self.emitted else ""
+        self.emitted = max(self.emitted, upto)
+        return out
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+    stop_reason: str  # "stop" (EOS or stop string), "length" (max_new_tokens) or "context" (model limit)
+    prompt_tokens: int
+    n_generated: int  # sampled tokens, the stop token included
+    first_token_at: float  # time.perf_counter() when the first token was sampled
+    prefill_s: float
+    decode_s: float  # after the first token
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = self.n_generated - 1  # decode steps
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
+
+
+def generate(
+    backend,
+    inputs,
+    prompt_tokens: int,
+    stream: TextStream,
+    params: SamplingParams,
+    max_length: int,
+    on_text: Callable[[str], None] | None = None,
+) -> Generation:
+    """Prefill `inputs` (already spliced), then sample until a stop rule, max_new_tokens or max_length."""
+    sampler, emit = Sampler(params), on_text or (lambda s: None)
+    t0 = time.perf_counter()
+    backend.reset()
+    logits = backend.prefill(inputs)
+    token = sampler(logits)
+    t1 = time.perf_counter()
+    reason, n_generated = "length", 0
+    while True:
+        n_generated += 1
+        emit(stream.push(token))
+        if stream.stopped:
+            reason = "stop"
+            break
+        if n_generated >= params.max_new_tokens:
+            break
+        if prompt_tokens + n_generated >= max_length:
+            reason = "context"
+            break
+        token = sampler(backend.decode(token))
+    emit(stream.finish())
+    t2 = time.perf_counter()
+    return Generation(stream.token_ids, stream.text.strip(), reason, prompt_tokens, n_generated, t1, t1 - t0, t2 - t1)

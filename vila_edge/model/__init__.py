@@ -1,0 +1,1 @@
+"""Reference PyTorch VILA: the oracle every faster path is checked against."""

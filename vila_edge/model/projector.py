@@ -1,0 +1,88 @@
+"""mm_projector: VILA's projectors, with the token order of the code each checkpoint was trained with.
+
+The weights index into an nn.Sequential (`layers.N.*`), so each projector is built as
+that exact Sequential and loaded with strict key matching.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ProjectorSpec:
+    downsample: int  # k: k×k neighbouring tokens are concatenated (1: none)
+    order: str  # "row" or "column": order of the downsampled tokens; "" when there is no downsample
+    first_key: str  # weight of the first Linear: [out, m·k²]
+    last_key: str  # weight of the last Linear: [H, in]
+
+
+PROJECTORS = {
+    # VILA1.5 was released with column-major output (pair-column index outer, no trailing
+    # permute in flat_square); NVILA-era code adds the permute and is row-major.
+    "mlp_downsample": ProjectorSpec(2, "column", "layers.2.weight", "layers.4.weight"),
+    "mlp_downsample_2x2_fix": ProjectorSpec(2, "row", "layers.2.weight", "layers.4.weight"),
+    "mlp_downsample_3x3_fix": ProjectorSpec(3, "row", "layers.2.weight", "layers.7.weight"),
+    "linear": ProjectorSpec(1, "", "layers.weight", "layers.weight"),
+    "mlp2x_gelu": ProjectorSpec(1, "", "layers.0.weight", "layers.2.weight"),
+}
+ORDERS = ("row", "column")
+
+
+def tokens_after(n_tokens: int, k: int) -> int:
+    """Tokens out of a k×k downsample of a square grid of n_tokens (zero-padded up to a multiple of k)."""
+    g = round(n_tokens**0.5)
+    if k == 1:
+        return n_tokens
+    if g * g != n_tokens:
+        raise ValueError(f"{n_tokens} vision tokens do not form a square grid")
+    return (-(-g // k)) ** 2
+
+
+class Downsample(nn.Module):
+    """[B, g·g, C] -> [B, ⌈g/k⌉², k²·C]: concatenate each k×k block (row offset major, column offset minor)."""
+
+    def __init__(self, k: int, order: str):
+        super().__init__()
+        assert order in ORDERS
+        self.k, self.order = k, order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        g, k = round(n**0.5), self.k
+        x = x.reshape(b, g, g, c)  # [B, row, col, C]
+        pad = -g % k
+        x = nn.functional.pad(x, (0, 0, 0, pad, 0, pad))  # zero rows at the bottom, zero columns at the right
+        m = (g + pad) // k
+        x = x.reshape(b, m, k, m, k, c)  # [B, block row, row offset, block col, col offset, C]
+        if self.order == "row":
+            x = x.permute(0, 1, 3, 2, 4, 5)  # block row outer
+        else:
+            x = x.permute(0, 3, 1, 2, 4, 5)  # block column outer
+        return x.reshape(b, m * m, k * k * c)
+
+
+class Projector(nn.Module):
+    """Vision features [B, N, m] -> LLM embeddings [B, T, H]."""
+
+    def __init__(self, projector_type: str, mm_hidden: int, llm_hidden: int, order: str | None = None):
+        super().__init__()
+        spec = PROJECTORS[projector_type]
+        m, h, gelu = mm_hidden, llm_hidden, nn.GELU  # exact erf GELU, as trained
+        if projector_type == "linear":
+            self.layers = nn.Linear(m, h)
+        elif projector_type == "mlp2x_gelu":
+            self.layers = nn.Sequential(nn.Linear(m, h), gelu(), nn.Linear(h, h))
+        elif spec.downsample == 2:
+            ds = Downsample(2, order or spec.order)
+            self.layers = nn.Sequential(ds, nn.LayerNorm(4 * m), nn.Linear(4 * m, h), gelu(), nn.Linear(h, h))
+        else:
+            ds = Downsample(3, order or spec.order)
+            self.layers = nn.Sequential(
+                ds, nn.LayerNorm(9 * m), nn.Linear(9 * m, 3 * m), gelu(),
+                nn.LayerNorm(3 * m), nn.Linear(3 * m, h), gelu(), nn.Linear(h, h),
+            )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

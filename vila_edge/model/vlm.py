@@ -1,0 +1,122 @@
+"""The reference VILA model in PyTorch: tokenizer, vision tower, projector and LLM, as published."""
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, DynamicCache, SiglipVisionModel
+from transformers.utils import logging as hf_logging
+
+from ..checkpoint import VISION_TOWERS, Checkpoint
+from ..errors import UnsupportedError, UsageError
+from ..prompt import split_at_images
+from .projector import ORDERS, Projector
+from .vision import VisionEncoder
+
+_TOWER_CLASSES = {"SiglipVisionModel": SiglipVisionModel, "CLIPVisionModel": CLIPVisionModel}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is visible to PyTorch; use --device cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """auto: fp16 on CUDA, as VILA's loader; fp32 on CPU, where fp16 matmuls are slow or missing."""
+    if dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return DTYPES[dtype]
+
+
+def load_tokenizer(ckpt: Checkpoint):
+    # VILA: AutoTokenizer(llm/, use_fast=False, legacy=False); transformers 5 always builds the fast one.
+    return AutoTokenizer.from_pretrained(ckpt.llm_dir, legacy=False, padding_side="right")
+
+
+def _load_projector(ckpt: Checkpoint, order: str | None, dtype: torch.dtype) -> Projector:
+    if order is not None and order not in ORDERS:
+        raise UsageError(f"--projector-order {order!r}: expected one of {', '.join(ORDERS)}")
+    projector = Projector(ckpt.projector_type, ckpt.mm_hidden, ckpt.llm_hidden, ckpt.projector_order(order) or None)
+    state = {}
+    for f in ckpt.weights["mm_projector"]:
+        state.update(load_file(f) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True))
+    projector.load_state_dict(state, strict=True)
+    return projector.to(dtype).eval()
+
+
+class VilaModel:
+    """Images and prompt ids in, LLM logits out; the KV cache lives here between calls."""
+
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu", dtype: str = "auto", projector_order: str | None = None):
+        if ckpt.s2_scales:
+            raise UnsupportedError(f"{ckpt.root}: S2 multi-scale vision towers are not supported yet")
+        tower_name = VISION_TOWERS.get(ckpt.vision_kind)
+        if tower_name is None:
+            raise UnsupportedError(
+                f"{ckpt.vision_dir}: vision tower {ckpt.vision_kind!r} is not supported yet; "
+                f"supported: {', '.join(VISION_TOWERS)}"
+            )
+        self.ckpt = ckpt
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        pickle = {"use_safetensors": False} if ckpt.pickle_weights else {}
+        hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
+        self.tokenizer = load_tokenizer(ckpt)
+        tower = _TOWER_CLASSES[tower_name].from_pretrained(ckpt.vision_dir, dtype=self.dtype, **pickle)
+        self.vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature).to(self.device).eval()
+        self.projector = _load_projector(ckpt, projector_order, self.dtype).to(self.device)
+        self.llm = AutoModelForCausalLM.from_pretrained(ckpt.llm_dir, dtype=self.dtype, **pickle).to(self.device).eval()
+        end_text = ckpt.family.image_end_text
+        self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
+        self.cache = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.llm.config.vocab_size
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: np.ndarray) -> torch.Tensor:
+        """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        return self.projector(self.vision(x))
+
+    @torch.inference_mode()
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """token ids -> [T, H]"""
+        table = self.llm.get_input_embeddings()
+        return table(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+    @torch.inference_mode()
+    def splice(self, ids: list[int], image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """Prompt ids with IMAGE_TOKEN_INDEX markers + [N, T, H] image blocks -> inputs_embeds [L, H]."""
+        runs = split_at_images(ids)
+        n_images = 0 if image_embeds is None else len(image_embeds)
+        if len(runs) - 1 != n_images:
+            raise UsageError(f"the prompt has {len(runs) - 1} image places but {n_images} images were encoded")
+        parts = [self.embed(runs[0])]
+        for block, run in zip(image_embeds if n_images else [], runs[1:]):
+            parts += [block, self.embed(self.image_end_ids), self.embed(run)]
+        return torch.cat(parts)
+
+    # ---- the LLM backend interface shared with the C++ and TensorRT backends ----
+
+    def reset(self) -> None:
+        self.cache = DynamicCache()
+
+    @torch.inference_mode()
+    def prefill(self, embeds: torch.Tensor) -> np.ndarray:
+        """embeds [L, H] appended to the KV cache -> logits of the last position [V] float32."""
+        if self.cache is None:
+            self.reset()
+        out = self.llm(inputs_embeds=embeds[None], past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def decode(self, token_id: int) -> np.ndarray:
+        """one token appended to the KV cache -> logits [V] float32."""
+        ids = torch.tensor([[token_id]], device=self.device)
+        out = self.llm(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        return out.logits[0, -1].float().cpu().numpy()
