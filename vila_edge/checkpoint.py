@@ -47,7 +47,14 @@ class Checkpoint:
     preprocessor: dict
     family: Family
     weights: dict[str, list[Path]] = field(repr=False)  # subfolder -> weight files
-    pickle_weights: bool = False
+
+    def is_pickle(self, part: str) -> bool:
+        """True where that subfolder's weights are pickle files (accepted with allow_pickle only)."""
+        return self.weights[part][0].suffix != ".safetensors"
+
+    @property
+    def pickle_weights(self) -> bool:
+        return any(self.is_pickle(part) for part in SUBFOLDERS)
 
     @property
     def name(self) -> str:
@@ -151,7 +158,7 @@ def _subfolder(root: Path, config: dict, name: str) -> Path:
     return path
 
 
-def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     """The folder's safetensors files (checked for truncation), or its pickle files when allowed."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -163,7 +170,7 @@ def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
     else:
         files = sorted(folder.glob("*.safetensors"))
     if files:
-        return files, False
+        return files
     pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not pickles:
         raise CheckpointError(f"{folder}: no weights (*.safetensors) found; copy them from the source checkpoint")
@@ -172,7 +179,7 @@ def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
             f"{pickles[0]}: pickle-only weights, which can run arbitrary code when loaded. Convert them to "
             "safetensors, or pass --allow-pickle if you trust where they came from"
         )
-    return pickles, True
+    return pickles
 
 
 def tensor_shapes(files: list[Path]) -> dict[str, list[int]]:
@@ -233,10 +240,7 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
             f"{projector_dir / 'config.json'}: unknown mm_projector_type {ptype!r}; known: {', '.join(PROJECTORS)}"
         )
 
-    weights, pickled = {}, False
-    for name, folder in zip(SUBFOLDERS, (llm_dir, vision_dir, projector_dir)):
-        weights[name], is_pickle = _weight_files(folder, allow_pickle)
-        pickled |= is_pickle
+    weights = {name: _weight_files(folder, allow_pickle) for name, folder in zip(SUBFOLDERS, (llm_dir, vision_dir, projector_dir))}
 
     ckpt = Checkpoint(
         root=root,
@@ -250,11 +254,11 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
         preprocessor=preprocessor,
         family=detect_family(config, llm_config),
         weights=weights,
-        pickle_weights=pickled,
     )
-    if not pickled:
-        for name in SUBFOLDERS:
+    for name in SUBFOLDERS:
+        if not ckpt.is_pickle(name):
             tensor_shapes(weights[name])  # catches truncated files early
+    if not ckpt.is_pickle("mm_projector"):
         _check_projector_widths(ckpt)
     return ckpt
 

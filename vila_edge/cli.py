@@ -3,7 +3,7 @@
 import argparse
 import json
 import sys
-from pathlib import Path
+import warnings
 
 from . import __version__
 from .errors import VilaEdgeError
@@ -38,7 +38,7 @@ def cmd_inspect(args) -> int:
     conv_mode, conv_source = resolve_conv_mode(ckpt, args.conv_mode, load_tokenizer(ckpt))
     spec = PROJECTORS[ckpt.projector_type]
     lc, vc = ckpt.llm_config, ckpt.vision_config
-    params = {} if ckpt.pickle_weights else {n: _count(tensor_shapes(ckpt.weights[n])) for n in SUBFOLDERS}
+    params = {n: _count(tensor_shapes(ckpt.weights[n])) for n in SUBFOLDERS if not ckpt.is_pickle(n)}
     info = {
         "checkpoint": str(ckpt.root),
         "family": ckpt.family.name,
@@ -198,6 +198,7 @@ def _not_yet(verb: str, what: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda msg, *a, **k: f"vila-edge {args.command}: warning: {msg}\n"
     try:
         return args.func(args)
     except VilaEdgeError as e:

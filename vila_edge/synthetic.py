@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from .model.projector import PROJECTORS, Projector
 
@@ -25,9 +25,19 @@ def write_siglip_tower(out: Path, seed: int, image_size: int, hidden: int, layer
     )  # fmt: skip
     tower = SiglipVisionModel(cfg).eval()
     tower.to(torch.bfloat16).save_pretrained(out)
-    SiglipImageProcessor(
-        size={"height": image_size, "width": image_size}, resample=3, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    ).save_pretrained(out)
+    processor = {  # SigLIP-so400m's preprocessor_config.json at this size
+        "image_processor_type": "SiglipImageProcessor",
+        "processor_class": "SiglipProcessor",
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     return tower.float()
 
 

@@ -62,13 +62,16 @@ class VilaModel:
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        pickle = {"use_safetensors": False} if ckpt.pickle_weights else {}
         hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
         self.tokenizer = load_tokenizer(ckpt)
-        tower = _TOWER_CLASSES[tower_name].from_pretrained(ckpt.vision_dir, dtype=self.dtype, **pickle)
+        tower = _TOWER_CLASSES[tower_name].from_pretrained(
+            ckpt.vision_dir, dtype=self.dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
+        )
         self.vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature).to(self.device).eval()
         self.projector = _load_projector(ckpt, projector_order, self.dtype).to(self.device)
-        self.llm = AutoModelForCausalLM.from_pretrained(ckpt.llm_dir, dtype=self.dtype, **pickle).to(self.device).eval()
+        self.llm = AutoModelForCausalLM.from_pretrained(
+            ckpt.llm_dir, dtype=self.dtype, use_safetensors=not ckpt.is_pickle("llm")
+        ).to(self.device).eval()
         end_text = ckpt.family.image_end_text
         self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
         self.cache = None
