@@ -18,8 +18,19 @@ $(VENV)/.installed: setup.py pyproject.toml
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
+VLE := $(VENV)/bin/vila-edge
+CKPT := $(DEMO)/vila-demo
+
 demo: $(VENV)/.installed
-	$(PY) -m vila_edge.demo $(DEMO)
+	@echo "== 1. demo checkpoint: real SmolLM2-135M-Instruct + an untrained SigLIP tower and projector"
+	test -d $(CKPT) || $(VLE) demo-checkpoint $(CKPT)
+	@echo "== 2. what the loader sees"
+	$(VLE) inspect $(CKPT)
+	@echo "== 3. a text question (the LLM is real: expect a sensible answer)"
+	$(VLE) caption $(CKPT) --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 32
+	@echo "== 4. an image question (the tower is random: fluent but blind)"
+	$(PY) -c "from vila_edge.demo import write_sample_image as w; w('$(DEMO)/scene.png')"
+	$(VLE) caption $(CKPT) --image $(DEMO)/scene.png --prompt "Describe the image." --max-new-tokens 48 --format jsonl
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
