@@ -121,7 +121,8 @@ def test_unsupported_llm_and_missing_tokenizer(tiny, copy_of):
 
 
 def test_cli_inspect(tiny, cli):
-    code, out, err = cli("inspect", tiny())
+    with pytest.warns(UserWarning, match="no conv mode recorded or recognisable; using vicuna_v1"):
+        code, out, err = cli("inspect", tiny())
     assert code == 0, err
     assert "mlp_downsample (column-major tokens)" in out and "9 per image" in out
     code, out, _ = cli("inspect", tiny("mlp_downsample_3x3_fix", arch="qwen2"), "--format", "json")

@@ -162,7 +162,7 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     """The folder's safetensors files (checked for truncation), or its pickle files when allowed."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index, "").get("weight_map", {}).values()))
+        shards = sorted(set(_read_json(index, "copy it from the source checkpoint").get("weight_map", {}).values()))
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise CheckpointError(f"{folder}: shard {missing[0]} named in {index.name} is missing; copy it from the source")

@@ -97,6 +97,7 @@ def cmd_caption(args) -> int:
     from .model.vlm import VilaModel
 
     ckpt = load_checkpoint(args.source, allow_pickle=args.allow_pickle)
+    backend = "torch"  # a checkpoint folder runs on the reference backend; engines bring the others
     if args.video:
         images = load_video_frames(args.video, args.num_frames or ckpt.num_video_frames)
         source = args.video
@@ -138,7 +139,7 @@ def cmd_caption(args) -> int:
             "ttft_s": round(answer.ttft_s, 4),
             "decode_tok_s": round(answer.decode_tok_s, 2),
             "conv_mode": captioner.conv_mode,
-            "backend": "torch",
+            "backend": backend,
         }
         print(json.dumps(record, ensure_ascii=False), flush=True)
     return 0
