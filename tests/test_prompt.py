@@ -102,7 +102,7 @@ def test_split_at_images():
     assert split_at_images([1, 2, -200, 3, -200]) == [[1, 2], [3], []]
 
 
-def _with_name(copy_of, src, name, tmp_path):
+def _with_name(src, name, tmp_path):
     import shutil
 
     dst = tmp_path / name
@@ -115,8 +115,8 @@ def _with_name(copy_of, src, name, tmp_path):
     ("Llama-3-VILA1.5-8B-Fix", "llama_3"), ("Llama-3-VILA1.5-8B", "llama_3_original"),
     ("VILA1.5-40b", "hermes-2"), ("NVILA-8B", "qwen2"),
 ])  # fmt: skip
-def test_conv_mode_from_known_names(tiny, copy_of, tmp_path, name, mode):
-    ckpt = _with_name(copy_of, tiny(), name, tmp_path)
+def test_conv_mode_from_known_names(tiny, tmp_path, name, mode):
+    ckpt = _with_name(tiny(), name, tmp_path)
     assert resolve_conv_mode(ckpt, None) == (mode, f"checkpoint name {name!r}")
 
 

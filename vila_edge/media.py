@@ -118,20 +118,19 @@ def _count_frames(path: Path) -> int:
     return n
 
 
-def _read_frames(path: Path, wanted: list[int]) -> dict[int, Image.Image] | None:
+def _read_frames(path: Path, indices: list[int | None]) -> dict[int, Image.Image] | None:
     """Sequential read of the wanted frame indices (BGR -> RGB); None if the stream ends early."""
     import cv2
 
-    cap, frames, want, i = _open_video(path), {}, set(wanted), 0
-    last = max(wanted, default=-1)
-    while i <= last:
+    want = {i for i in indices if i is not None}
+    cap, frames, last = _open_video(path), {}, max(want, default=-1)
+    for i in range(last + 1):
         ok, frame = cap.read()
         if not ok:
             cap.release()
             return None
         if i in want:
             frames[i] = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        i += 1
     cap.release()
     return frames
 
@@ -148,14 +147,11 @@ def load_video_frames(path: str | Path, n: int) -> list[Image.Image]:
     cap = _open_video(path)
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
-    frames = _read_frames(path, [i for i in frame_indices(count, n) if i is not None]) if count > 0 else None
+    frames = _read_frames(path, frame_indices(count, n)) if count > 0 else None
     if frames is None:  # the container's frame count was missing or wrong: count for real
         count = _count_frames(path)
         if count == 0:
             raise MediaError(f"{path}: no decodable frames; check the file or re-encode it")
-        indices = frame_indices(count, n)
-        frames = _read_frames(path, [i for i in indices if i is not None])
-    else:
-        indices = frame_indices(count, n)
+        frames = _read_frames(path, frame_indices(count, n))
     size = next(iter(frames.values())).size
-    return [frames[i] if i is not None else Image.new("RGB", size) for i in indices]
+    return [frames[i] if i is not None else Image.new("RGB", size) for i in frame_indices(count, n)]

@@ -50,8 +50,8 @@ def write_projector(out: Path, projector_type: str, mm_hidden: int, llm_hidden: 
     if output_std is not None and probe is not None:
         with torch.no_grad():
             last = projector.get_submodule(PROJECTORS[projector_type].last_key.rsplit(".", 1)[0])
-            last.weight.mul_(output_std / projector(probe).std().item())
             last.bias.zero_()
+            last.weight.mul_(output_std / projector(probe).std().item())
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.to(torch.bfloat16).contiguous() for k, v in projector.state_dict().items()}
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
