@@ -109,7 +109,7 @@ def test_caption_matches_independent_implementation(tiny, cli, tmp_path, ptype, 
     assert {"source", "text", "ttft_s", "decode_tok_s"} <= set(record)
 
 
-def test_projector_order_override_changes_the_answer_input(tiny):
+def test_projector_order_override_transposes_the_token_grid(tiny):
     ckpt = load_checkpoint(tiny())
     pixels = np.random.default_rng(0).standard_normal((1, 3, 70, 70)).astype(np.float32)
     col = VilaModel(ckpt).encode_images(pixels)

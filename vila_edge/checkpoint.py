@@ -53,10 +53,6 @@ class Checkpoint:
         return self.weights[part][0].suffix != ".safetensors"
 
     @property
-    def pickle_weights(self) -> bool:
-        return any(self.is_pickle(part) for part in SUBFOLDERS)
-
-    @property
     def name(self) -> str:
         return self.root.resolve().name
 

@@ -1,1 +1,1 @@
-"""Quantization: int4 group maths and packing (int4.py); the AWQ search lands with `vila-edge quantize`."""
+"""Quantization: int4 group maths and packing (int4.py), AWQ scale groups (mappings.py); the search lands with `vila-edge quantize`."""
