@@ -40,14 +40,17 @@ class Captioner:
         turn = user_turn(question, n_images, self.ckpt.family.image_text)
         return tokenize_prompt(self.tokenizer, render(self.template, turn, self.tokenizer))
 
+    def pixels(self, images: list[Image.Image]) -> np.ndarray:
+        """[N, 3, S, S] float32, preprocessed as the checkpoint's processor does."""
+        return np.stack([preprocess(im, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio) for im in images])
+
     def __call__(self, images: list[Image.Image], question: str, params: SamplingParams,
                  on_text: Callable[[str], None] | None = None) -> Answer:  # fmt: skip
         t0 = time.perf_counter()
         ids = self.prompt_ids(question, len(images))
         image_embeds = None
         if images:
-            pixels = np.stack([preprocess(im, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio) for im in images])
-            image_embeds = self.model.encode_images(pixels)
+            image_embeds = self.model.encode_images(self.pixels(images))
         vision_s = time.perf_counter() - t0
         inputs = self.model.splice(ids, image_embeds)
         max_length = self.ckpt.model_max_length

@@ -1,17 +1,18 @@
-"""`vila-edge`: inspect, demo-checkpoint, caption (quantize, build-engine, bench and bench-table come later)."""
+"""`vila-edge`: inspect, demo-checkpoint, caption, quantize, eval-ppl (build-engine, bench and bench-table come later)."""
 
 import argparse
 import json
+import re
 import sys
 import warnings
+from pathlib import Path
 
 from . import __version__
-from .errors import VilaEdgeError
+from .errors import UsageError, VilaEdgeError
 from .generate import SamplingParams
 
 # Verbs whose issue is still open: they say so and exit 2, never fake output.
 NOT_YET = {
-    "quantize": "AWQ 4-bit quantization (issue #3)",
     "build-engine": "engine building (issues #5 and #6)",
     "bench": "the tokens/s and TTFT benchmark (issue #7)",
     "bench-table": "the published benchmark table (issue #7)",
@@ -145,6 +146,92 @@ def cmd_caption(args) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)B?\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 2GB or 500MB")
+    return int(float(m.group(1)) * 1024 ** "_KMG".index(m.group(2) or "_"))
+
+
+def _ppl_line(ppl: dict) -> str:
+    rows = [f"{k} {ppl[k]:.3f}" for k in ("fp", "rtn", "awq") if k in ppl]
+    line = f"perplexity on {ppl['tokens']} tokens of {ppl['text']}: " + ", ".join(rows)
+    if "awq" in ppl and "rtn" in ppl:
+        line += f" (AWQ's gap to fp is {100 * ppl['awq_gap_over_rtn_gap']:.0f} % of RTN's)"
+    return line
+
+
+def cmd_quantize(args) -> int:
+    from .model.vlm import resolve_device
+    from .quant.awq import AwqSettings
+    from .quant.calib import parse_calib
+    from .quant.quantize import QuantizeOptions, quantize_checkpoint
+
+    if args.calib_media and args.calib != "self":
+        raise UsageError("--calib-media is the short form of --calib media:PATH; pass one of them")
+    calib = parse_calib(f"media:{args.calib_media}" if args.calib_media else args.calib)
+    if args.n_samples < 1 or args.seqlen < 16:
+        raise UsageError("--n-samples must be at least 1 and --seqlen at least 16")
+    settings = AwqSettings(group_size=args.group_size, w_bit=args.w_bit, duo_scaling=args.duo_scaling,
+                           clip=not args.no_clip)  # fmt: skip
+    opts = QuantizeOptions(settings=settings, calib=calib, n_samples=args.n_samples, seqlen=args.seqlen,
+                           seed=args.seed, device=resolve_device(args.device), eval_text=args.eval_text,
+                           eval_tokens=args.eval_tokens, max_shard_bytes=args.shard_size)  # fmt: skip
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    report = quantize_checkpoint(args.source, args.out, opts, overwrite=args.overwrite, log=log,
+                                 progress=not args.quiet, allow_pickle=args.allow_pickle)  # fmt: skip
+    sec = report["seconds"]
+    layers = report["layers"]
+    rtn = sum(r["rtn_loss"] for r in layers) / len(layers)
+    awq = sum(r["awq_loss"] for r in layers) / len(layers)
+    print(f"wrote {args.out}: AWQ int4 g{args.group_size} ({report['calibration']['tokens']} calibration tokens from "
+          f"{report['calibration']['source']}); mean layer-output MSE RTN {rtn:.4g} -> AWQ {awq:.4g}")  # fmt: skip
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in sec.items() if "." not in k))
+    if report["perplexity"]:
+        print(_ppl_line(report["perplexity"]))
+    for guard in report["guards"]:
+        print(f"note: {guard}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_ppl(args) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .model.vlm import load_tokenizer, resolve_device
+    from .quant.awq import rtn_quantize
+    from .quant.awq_format import is_awq, load_awq_llm
+    from .quant.ppl import eval_tokens, perplexity
+    from .quant.quantize import _load_fp_llm
+
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.source, allow_pickle=args.allow_pickle)
+    awq = load_checkpoint(args.awq) if args.awq else None
+    if awq is not None and not is_awq(awq.llm_config):
+        raise UsageError(f"--awq {args.awq}: its llm/ is not AWQ-quantized")
+    tokenizer = load_tokenizer(ckpt)
+    windows = eval_tokens(tokenizer, Path(args.text), args.max_tokens, args.seqlen)
+    ppl = {"text": args.text, "tokens": windows.numel(), "seqlen": args.seqlen}
+
+    def measure(model) -> float:
+        return perplexity(model.to(device), windows, device)
+
+    if is_awq(ckpt.llm_config):
+        ppl["awq"] = measure(load_awq_llm(ckpt.llm_dir, torch.float32, ckpt.weights["llm"]))
+    else:
+        llm = _load_fp_llm(ckpt)
+        ppl["fp"] = measure(llm)
+        group_size = args.group_size or (awq.llm_config["quantization_config"]["group_size"] if awq else 128)
+        rtn_quantize(llm, group_size)
+        ppl["rtn"], ppl["rtn_group_size"] = measure(llm), group_size
+        del llm
+        if awq is not None:
+            ppl["awq"] = measure(load_awq_llm(awq.llm_dir, torch.float32, awq.weights["llm"]))
+            ppl["awq_gap_over_rtn_gap"] = (ppl["awq"] - ppl["fp"]) / max(ppl["rtn"] - ppl["fp"], 1e-12)
+    print(json.dumps(ppl, indent=2) if args.format == "json" else _ppl_line(ppl))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vila-edge", description=__doc__)
     p.add_argument("--version", action="version", version=f"vila-edge {__version__}")
@@ -184,6 +271,41 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin/.pt) weights; they can run code")
     q.add_argument("--format", choices=("text", "jsonl"), default="text")
     q.set_defaults(func=cmd_caption)
+
+    q = sub.add_parser("quantize", help="AWQ int4 quantization of the LLM (scale + clip search)")
+    q.add_argument("source", help="a VILA checkpoint folder (fp16/bf16)")
+    q.add_argument("-o", "--out", required=True, help="the quantized checkpoint folder to write")
+    q.add_argument("--group-size", type=int, default=128, help="must divide every layer's in_features")
+    q.add_argument("--w-bit", type=int, default=4, help="weight bits (4)")
+    q.add_argument("--calib", default="self", metavar="self|text:FILE|media:PATH",
+                   help="calibration: the model's own samples (default), a .txt/.jsonl file, or an image, "
+                        "image folder or video captioned through the whole VLM")  # fmt: skip
+    q.add_argument("--calib-media", metavar="PATH", help="short for --calib media:PATH")
+    q.add_argument("--n-samples", type=int, default=16, help="calibration sequences")
+    q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence")
+    q.add_argument("--duo-scaling", action="store_true", help="AutoAWQ's scales from activation and weight means")
+    q.add_argument("--no-clip", action="store_true", help="skip the clip search")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where each layer is searched")
+    q.add_argument("--eval-text", metavar="FILE", help="also report fp / RTN / AWQ perplexity on this text")
+    q.add_argument("--eval-tokens", type=int, default=32768, help="tokens of --eval-text to score")
+    q.add_argument("--shard-size", type=_size, default="5GB", help="largest safetensors shard (default 5GB)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    q.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin/.pt) weights; they can run code")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_quantize)
+
+    q = sub.add_parser("eval-ppl", help="perplexity of fp, RTN int4 and (with --awq) AWQ int4 on a text file")
+    q.add_argument("source", help="the fp checkpoint (or an AWQ one, scored alone)")
+    q.add_argument("--text", required=True, help="a .txt or .jsonl file the quantizer did not calibrate on")
+    q.add_argument("--awq", metavar="QUANT", help="the AWQ checkpoint quantized from SOURCE")
+    q.add_argument("--group-size", type=int, help="RTN group size (default: --awq's, else 128)")
+    q.add_argument("--max-tokens", type=int, default=32768)
+    q.add_argument("--seqlen", type=int, default=1024, help="tokens per window")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin/.pt) weights; they can run code")
+    q.add_argument("--format", choices=("text", "json"), default="text")
+    q.set_defaults(func=cmd_eval_ppl)
 
     for verb, what in NOT_YET.items():
         q = sub.add_parser(verb, help=f"{what}: not available yet", add_help=False)

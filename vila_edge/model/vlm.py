@@ -9,6 +9,7 @@ from transformers.utils import logging as hf_logging
 from ..checkpoint import VISION_TOWERS, Checkpoint
 from ..errors import UnsupportedError, UsageError
 from ..prompt import split_at_images
+from ..quant.awq_format import is_awq, load_awq_llm
 from .projector import ORDERS, Projector
 from .vision import VisionEncoder
 
@@ -69,9 +70,12 @@ class VilaModel:
         )
         self.vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature).to(self.device).eval()
         self.projector = _load_projector(ckpt, projector_order, self.dtype).to(self.device)
-        self.llm = AutoModelForCausalLM.from_pretrained(
-            ckpt.llm_dir, dtype=self.dtype, use_safetensors=not ckpt.is_pickle("llm")
-        ).to(self.device).eval()
+        if is_awq(ckpt.llm_config):  # the reference runs int4 checkpoints on their dequantised weights
+            self.llm = load_awq_llm(ckpt.llm_dir, self.dtype, ckpt.weights["llm"]).to(self.device)
+        else:
+            self.llm = AutoModelForCausalLM.from_pretrained(
+                ckpt.llm_dir, dtype=self.dtype, use_safetensors=not ckpt.is_pickle("llm")
+            ).to(self.device).eval()
         end_text = ckpt.family.image_end_text
         self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
         self.cache = None

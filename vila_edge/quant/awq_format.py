@@ -1,0 +1,177 @@
+"""What `vila-edge quantize` writes and reads back.
+
+- `llm/`: AutoAWQ GEMM layout (`<linear>.qweight/.qzeros/.scales`), everything else fp16, safetensors
+  shards, and the `quantization_config` transformers and vLLM read;
+- `awq_results.safetensors`: the searched scales and clip ranges, so another layout can be
+  packed from the fp checkpoint without searching again (`apply_awq_results`).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+from .int4 import dequantize_groups, unpack_awq_gemm
+
+RESULTS_FILE = "awq_results.safetensors"
+RESULTS_FORMAT = "vila_edge.awq_results/1"
+GEMM_SUFFIXES = ("qweight", "qzeros", "scales")
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def quantization_config(group_size: int, w_bit: int = 4) -> dict:
+    return {
+        "quant_method": "awq",
+        "bits": w_bit,
+        "group_size": group_size,
+        "zero_point": True,
+        "version": "gemm",
+        # lm_head stays fp16; the VLM's tower and projector are named for loaders that see the whole model
+        "modules_to_not_convert": ["lm_head", "vision_tower", "mm_projector"],
+    }
+
+
+def is_awq(llm_config: dict) -> bool:
+    return (llm_config.get("quantization_config") or {}).get("quant_method") == "awq"
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+
+def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards, size = [{}], 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    return shards
+
+
+def write_safetensors(folder: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
+    """model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json as HF names them."""
+    shards = _shards(tensors, max_shard_bytes)
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], folder / "model.safetensors", metadata=meta)
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / name, metadata=meta)
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def write_awq_llm(dst: Path, src: Path, llm, packed: dict[str, dict[str, torch.Tensor]], group_size: int,
+                  max_shard_bytes: int = 5 * 2**30) -> None:  # fmt: skip
+    """llm/ of the quantized checkpoint: src's tokenizer and configs, packed linears, the rest fp16."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():  # tokenizer, generation config, chat template, ...
+        if f.is_file() and f.name != "config.json" and not any(f.match(p) for p in WEIGHT_FILES):
+            shutil.copy2(f, dst / f.name)
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = quantization_config(group_size)
+    config["torch_dtype"] = config["dtype"] = "float16"
+    (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    tensors = {}
+    for name, t in llm.state_dict().items():
+        if name == "lm_head.weight" and llm.config.tie_word_embeddings:
+            continue  # the same tensor as the embeddings; HF re-ties it on load
+        if name.endswith(".weight") and name[: -len(".weight")] in packed:
+            continue
+        tensors[name] = t.detach().to(torch.float16).contiguous()
+    for linear, gemm in packed.items():
+        tensors.update({f"{linear}.{k}": v.contiguous() for k, v in gemm.items()})
+    write_safetensors(dst, dict(sorted(tensors.items())), max_shard_bytes)
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+
+def dequantize_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """AutoAWQ GEMM tensors -> plain `<linear>.weight` [N, K]; other tensors cast to dtype."""
+    out = {}
+    for name, t in state.items():
+        base, _, suffix = name.rpartition(".")
+        if suffix == "qweight":
+            q, scales, zeros = unpack_awq_gemm(t, state[f"{base}.qzeros"], state[f"{base}.scales"])
+            out[f"{base}.weight"] = dequantize_groups(q, scales, zeros).to(dtype)
+        elif suffix not in ("qzeros", "scales") or f"{base}.qweight" not in state:
+            out[name] = t.to(dtype)
+    return out
+
+
+def load_awq_llm(llm_dir: Path, dtype: torch.dtype, files: list[Path]):
+    """An HF *ForCausalLM holding the dequantised weights of an AWQ GEMM llm/ (no AWQ kernels needed)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(llm_dir)
+    del config.quantization_config  # build the plain model; the weights are dequantised here instead
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    state = dequantize_state(state, dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{llm_dir}: the AWQ weights do not fit the config "
+            f"(missing {', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'})"
+        )
+    model.tie_weights()
+    return model.eval()
+
+
+# ---- awq_results.safetensors ------------------------------------------------------------------------
+
+
+def save_awq_results(path: Path, result, settings) -> None:
+    tensors = {f"scale:{prev}": s.float().contiguous() for prev, (_, s) in result.scales.items()}
+    tensors.update({f"clip:{linear}": m.float().contiguous() for linear, m in result.clips.items()})
+    meta = {
+        "format": RESULTS_FORMAT,
+        "w_bit": str(settings.w_bit),
+        "group_size": str(settings.group_size),
+        "scaled_linears": json.dumps({prev: linears for prev, (linears, _) in result.scales.items()}),
+    }
+    save_file(tensors, path, metadata=meta)
+
+
+def load_awq_results(path: Path) -> tuple[dict, dict, dict]:
+    """-> (scales {prev: (linears, s)}, clips {linear: max_val}, metadata)."""
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != RESULTS_FORMAT:
+            raise CheckpointError(f"{path}: not a vila_edge AWQ results file (format {meta.get('format')!r})")
+        linears = json.loads(meta["scaled_linears"])
+        scales, clips = {}, {}
+        for key in f.keys():
+            kind, _, name = key.partition(":")
+            if kind == "scale":
+                scales[name] = (linears[name], f.get_tensor(key))
+            else:
+                clips[name] = f.get_tensor(key)
+    return scales, clips, meta
+
+
+def apply_awq_results(llm, path: Path) -> int:
+    """Fold the saved scales and clips into an fp llm (in place); returns the group size to round with."""
+    from .awq import apply_clip, fold_scales
+
+    scales, clips, meta = load_awq_results(path)
+    for prev, (linears, s) in scales.items():
+        fold_scales(llm.get_submodule(prev), [llm.get_submodule(n) for n in linears], s)
+    for name, max_val in clips.items():
+        apply_clip(llm.get_submodule(name), max_val)
+    return int(meta["group_size"])
