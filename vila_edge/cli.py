@@ -210,8 +210,9 @@ def cmd_eval_ppl(args) -> int:
     if awq is not None and not is_awq(awq.llm_config):
         raise UsageError(f"--awq {args.awq}: its llm/ is not AWQ-quantized")
     tokenizer = load_tokenizer(ckpt)
-    windows = eval_tokens(tokenizer, Path(args.text), args.max_tokens, args.seqlen)
-    ppl = {"text": args.text, "tokens": windows.numel(), "seqlen": args.seqlen}
+    seqlen = min(args.seqlen, ckpt.model_max_length)
+    windows = eval_tokens(tokenizer, Path(args.text), args.max_tokens, seqlen)
+    ppl = {"text": args.text, "tokens": windows.numel(), "seqlen": seqlen}
 
     def measure(model) -> float:
         return perplexity(model.to(device), windows, device)

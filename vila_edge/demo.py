@@ -79,19 +79,25 @@ def build_demo_checkpoint(out: str | Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def write_sample_image(path: str | Path, size: int = 480) -> Path:
-    """A drawn scene (sky, sun, hills, a house) for the demo to caption."""
+def write_sample_image(path: str | Path, size: int = 480, seed: int | None = None) -> Path:
+    """A drawn scene (sky, sun, hills, a house) for the demo to caption; a seed moves and recolours its parts."""
     from PIL import Image, ImageDraw
 
+    rng = np.random.default_rng(seed)
+    jitter = (lambda scale: rng.uniform(-scale, scale)) if seed is not None else (lambda scale: 0.0)
+    tint = lambda rgb: tuple(int(np.clip(c + jitter(40), 0, 255)) for c in rgb)  # noqa: E731
     y = np.linspace(0, 1, size)[:, None, None]
-    sky = (np.array([90, 150, 230]) * (1 - y) + np.array([200, 225, 250]) * y).astype(np.uint8)
+    sky = (np.array(tint((90, 150, 230))) * (1 - y) + np.array(tint((200, 225, 250))) * y).astype(np.uint8)
     image = Image.fromarray(np.broadcast_to(sky, (size, size, 3)).copy())
     d = ImageDraw.Draw(image)
-    d.ellipse((size * 0.70, size * 0.08, size * 0.88, size * 0.26), fill=(255, 220, 60))
-    d.ellipse((-size * 0.3, size * 0.55, size * 0.8, size * 1.4), fill=(70, 160, 70))
-    d.ellipse((size * 0.4, size * 0.6, size * 1.4, size * 1.5), fill=(50, 130, 55))
-    d.rectangle((size * 0.25, size * 0.45, size * 0.5, size * 0.68), fill=(190, 80, 60))
-    d.polygon([(size * 0.22, size * 0.45), (size * 0.375, size * 0.32), (size * 0.53, size * 0.45)], fill=(110, 60, 40))
+    sx, sy, hx, hy = jitter(0.5), jitter(0.05), jitter(0.2), jitter(0.1)
+    box = lambda *f: tuple(v * size for v in f)  # noqa: E731
+    d.ellipse(box(0.70 + sx, 0.08 + sy, 0.88 + sx, 0.26 + sy), fill=tint((255, 220, 60)))
+    d.ellipse(box(-0.3, 0.55 + hy, 0.8, 1.4), fill=tint((70, 160, 70)))
+    d.ellipse(box(0.4, 0.6 + hy, 1.4, 1.5), fill=tint((50, 130, 55)))
+    d.rectangle(box(0.25 + hx, 0.45 + hy, 0.5 + hx, 0.68 + hy), fill=tint((190, 80, 60)))
+    roof = [(0.22 + hx, 0.45 + hy), (0.375 + hx, 0.32 + hy), (0.53 + hx, 0.45 + hy)]
+    d.polygon([(x * size, y * size) for x, y in roof], fill=tint((110, 60, 40)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

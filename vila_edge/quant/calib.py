@@ -111,8 +111,16 @@ def text_token_blocks(tokenizer, docs: list[str], n_samples: int, seqlen: int, s
 def self_token_blocks(llm, tokenizer, n_samples: int, seqlen: int, seed: int, device: str, batch: int = 16):
     """Sequences sampled from the fp model (temperature 1, seeded), starting from BOS: data-free
     calibration whose statistics are the model's own (as LLM-QAT's self-generated data)."""
+    from .awq import QuantizeError
+
     torch.manual_seed(seed)
     start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [tokenizer.eos_token_id]
+    if not torch.isfinite(llm(torch.tensor([start], device=device)).logits).all():
+        raise QuantizeError(
+            "the fp model cannot sample its own calibration text: its logits are not finite. "
+            "The LLM weights hold NaN/inf (a corrupted download?); check them, or calibrate with --calib text:FILE "
+            "to find the first layer at fault"
+        )
     blocks = []
     for i in range(0, n_samples, batch):
         b = min(batch, n_samples - i)

@@ -166,8 +166,9 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
     ppl = None
     if opts.eval_text is not None:
         t = time.perf_counter()
-        windows = eval_tokens(tokenizer, Path(opts.eval_text), opts.eval_tokens, opts.eval_seqlen)
-        ppl = {"text": str(opts.eval_text), "tokens": windows.numel(), "seqlen": opts.eval_seqlen,
+        seqlen = min(opts.eval_seqlen, ckpt.model_max_length)
+        windows = eval_tokens(tokenizer, Path(opts.eval_text), opts.eval_tokens, seqlen)
+        ppl = {"text": str(opts.eval_text), "tokens": windows.numel(), "seqlen": seqlen,
                "fp": measure(llm)}  # fmt: skip
         rtn = copy.deepcopy(llm)
         rtn_quantize(rtn, opts.settings.group_size)
