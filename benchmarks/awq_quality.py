@@ -75,7 +75,8 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results" / "awq_quality.json"))
     p.add_argument("--eval-tokens", type=int, default=16384)
     p.add_argument("--group-sizes", default="64,32")
-    p.add_argument("--calibs", default="self,text,media")
+    p.add_argument("--calibs", default="self,text,media", help="a +duo suffix turns on duo scaling (self+duo)")
+    p.add_argument("--append", action="store_true", help="add to the existing JSON instead of starting afresh")
     args = p.parse_args()
 
     work = Path(args.work)
@@ -103,6 +104,8 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.is_file():
+        results["awq"] = json.loads(out.read_text())["awq"]
 
     def save():
         out.write_text(json.dumps(results, indent=2) + "\n")
@@ -118,15 +121,17 @@ def main() -> None:
     del llm
     for g in group_sizes:
         for name in args.calibs.split(","):
+            calib, _, variant = name.partition("+")
             dst = work / f"awq-g{g}-{name}"
-            opts = QuantizeOptions(settings=AwqSettings(group_size=g), calib=parse_calib(calib_specs[name]))
+            settings = AwqSettings(group_size=g, duo_scaling=variant == "duo")
+            opts = QuantizeOptions(settings=settings, calib=parse_calib(calib_specs[calib]))
             t = time.perf_counter()
             report = quantize_checkpoint(demo, dst, opts, overwrite=True, log=lambda m: None, progress=False)
             seconds = time.perf_counter() - t
             ppl = perplexity(read_gemm_llm(dst / "llm"), windows)
             fp, rtn = results["fp"], results["rtn"][str(g)]
             results["awq"].append({
-                "group_size": g, "calib": name, "ppl": ppl, "gap_over_rtn_gap": (ppl - fp) / (rtn - fp),
+                "group_size": g, "calib": calib, "duo_scaling": settings.duo_scaling, "ppl": ppl, "gap_over_rtn_gap": (ppl - fp) / (rtn - fp),
                 "quantize_seconds": round(seconds, 1), "stages": report["seconds"],
                 "calibration_tokens": report["calibration"]["tokens"],
                 "mean_layer_mse": {"rtn": sum(r["rtn_loss"] for r in report["layers"]) / len(report["layers"]),

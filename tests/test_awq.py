@@ -177,6 +177,12 @@ def test_quantized_checkpoint_captions_like_its_dequantised_fp_twin(quantized, t
     assert answers[0] == answers[1] and len(answers[0]) > 0
 
 
+def test_inspect_shows_the_quantization(quantized, cli):
+    out, _ = quantized
+    code, stdout, _ = cli("inspect", out)
+    assert code == 0 and "quantization awq int4 group 32 (gemm layout)" in stdout
+
+
 def test_quantize_prints_the_perplexities(quantized):
     _, stdout = quantized
     assert "wrote" in stdout and "perplexity on 2048 tokens" in stdout and "awq" in stdout

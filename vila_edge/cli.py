@@ -59,6 +59,7 @@ def cmd_inspect(args) -> int:
         "num_video_frames": ckpt.num_video_frames,
         "conv_mode": conv_mode,
         "conv_mode_source": conv_source,
+        "quantization": lc.get("quantization_config"),
         "parameters": params,
     }
     if args.format == "json":
@@ -77,6 +78,10 @@ def cmd_inspect(args) -> int:
         f"image tokens {info['tokens_per_image']} per image; {info['num_video_frames']} frames per video",
         f"conv mode    {conv_mode} (from {conv_source})",
     ]
+    if info["quantization"]:
+        qc = info["quantization"]
+        lines.append(f"quantization {qc.get('quant_method')} int{qc.get('bits')} group {qc.get('group_size')} "
+                     f"({qc.get('version')} layout)")  # fmt: skip
     if params:
         lines.append("parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
     print("\n".join(lines))

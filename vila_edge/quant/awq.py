@@ -313,6 +313,7 @@ def run_awq(llm, model_type: str, samples: list[torch.Tensor], settings: AwqSett
         chunks = search.layer(i, layer, chunks)
         if on_layer:
             on_layer(search.result.layers[-1], len(layers))
+    llm.model.rotary_emb.to("cpu")
     return search.result
 
 
