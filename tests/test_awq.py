@@ -16,7 +16,7 @@ from vila_edge.quant.awq_format import RESULTS_FILE, apply_awq_results
 from vila_edge.quant.mappings import scale_groups
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=300)
-QUANT_ARGS = ("--group-size", 32, "--n-samples", 4, "--seqlen", 48, "--quiet")
+QUANT_ARGS = ("--group-size", 32, "--n-samples", 4, "--seqlen", 48, "--quiet", "--vision", "fp16")
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def quantized(tiny, texts, tmp_path_factory):
     from conftest import run_cli
 
     out = tmp_path_factory.mktemp("awq") / "tiny-awq"
-    code, stdout, err = run_cli("quantize", tiny(), "-o", out, *QUANT_ARGS, "--eval-text", texts["eval"],
-                                "--eval-tokens", 2048)  # fmt: skip
+    code, stdout, err = run_cli("quantize", tiny(), "-o", out, *QUANT_ARGS[:-2], "--eval-text", texts["eval"],
+                                "--eval-tokens", 2048, "--vision-calib-images", 8)  # fmt: skip
     assert code == 0, err
     return out, stdout
 

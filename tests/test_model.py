@@ -30,19 +30,17 @@ def images(n):
 
 
 @torch.no_grad()
-def independent_vila(root, pics, question, nvila=False, max_new_tokens=8):
-    """VILA1.5 (May24) or NVILA (HEAD) inference from the checkpoint files, without vila_edge."""
-    tok = AutoTokenizer.from_pretrained(root / "llm")
-    llm = AutoModelForCausalLM.from_pretrained(root / "llm", dtype=torch.float32).eval()
-    tower = SiglipVisionModel.from_pretrained(root / "vision_tower", dtype=torch.float32).eval()
-    pre = json.loads((root / "vision_tower" / "preprocessor_config.json").read_text())
-    proc = SiglipImageProcessorPil(**{k: v for k, v in pre.items() if "type" not in k and "class" not in k})
-    side = pre["size"]["height"]
-    pixels = proc(images=[p.resize((side, side), Image.Resampling.BICUBIC) for p in pics], return_tensors="pt")
-    feats = tower(pixels["pixel_values"], output_hidden_states=True).hidden_states[-2]
+def independent_image_embeds(root, pixel_values, nvila=False, tower=None):
+    """hidden_states[-2] of the HF tower through the projector written out from VILA's code: [B, T, H]."""
+    if tower is None:
+        tower = SiglipVisionModel.from_pretrained(root / "vision_tower", dtype=torch.float32).eval()
+    feats = tower(pixel_values, output_hidden_states=True).hidden_states[-2]
 
     ptype = json.loads((root / "mm_projector" / "config.json").read_text())["mm_projector_type"]
     w = {k: v.float() for k, v in load_file(root / "mm_projector" / "model.safetensors").items()}
+    if ptype == "mlp2x_gelu":  # LLaVA-1.5's projector: Linear, GELU, Linear on every patch
+        x = F.gelu(F.linear(feats, w["layers.0.weight"], w["layers.0.bias"]))
+        return F.linear(x, w["layers.2.weight"], w["layers.2.bias"])
     b, n, c = feats.shape
     g = int(n**0.5)
     square = {"mlp_downsample": flat_square_head if nvila else flat_square_may24,
@@ -56,6 +54,20 @@ def independent_vila(root, pics, question, nvila=False, max_new_tokens=8):
         x = F.linear(x, w["layers.7.weight"], w["layers.7.bias"])
     else:
         x = F.linear(x, w["layers.4.weight"], w["layers.4.bias"])
+    return x
+
+
+@torch.no_grad()
+def independent_vila(root, pics, question, nvila=False, max_new_tokens=8):
+    """VILA1.5 (May24) or NVILA (HEAD) inference from the checkpoint files, without vila_edge."""
+    tok = AutoTokenizer.from_pretrained(root / "llm")
+    llm = AutoModelForCausalLM.from_pretrained(root / "llm", dtype=torch.float32).eval()
+    tower = SiglipVisionModel.from_pretrained(root / "vision_tower", dtype=torch.float32).eval()
+    pre = json.loads((root / "vision_tower" / "preprocessor_config.json").read_text())
+    proc = SiglipImageProcessorPil(**{k: v for k, v in pre.items() if "type" not in k and "class" not in k})
+    side = pre["size"]["height"]
+    pixels = proc(images=[p.resize((side, side), Image.Resampling.BICUBIC) for p in pics], return_tensors="pt")
+    x = independent_image_embeds(root, pixels["pixel_values"], nvila, tower)
 
     prompt = (QWEN2 if nvila else VICUNA).format(q=("<image>" if nvila else "<image>\n") * len(pics) + question)
     ids = vila_tokenizer_image_token(prompt, tok)

@@ -103,14 +103,15 @@ def cmd_caption(args) -> int:
     from .model.vlm import VilaModel
 
     ckpt = load_checkpoint(args.source, allow_pickle=args.allow_pickle)
-    backend = "torch"  # a checkpoint folder runs on the reference backend; engines bring the others
+    backend = "torch" if args.backend == "auto" else args.backend  # engines bring the others
     if args.video:
         images = load_video_frames(args.video, args.num_frames or ckpt.num_video_frames)
         source = args.video
     else:
         images = [load_image(p) for p in args.image or []]
         source = ",".join(args.image or [])
-    model = VilaModel(ckpt, device=args.device, dtype=args.dtype, projector_order=args.projector_order)
+    model = VilaModel(ckpt, device=args.device, dtype=args.dtype, projector_order=args.projector_order,
+                      vision_backend=backend)  # fmt: skip
     captioner = Captioner(ckpt, model, args.conv_mode)
     params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, args.seed)
 
@@ -171,6 +172,7 @@ def cmd_quantize(args) -> int:
     from .quant.awq import AwqSettings
     from .quant.calib import parse_calib
     from .quant.quantize import QuantizeOptions, quantize_checkpoint
+    from .quant.vision import VisionQuantOptions
 
     if args.calib_media and args.calib != "self":
         raise UsageError("--calib-media is the short form of --calib media:PATH; pass one of them")
@@ -179,9 +181,14 @@ def cmd_quantize(args) -> int:
         raise UsageError("--n-samples must be at least 1 and --seqlen at least 16")
     settings = AwqSettings(group_size=args.group_size, w_bit=args.w_bit, duo_scaling=args.duo_scaling,
                            clip=not args.no_clip)  # fmt: skip
+    vision = None
+    if args.vision == "w8a8":
+        media = args.calib_media or (calib.path if calib.kind == "media" else None)
+        vision = VisionQuantOptions(alpha=args.smooth_alpha, method=args.vision_calib_method, media=media,
+                                    n_images=args.vision_calib_images, weight_bits=args.vision_weight_bits)  # fmt: skip
     opts = QuantizeOptions(settings=settings, calib=calib, n_samples=args.n_samples, seqlen=args.seqlen,
                            seed=args.seed, device=resolve_device(args.device), eval_text=args.eval_text,
-                           eval_tokens=args.eval_tokens, max_shard_bytes=args.shard_size)  # fmt: skip
+                           eval_tokens=args.eval_tokens, max_shard_bytes=args.shard_size, vision=vision)  # fmt: skip
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     report = quantize_checkpoint(args.source, args.out, opts, overwrite=args.overwrite, log=log,
                                  progress=not args.quiet, allow_pickle=args.allow_pickle)  # fmt: skip
@@ -194,6 +201,11 @@ def cmd_quantize(args) -> int:
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in sec.items() if "." not in k))
     if report["perplexity"]:
         print(_ppl_line(report["perplexity"]))
+    if report["vision"]:
+        v = report["vision"]
+        print(f"vision W8A8 ({v['quantized_nodes']} quantized MatMul/Conv, {v['method']} ranges from "
+              f"{v['calibration_images']} {v['media']} images, SmoothQuant alpha {v['smooth_alpha']}): cosine "
+              f"{v['held_out']['cosine_mean']:.4f} to fp32 on {v['held_out']['images']} held-out images")  # fmt: skip
     for guard in report["guards"]:
         print(f"note: {guard}", file=sys.stderr)
     return 0
@@ -269,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top-p", type=float, default=d.top_p)
     q.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
     q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
-    q.add_argument("--backend", choices=("auto", "torch"), default="auto", help="auto: torch for a checkpoint")
+    q.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto: torch for a checkpoint; onnx: the W8A8 vision ONNX on ONNX Runtime, LLM on torch")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     q.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="auto: float16 on CUDA (as VILA), float32 on CPU")  # fmt: skip
@@ -293,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-clip", action="store_true", help="skip the clip search")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where each layer is searched")
+    q.add_argument("--vision", choices=("w8a8", "fp16"), default="w8a8",
+                   help="w8a8: also write vision/ (SmoothQuant + int8 Q/DQ ONNX); fp16: leave the tower alone")
+    q.add_argument("--smooth-alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    q.add_argument("--vision-calib-method", choices=("max", "percentile", "entropy"), default="percentile")
+    q.add_argument("--vision-calib-images", type=int, default=32)
+    q.add_argument("--vision-weight-bits", type=int, choices=(7, 8), default=7,
+                   help="7 keeps ONNX Runtime's int8 kernels exact on CPUs without VNNI; 8 for TensorRT only")
     q.add_argument("--eval-text", metavar="FILE", help="also report fp / RTN / AWQ perplexity on this text")
     q.add_argument("--eval-tokens", type=int, default=32768, help="tokens of --eval-text to score")
     q.add_argument("--shard-size", type=_size, default="5GB", help="largest safetensors shard (default 5GB)")

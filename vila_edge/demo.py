@@ -81,6 +81,13 @@ def build_demo_checkpoint(out: str | Path, seed: int = 0) -> Path:
 
 def write_sample_image(path: str | Path, size: int = 480, seed: int | None = None) -> Path:
     """A drawn scene (sky, sun, hills, a house) for the demo to caption; a seed moves and recolours its parts."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_scene(size, seed).save(path)
+    return path
+
+
+def draw_scene(size: int = 480, seed: int | None = None):
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
@@ -98,7 +105,4 @@ def write_sample_image(path: str | Path, size: int = 480, seed: int | None = Non
     d.rectangle(box(0.25 + hx, 0.45 + hy, 0.5 + hx, 0.68 + hy), fill=tint((190, 80, 60)))
     roof = [(0.22 + hx, 0.45 + hy), (0.375 + hx, 0.32 + hy), (0.53 + hx, 0.45 + hy)]
     d.polygon([(x * size, y * size) for x, y in roof], fill=tint((110, 60, 40)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+    return image

@@ -49,18 +49,19 @@ class Downsample(nn.Module):
         self.k, self.order = k, order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+        # grid and width are fixed by the tower; only the batch stays symbolic in an ONNX export
+        n, c = int(x.shape[1]), int(x.shape[2])
         g, k = round(n**0.5), self.k
-        x = x.reshape(b, g, g, c)  # [B, row, col, C]
+        x = x.reshape(-1, g, g, c)  # [B, row, col, C]
         pad = -g % k
         x = nn.functional.pad(x, (0, 0, 0, pad, 0, pad))  # zero rows at the bottom, zero columns at the right
         m = (g + pad) // k
-        x = x.reshape(b, m, k, m, k, c)  # [B, block row, row offset, block col, col offset, C]
+        x = x.reshape(-1, m, k, m, k, c)  # [B, block row, row offset, block col, col offset, C]
         if self.order == "row":
             x = x.permute(0, 1, 3, 2, 4, 5)  # block row outer
         else:
             x = x.permute(0, 3, 1, 2, 4, 5)  # block column outer
-        return x.reshape(b, m * m, k * k * c)
+        return x.reshape(-1, m * m, k * k * c)
 
 
 class Projector(nn.Module):

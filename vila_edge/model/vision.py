@@ -5,15 +5,29 @@ from torch import nn
 
 
 class VisionEncoder(nn.Module):
-    """pixels [B, 3, S, S] -> features [B, N, C]."""
+    """pixels [B, 3, S, S] -> features [B, N, C].
+
+    hidden_states[k] of an HF SigLIP/CLIP tower is the output of its first k encoder layers
+    (hidden_states[0]: the embeddings, after CLIP's pre-LN), so only those k layers are kept:
+    with VILA's select_layer -2 the last layer, and the post-LN and head, never run (nor get exported).
+    """
 
     def __init__(self, tower: nn.Module, select_layer: int, select_feature: str):
         super().__init__()
         if select_feature not in ("cls_patch", "patch"):
             raise ValueError(f"mm_vision_select_feature {select_feature!r}: expected cls_patch or patch")
-        self.tower, self.select_layer, self.select_feature = tower, select_layer, select_feature
+        vm = getattr(tower, "vision_model", tower)  # transformers 4 wraps the transformer; 5 does not always
+        n_layers = len(vm.encoder.layers)
+        if not -(n_layers + 1) <= select_layer <= n_layers:
+            raise ValueError(f"mm_vision_select_layer {select_layer} is outside a tower of {n_layers} layers")
+        self.embeddings = vm.embeddings
+        self.pre_norm = getattr(vm, "pre_layrnorm", None) or nn.Identity()  # CLIP only
+        self.layers = nn.ModuleList(vm.encoder.layers[: select_layer % (n_layers + 1)])
+        self.select_feature = select_feature
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # hidden_states[0] is the embeddings; -2 is the input of the last layer (before post-LN)
-        hidden = self.tower(pixels, output_hidden_states=True).hidden_states[self.select_layer]
+        hidden = self.pre_norm(self.embeddings(pixels))
+        for layer in self.layers:
+            out = layer(hidden, attention_mask=None)
+            hidden = out[0] if isinstance(out, tuple) else out
         return hidden[:, 1:] if self.select_feature == "patch" else hidden

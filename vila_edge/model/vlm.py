@@ -48,28 +48,44 @@ def _load_projector(ckpt: Checkpoint, order: str | None, dtype: torch.dtype) -> 
     return projector.to(dtype).eval()
 
 
+def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | None = None):
+    """(VisionEncoder, Projector) on the CPU, eval mode: the image half of the model."""
+    if ckpt.s2_scales:
+        raise UnsupportedError(f"{ckpt.root}: S2 multi-scale vision towers are not supported yet")
+    tower_name = VISION_TOWERS.get(ckpt.vision_kind)
+    if tower_name is None:
+        raise UnsupportedError(
+            f"{ckpt.vision_dir}: vision tower {ckpt.vision_kind!r} is not supported yet; "
+            f"supported: {', '.join(VISION_TOWERS)}"
+        )
+    hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
+    tower = _TOWER_CLASSES[tower_name].from_pretrained(
+        ckpt.vision_dir, dtype=dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
+    )
+    vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature).eval()
+    return vision, _load_projector(ckpt, projector_order, dtype)
+
+
 class VilaModel:
     """Images and prompt ids in, LLM logits out; the KV cache lives here between calls."""
 
-    def __init__(self, ckpt: Checkpoint, device: str = "cpu", dtype: str = "auto", projector_order: str | None = None):
-        if ckpt.s2_scales:
-            raise UnsupportedError(f"{ckpt.root}: S2 multi-scale vision towers are not supported yet")
-        tower_name = VISION_TOWERS.get(ckpt.vision_kind)
-        if tower_name is None:
-            raise UnsupportedError(
-                f"{ckpt.vision_dir}: vision tower {ckpt.vision_kind!r} is not supported yet; "
-                f"supported: {', '.join(VISION_TOWERS)}"
-            )
+    def __init__(self, ckpt: Checkpoint, device: str = "cpu", dtype: str = "auto", projector_order: str | None = None,
+                 vision_backend: str = "torch"):  # fmt: skip
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
+        self.onnx_vision = None
+        if vision_backend == "onnx":  # the exported tower + projector: its token order is baked in
+            from ..quant.vision import W8A8_FILE
+            from ..runtime.onnx_vision import OnnxVision
+
+            if projector_order:
+                raise UsageError("--projector-order cannot change an exported vision ONNX; use --backend torch")
+            self.onnx_vision = OnnxVision(ckpt.root / "vision" / W8A8_FILE)
+        else:
+            vision, projector = load_vision(ckpt, self.dtype, projector_order)
+            self.vision, self.projector = vision.to(self.device), projector.to(self.device)
         self.tokenizer = load_tokenizer(ckpt)
-        tower = _TOWER_CLASSES[tower_name].from_pretrained(
-            ckpt.vision_dir, dtype=self.dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
-        )
-        self.vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature).to(self.device).eval()
-        self.projector = _load_projector(ckpt, projector_order, self.dtype).to(self.device)
         if is_awq(ckpt.llm_config):  # the reference runs int4 checkpoints on their dequantised weights
             self.llm = load_awq_llm(ckpt.llm_dir, self.dtype, ckpt.weights["llm"]).to(self.device)
         else:
@@ -87,6 +103,8 @@ class VilaModel:
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray) -> torch.Tensor:
         """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order."""
+        if self.onnx_vision is not None:
+            return torch.from_numpy(self.onnx_vision(pixels)).to(self.device, self.dtype)
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         return self.projector(self.vision(x))
 

@@ -6,7 +6,8 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from .calib import CalibSpec, embed_blocks, media_embeds, media_images, self_tok
 from .calib import read_documents
 from .mappings import SCALE_GROUPS
 from .ppl import eval_tokens, perplexity
+from .vision import VisionQuantOptions, quantize_vision
 
 REPORT_FILE = "quant_report.json"
 _LINEAR_WEIGHT = re.compile(r"model\.layers\.\d+\.(.+)\.weight$")
@@ -38,6 +40,7 @@ class QuantizeOptions:
     eval_tokens: int = 32768
     eval_seqlen: int = 1024
     max_shard_bytes: int = 5 * 2**30
+    vision: VisionQuantOptions | None = field(default_factory=VisionQuantOptions)  # None: tower stays as it is
 
 
 def check_source(ckpt: Checkpoint, settings: AwqSettings) -> None:
@@ -74,6 +77,14 @@ def _gcd(a: int, b: int) -> int:
     while b:
         a, b = b, a % b
     return a
+
+
+def check_vision(ckpt: Checkpoint) -> None:
+    from ..checkpoint import VISION_TOWERS
+
+    if ckpt.s2_scales or ckpt.vision_kind not in VISION_TOWERS:
+        what = "an S2 multi-scale tower" if ckpt.s2_scales else f"a {ckpt.vision_kind} tower"
+        raise UnsupportedError(f"{ckpt.vision_dir}: W8A8 export of {what} is not supported yet; pass --vision fp16")
 
 
 def _load_fp_llm(ckpt: Checkpoint):
@@ -147,6 +158,8 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
     out = Path(out)
     ckpt = load_checkpoint(src, allow_pickle=allow_pickle)
     check_source(ckpt, opts.settings)
+    if opts.vision is not None:
+        check_vision(ckpt)
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: already exists; remove it, pass --overwrite, or choose another output folder")
     if opts.eval_text is not None and not Path(opts.eval_text).is_file():
@@ -188,6 +201,15 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
         write_awq_llm(tmp / "llm", ckpt.llm_dir, llm, result.packed, opts.settings.group_size, opts.max_shard_bytes)
         save_awq_results(tmp / RESULTS_FILE, result, opts.settings)
         seconds["write"] = time.perf_counter() - t
+        vision = None
+        if opts.vision is not None:
+            t = time.perf_counter()
+            vision = quantize_vision(ckpt, tmp / "vision", opts.vision, log)
+            seconds["vision"] = time.perf_counter() - t
+            cos = vision["held_out"]["cosine_mean"]
+            if cos < 0.99:
+                warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {cos:.4f} against fp32 on "
+                              "held-out images (below 0.99); see vision/calibration.json, or pass --vision fp16")  # fmt: skip
         if ppl is not None:  # measured on what was written, read back as any AutoAWQ reader would
             t = time.perf_counter()
             written = load_checkpoint(tmp)
@@ -206,6 +228,8 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
             "torch_threads": torch.get_num_threads(),
             "seconds": {k: round(v, 2) for k, v in seconds.items()},
             "perplexity": ppl,
+            "vision": None if vision is None else {k: vision[k] for k in (
+                "media", "calibration_images", "method", "smooth_alpha", "weights", "quantized_nodes", "held_out")},
             "guards": result.guards,
             "layers": [asdict(layer) for layer in result.layers],
         }

@@ -1,0 +1,65 @@
+"""Vision tower (up to the selected layer) + projector -> ONNX: `pixel_values` [B, 3, S, S] float32,
+already normalised -> `image_embeds` [B, T, H] float32 in the projector's token order, dynamic batch."""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..runtime.onnx_vision import INPUT, OUTPUT
+
+OPSET = 17
+# onnx 1.23 writes IR 11+, which the ONNX Runtime CPU wheels of 2025-26 do not all read; IR 9 is opset 17's
+IR_VERSION = 9
+EXTERNAL_DATA_BYTES = 1 << 30  # protobuf caps a file at 2 GB: bigger towers keep weights beside the graph
+
+
+class VisionProjector(nn.Module):
+    def __init__(self, vision: nn.Module, projector: nn.Module):
+        super().__init__()
+        self.vision, self.projector = vision, projector
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.vision(pixel_values))
+
+
+def _eager_attention(module: nn.Module) -> None:
+    """Plain MatMul/Softmax attention in the graph (what TensorRT's MHA fusion and our Q/DQ pass expect)."""
+    for m in module.modules():
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = "eager"
+
+
+def save_onnx(model, path: Path) -> None:
+    import onnx
+
+    model.ir_version = IR_VERSION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > EXTERNAL_DATA_BYTES:
+        onnx.save(model, path, save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save(model, path)
+
+
+@torch.no_grad()
+def export_vision_onnx(vision: nn.Module, projector: nn.Module, image_size: int, path: str | Path):
+    """Export fp32 to `path`; returns the loaded onnx.ModelProto."""
+    import io
+    import warnings
+
+    import onnx
+
+    module = VisionProjector(vision, projector).float().eval().cpu()
+    _eager_attention(module)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter's notes on tracing and folding are not the user's
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (torch.zeros(1, 3, image_size, image_size),), buffer, dynamo=False, opset_version=OPSET,
+            input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            do_constant_folding=True,
+        )  # fmt: skip
+    model = onnx.load_from_string(buffer.getvalue())
+    save_onnx(model, Path(path))
+    return model

@@ -1,0 +1,1 @@
+"""The runtime front shared by every backend (torch-free where it can be)."""
