@@ -31,13 +31,18 @@ demo: $(VENV)/.installed
 	@echo "== 4. an image question (the tower is random: fluent but blind)"
 	$(PY) -c "from vila_edge.demo import write_sample_image as w; w('$(DEMO)/scene.png')"
 	$(VLE) caption $(CKPT) --image $(DEMO)/scene.png --prompt "Describe the image." --max-new-tokens 48 --format jsonl
-	@echo "== 5. AWQ int4, group 64, a short self-calibration (4 x 256 tokens; the default is 16 x 512);"
-	@echo "      perplexity of fp / RTN / AWQ on stdlib docstrings the quantizer never saw"
+	@echo "== 5. AWQ int4, group 64, calibrated on 4 captioning exchanges over drawn scenes (default 16 x 512 tokens);"
+	@echo "      perplexity of fp / RTN / AWQ on stdlib docstrings the quantizer never saw;"
+	@echo "      the W8A8 vision ONNX calibrated on drawn scenes, checked against fp32 on held-out images"
 	$(PY) -c "from vila_edge.corpus import write_stdlib_text as w; w('$(DEMO)/eval.txt', 'eval')"
+	$(PY) -c "from vila_edge.demo import write_sample_image as w; [w(f'$(DEMO)/frames/{i:02d}.png', seed=i) for i in range(16)]"
 	$(VLE) quantize $(CKPT) -o $(DEMO)/vila-demo-awq --group-size 64 --n-samples 4 --seqlen 256 \
-		--eval-text $(DEMO)/eval.txt --eval-tokens 8192 --overwrite
-	@echo "== 6. the int4 checkpoint answers through the reference (dequantised) backend"
+		--eval-text $(DEMO)/eval.txt --eval-tokens 8192 --vision-calib-images 16 --overwrite \
+		--calib-media $(DEMO)/frames
+	@echo "== 6. the int4 checkpoint answers through the reference (dequantised) backend, and with the int8 vision ONNX"
 	$(VLE) caption $(DEMO)/vila-demo-awq --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 32
+	$(VLE) caption $(DEMO)/vila-demo-awq --backend onnx --image $(DEMO)/scene.png --prompt "Describe the image." \
+		--max-new-tokens 32 --format jsonl
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
