@@ -286,3 +286,44 @@ def test_non_finite_weights_stop_with_the_layer_named(tiny, copy_of, texts, tmp_
     code, _, err = cli("quantize", ckpt, "-o", tmp_path / "out", *QUANT_ARGS)  # self: the model cannot even sample
     assert code == 1 and "its logits are not finite" in err and "Traceback" not in err
     assert _nothing_written(tmp_path / "out")
+
+
+def test_shards_and_their_index_load_back(tiny, tmp_path, cli):
+    out = tmp_path / "sharded"
+    code, _, err = cli("quantize", tiny(), "-o", out, *QUANT_ARGS, "--shard-size", "40KB")
+    assert code == 0, err
+    index = json.loads((out / "llm" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / "llm" / s).is_file() for s in shards)
+    assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    code, stdout, err = cli("caption", out, "--prompt", "Hello", "--conv-mode", "vicuna_v1", "--max-new-tokens", 3,
+                            "--format", "jsonl")  # fmt: skip
+    assert code == 0, err
+
+
+def test_calibration_text_files(tmp_path):
+    from vila_edge.errors import UsageError
+    from vila_edge.quant.calib import read_documents
+
+    (tmp_path / "a.txt").write_text("First paragraph.\n\n\nSecond one,\nover two lines.\n")
+    assert read_documents(tmp_path / "a.txt") == ["First paragraph.", "Second one,\nover two lines."]
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n\n"two"\n')
+    assert read_documents(tmp_path / "b.jsonl") == ["one", "two"]
+    (tmp_path / "c.jsonl").write_text('{"text": "one"}\n{"body": 3}\n')
+    with pytest.raises(UsageError, match=r"c.jsonl:2: no \"text\" string"):
+        read_documents(tmp_path / "c.jsonl")
+    (tmp_path / "d.jsonl").write_text("not json\n")
+    with pytest.raises(UsageError, match="d.jsonl:1: not JSON"):
+        read_documents(tmp_path / "d.jsonl")
+
+
+def test_self_calibration_is_seeded(tiny):
+    from transformers import AutoTokenizer
+
+    from vila_edge.quant.calib import self_token_blocks
+
+    llm = AutoModelForCausalLM.from_pretrained(tiny() / "llm", dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny() / "llm")
+    a, b = (self_token_blocks(llm, tok, 3, 20, seed=7, device="cpu") for _ in range(2))
+    c = self_token_blocks(llm, tok, 3, 20, seed=8, device="cpu")
+    assert a == b and a != c and all(len(block) == 20 and block[0] == tok.bos_token_id for block in a)
