@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import re
 import shutil
 import sys
@@ -54,29 +55,21 @@ def check_source(ckpt: Checkpoint, settings: AwqSettings) -> None:
         raise UnsupportedError(f"AWQ has no scale groups for LLM {model_type!r}; supported: {', '.join(SCALE_GROUPS)}")
     if ckpt.is_pickle("llm"):
         return  # no header to read; quantize_groups checks the same when it gets there
-    widths = {}
-    for name, shape in tensor_shapes(ckpt.weights["llm"]).items():
-        m = _LINEAR_WEIGHT.match(name)
-        if m and len(shape) == 2:
-            widths[name[: -len(".weight")]] = shape
+    widths = {  # linear -> [out_features, in_features], from the safetensors headers
+        name[: -len(".weight")]: shape
+        for name, shape in tensor_shapes(ckpt.weights["llm"]).items()
+        if _LINEAR_WEIGHT.match(name) and len(shape) == 2
+    }
     g = settings.group_size
-    common = 0
-    for n, k in widths.values():
-        common = _gcd(common, k)
+    common = math.gcd(*(k for _, k in widths.values()))
     for name, (n, k) in widths.items():
         if g <= 0 or k % g:
             sizes = [s for s in (32, 64, 128, 256) if common % s == 0]
-            hint = f"group sizes that divide every layer: {', '.join(map(str, sizes))}" if sizes else (
-                f"every in_features is a multiple of {common} only")  # fmt: skip
+            hint = (f"group sizes that divide every layer: {', '.join(map(str, sizes))}" if sizes
+                    else f"every in_features is a multiple of {common} only")  # fmt: skip
             raise UsageError(f"--group-size {g} does not divide {name}'s in_features {k}; {hint}")
         if n % 8:
             raise UnsupportedError(f"{name}: out_features {n} is not a multiple of 8, which the GEMM packing needs")
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def check_vision(ckpt: Checkpoint) -> None:
