@@ -68,21 +68,23 @@ def test_folding_scales_leaves_the_fp_model_unchanged(arch, kv_heads):
     assert torch.allclose(after, before, atol=1e-5, rtol=1e-5)
 
 
-def test_search_picks_alpha_above_zero_for_an_outlier_channel():
+@pytest.mark.parametrize("duo_scaling", [False, True])
+def test_search_picks_alpha_above_zero_for_an_outlier_channel(duo_scaling):
     llm = random_llm("llama", 2)
     layer = llm.model.layers[0]
     torch.manual_seed(1)
     x = torch.randn(4, 32, 64)
     x[..., 7] *= 60  # one salient input channel, as AWQ finds in real LLMs
-    search = _Search(llm, "llama", AwqSettings(group_size=32), "cpu")
+    search = _Search(llm, "llama", AwqSettings(group_size=32, duo_scaling=duo_scaling), "cpu")
     mlp_group = scale_groups("llama", layer)[1]
     assert mlp_group.group.prev == "post_attention_layernorm"
     s, alpha = search.search_scale("layer 0", mlp_group, [x])
     assert alpha > 0 and s.argmax() == 7
 
-    x_plain = torch.randn(4, 32, 64)  # no outlier: scaling has little to win, RTN (alpha 0) stays a candidate
-    _, alpha_plain = search.search_scale("layer 0", mlp_group, [x_plain])
-    assert alpha_plain < alpha
+    if not duo_scaling:  # (duo scaling also weighs the weights, so it finds something to scale in plain x too)
+        x_plain = torch.randn(4, 32, 64)  # no outlier: scaling has little to win, RTN (alpha 0) stays a candidate
+        _, alpha_plain = search.search_scale("layer 0", mlp_group, [x_plain])
+        assert alpha_plain < alpha
 
 
 def test_non_finite_activations_are_reported_where_they_happen():
