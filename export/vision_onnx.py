@@ -43,8 +43,8 @@ def save_onnx(model, path: Path) -> None:
 
 
 @torch.no_grad()
-def export_vision_onnx(vision: nn.Module, projector: nn.Module, image_size: int, path: str | Path):
-    """Export fp32 to `path`; returns the loaded onnx.ModelProto."""
+def export_vision_onnx(vision: nn.Module, projector: nn.Module, image_size: int, path: str | Path) -> None:
+    """Export fp32 to `path` (weights in `path`.data beside it when over 1 GB)."""
     import io
     import warnings
 
@@ -60,6 +60,4 @@ def export_vision_onnx(vision: nn.Module, projector: nn.Module, image_size: int,
             input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             do_constant_folding=True,
         )  # fmt: skip
-    model = onnx.load_from_string(buffer.getvalue())
-    save_onnx(model, Path(path))
-    return model
+    save_onnx(onnx.load_from_string(buffer.getvalue()), Path(path))

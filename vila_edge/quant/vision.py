@@ -32,7 +32,7 @@ class VisionQuantOptions:
     media: Path | None = None
     n_images: int = 32
     held_out: int = 8
-    batch: int = 8
+    batch: int = 1  # images per ORT run while calibrating: every watched activation comes back at once
     keep_float: tuple[str, ...] = field(default_factory=tuple)  # node-name regexes left in float
     weight_bits: int = 7  # 7: ±63, no int16 saturation in ONNX Runtime's u8s8 kernels on CPUs without VNNI
 
@@ -123,7 +123,8 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
 
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
-    fp32 = export_vision_onnx(vision, projector, int(calib.shape[-1]), out_dir / FP32_FILE)
+    export_vision_onnx(vision, projector, int(calib.shape[-1]), out_dir / FP32_FILE)
+    fp32 = onnx.load(out_dir / FP32_FILE)  # (a big tower's weights sit in a .data file beside it: load them too)
     model = onnx.load(out_dir / FP32_FILE)
     fold_identities(model)
     targets = quant_targets(model, opts.keep_float)
