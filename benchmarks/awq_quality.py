@@ -26,7 +26,7 @@ from vila_edge.demo import build_demo_checkpoint, write_sample_image
 from vila_edge.model.vlm import load_tokenizer
 from vila_edge.quant.awq import AwqSettings, rtn_quantize
 from vila_edge.quant.calib import parse_calib
-from vila_edge.quant.ppl import eval_tokens, perplexity
+from vila_edge.quant.ppl import eval_tokens, gap_ratio, perplexity
 from vila_edge.quant.quantize import QuantizeOptions, _load_fp_llm, quantize_checkpoint
 
 HERE = Path(__file__).parent
@@ -131,7 +131,7 @@ def main() -> None:
             ppl = perplexity(read_gemm_llm(dst / "llm"), windows)
             fp, rtn = results["fp"], results["rtn"][str(g)]
             results["awq"].append({
-                "group_size": g, "calib": calib, "duo_scaling": settings.duo_scaling, "ppl": ppl, "gap_over_rtn_gap": (ppl - fp) / (rtn - fp),
+                "group_size": g, "calib": calib, "duo_scaling": settings.duo_scaling, "ppl": ppl, "gap_over_rtn_gap": gap_ratio(fp, rtn, ppl),
                 "quantize_seconds": round(seconds, 1), "stages": report["seconds"],
                 "calibration_tokens": report["calibration"]["tokens"],
                 "mean_layer_mse": {"rtn": sum(r["rtn_loss"] for r in report["layers"]) / len(report["layers"]),

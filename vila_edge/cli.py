@@ -218,7 +218,7 @@ def cmd_eval_ppl(args) -> int:
     from .model.vlm import load_tokenizer, resolve_device
     from .quant.awq import rtn_quantize
     from .quant.awq_format import is_awq, load_awq_llm
-    from .quant.ppl import eval_tokens, perplexity
+    from .quant.ppl import eval_tokens, gap_ratio, perplexity
     from .quant.quantize import _load_fp_llm
 
     device = resolve_device(args.device)
@@ -231,9 +231,7 @@ def cmd_eval_ppl(args) -> int:
     windows = eval_tokens(tokenizer, Path(args.text), args.max_tokens, seqlen)
     ppl = {"text": args.text, "tokens": windows.numel(), "seqlen": seqlen}
 
-    def measure(model) -> float:
-        return perplexity(model.to(device), windows, device)
-
+    measure = lambda model: perplexity(model, windows, device)  # noqa: E731
     if is_awq(ckpt.llm_config):
         ppl["awq"] = measure(load_awq_llm(ckpt.llm_dir, torch.float32, ckpt.weights["llm"]))
     else:
@@ -245,7 +243,7 @@ def cmd_eval_ppl(args) -> int:
         del llm
         if awq is not None:
             ppl["awq"] = measure(load_awq_llm(awq.llm_dir, torch.float32, awq.weights["llm"]))
-            ppl["awq_gap_over_rtn_gap"] = (ppl["awq"] - ppl["fp"]) / max(ppl["rtn"] - ppl["fp"], 1e-12)
+            ppl["awq_gap_over_rtn_gap"] = gap_ratio(ppl["fp"], ppl["rtn"], ppl["awq"])
     print(json.dumps(ppl, indent=2) if args.format == "json" else _ppl_line(ppl))
     return 0
 

@@ -27,10 +27,18 @@ def eval_tokens(tokenizer, path: Path, max_tokens: int, seqlen: int) -> torch.Te
 
 @torch.inference_mode()
 def perplexity(llm, windows: torch.Tensor, device: str = "cpu") -> float:
+    """Scored on `device`; the model goes back to the CPU afterwards (models wait there between stages)."""
+    llm.to(device)
     nll, count = 0.0, 0
     for ids in windows:
         ids = ids[None].to(device)
         logits = llm(input_ids=ids).logits[0, :-1].float()
         nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
         count += ids.shape[1] - 1
+    llm.cpu()
     return math.exp(nll / count)
+
+
+def gap_ratio(fp: float, rtn: float, awq: float) -> float:
+    """AWQ's perplexity gap to fp as a fraction of RTN's (the AWQ paper's Llama-2-7B: 0.5)."""
+    return (awq - fp) / max(rtn - fp, 1e-12)

@@ -22,7 +22,7 @@ from .awq_format import RESULTS_FILE, is_awq, load_awq_llm, save_awq_results, wr
 from .calib import CalibSpec, embed_blocks, media_embeds, media_images, self_token_blocks, text_token_blocks
 from .calib import read_documents
 from .mappings import SCALE_GROUPS
-from .ppl import eval_tokens, perplexity
+from .ppl import eval_tokens, gap_ratio, perplexity
 from .vision import VisionQuantOptions, quantize_vision
 
 REPORT_FILE = "quant_report.json"
@@ -164,21 +164,16 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
     seconds["calibration"] = time.perf_counter() - t
     model_type = ckpt.llm_config["model_type"]
 
-    def measure(model) -> float:
-        value = perplexity(model.to(opts.device), windows, opts.device)
-        model.cpu()
-        return value
-
     ppl = None
     if opts.eval_text is not None:
         t = time.perf_counter()
         seqlen = min(opts.eval_seqlen, ckpt.model_max_length)
         windows = eval_tokens(tokenizer, Path(opts.eval_text), opts.eval_tokens, seqlen)
         ppl = {"text": str(opts.eval_text), "tokens": windows.numel(), "seqlen": seqlen,
-               "fp": measure(llm)}  # fmt: skip
+               "fp": perplexity(llm, windows, opts.device)}  # fmt: skip
         rtn = copy.deepcopy(llm)
         rtn_quantize(rtn, opts.settings.group_size)
-        ppl["rtn"] = measure(rtn)
+        ppl["rtn"] = perplexity(rtn, windows, opts.device)
         del rtn
         seconds["eval"] = time.perf_counter() - t
 
@@ -206,8 +201,9 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
         if ppl is not None:  # measured on what was written, read back as any AutoAWQ reader would
             t = time.perf_counter()
             written = load_checkpoint(tmp)
-            ppl["awq"] = measure(load_awq_llm(written.llm_dir, torch.float32, written.weights["llm"]))
-            ppl["awq_gap_over_rtn_gap"] = (ppl["awq"] - ppl["fp"]) / max(ppl["rtn"] - ppl["fp"], 1e-12)
+            awq = load_awq_llm(written.llm_dir, torch.float32, written.weights["llm"])
+            ppl["awq"] = perplexity(awq, windows, opts.device)
+            ppl["awq_gap_over_rtn_gap"] = gap_ratio(ppl["fp"], ppl["rtn"], ppl["awq"])
             seconds["eval"] += time.perf_counter() - t
         seconds["total"] = time.perf_counter() - t_start
         report = {
