@@ -27,7 +27,7 @@ from vila_edge.model.vlm import load_tokenizer
 from vila_edge.quant.awq import AwqSettings, rtn_quantize
 from vila_edge.quant.calib import parse_calib
 from vila_edge.quant.ppl import eval_tokens, gap_ratio, perplexity
-from vila_edge.quant.quantize import QuantizeOptions, _load_fp_llm, quantize_checkpoint
+from vila_edge.quant.quantize import QuantizeOptions, load_fp_llm, quantize_checkpoint
 
 HERE = Path(__file__).parent
 
@@ -110,11 +110,11 @@ def main() -> None:
     def save():
         out.write_text(json.dumps(results, indent=2) + "\n")
 
-    llm = _load_fp_llm(ckpt)
+    llm = load_fp_llm(ckpt)
     results["fp"] = perplexity(llm, windows)
     group_sizes = [int(g) for g in args.group_sizes.split(",")]
     for g in group_sizes:
-        rtn = _load_fp_llm(ckpt)
+        rtn = load_fp_llm(ckpt)
         rtn_quantize(rtn, g)
         results["rtn"][str(g)] = perplexity(rtn, windows)
         save()

@@ -1,12 +1,12 @@
 """Vision tower (up to the selected layer) + projector -> ONNX: `pixel_values` [B, 3, S, S] float32,
 already normalised -> `image_embeds` [B, T, H] float32 in the projector's token order, dynamic batch."""
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..atomic import current_umask
 from ..runtime.onnx_vision import INPUT, OUTPUT
 
 OPSET = 17
@@ -41,9 +41,7 @@ def save_onnx(model, path: Path) -> None:
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
     if model.ByteSize() > EXTERNAL_DATA_BYTES:
         onnx.save(model, path, save_as_external_data=True, location=data.name)
-        umask = os.umask(0)
-        os.umask(umask)
-        data.chmod(0o666 & ~umask)  # onnx creates it private; it is as shareable as the .onnx beside it
+        data.chmod(0o666 & ~current_umask())  # onnx creates it private; it is as shareable as the .onnx beside it
     else:
         onnx.save(model, path)
 

@@ -9,6 +9,12 @@ from pathlib import Path
 from .errors import UsageError
 
 
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = False):
     """Yields a temporary folder beside `out`; on success it becomes `out`, on any error it is removed."""
@@ -17,9 +23,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False):
         raise UsageError(f"{out}: already exists; remove it or choose another output folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any other folder
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; the result should look like any other folder
     try:
         yield tmp
         if out.exists():

@@ -219,7 +219,7 @@ def cmd_eval_ppl(args) -> int:
     from .quant.awq import rtn_quantize
     from .quant.awq_format import is_awq, load_awq_llm
     from .quant.ppl import eval_tokens, gap_ratio, perplexity
-    from .quant.quantize import _load_fp_llm
+    from .quant.quantize import load_fp_llm
 
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.source, allow_pickle=args.allow_pickle)
@@ -235,7 +235,7 @@ def cmd_eval_ppl(args) -> int:
     if is_awq(ckpt.llm_config):
         ppl["awq"] = measure(load_awq_llm(ckpt.llm_dir, torch.float32, ckpt.weights["llm"]))
     else:
-        llm = _load_fp_llm(ckpt)
+        llm = load_fp_llm(ckpt)
         ppl["fp"] = measure(llm)
         group_size = args.group_size or (awq.llm_config["quantization_config"]["group_size"] if awq else 128)
         rtn_quantize(llm, group_size)

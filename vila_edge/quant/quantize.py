@@ -80,7 +80,7 @@ def check_vision(ckpt: Checkpoint) -> None:
         raise UnsupportedError(f"{ckpt.vision_dir}: W8A8 export of {what} is not supported yet; pass --vision fp16")
 
 
-def _load_fp_llm(ckpt: Checkpoint):
+def load_fp_llm(ckpt: Checkpoint):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -102,7 +102,7 @@ def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, log):
         samples = media_embeds(vila, images, opts.n_samples, opts.seqlen, opts.seed)
         return vila.llm.cpu(), vila.tokenizer, samples
     tokenizer = load_tokenizer(ckpt)
-    llm = _load_fp_llm(ckpt)
+    llm = load_fp_llm(ckpt)
     if spec.kind == "text":
         blocks = text_token_blocks(tokenizer, read_documents(spec.path), opts.n_samples, opts.seqlen, opts.seed)
     else:
