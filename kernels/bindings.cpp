@@ -1,0 +1,195 @@
+// vila_edge._runtime: the CPU engine and its kernels, for the Python front (numpy in, numpy out).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <vector>
+
+#include "cpu/engine.h"
+
+namespace py = pybind11;
+using namespace vila;
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+const Kernels& kernels_or_throw(const std::string& name) {
+    const Kernels* k = name.empty() ? best_kernels() : kernels_named(name.c_str());
+    if (!k) throw std::invalid_argument("kernels '" + name + "' are not available on this CPU");
+    return *k;
+}
+
+template <class T>
+const T* data_of(const py::array& a, const char* what, std::vector<py::ssize_t> shape) {
+    if (a.ndim() != py::ssize_t(shape.size())) throw std::invalid_argument(std::string(what) + ": wrong rank");
+    for (size_t i = 0; i < shape.size(); ++i)
+        if (a.shape(i) != shape[i]) throw std::invalid_argument(std::string(what) + ": wrong shape");
+    if (!(a.flags() & py::array::c_style) || a.itemsize() != sizeof(T))
+        throw std::invalid_argument(std::string(what) + ": need a C-contiguous array of " + std::to_string(sizeof(T)) + "-byte items");
+    return static_cast<const T*>(a.data());
+}
+
+struct Quantized {  // x as int8 blocks, kept alive for a kernel call
+    std::vector<int8_t> q;
+    std::vector<float> d, s;
+    ActQ8 act;
+    explicit Quantized(const F32& x) {
+        if (x.ndim() != 2 || x.shape(1) % QK) throw std::invalid_argument("x: need [m, k] with k a multiple of 32");
+        const int m = int(x.shape(0)), k = int(x.shape(1));
+        q.resize(size_t(m) * k), d.resize(size_t(m) * k / QK), s.resize(d.size());
+        quantize_act(x.data(), m, k, q.data(), d.data(), s.data());
+        act = {q.data(), d.data(), s.data(), m, k};
+    }
+};
+
+F32 out(int m, int n) { return F32({m, n}); }
+
+// Kernel entry points for tests and micro-benchmarks: one table, all output columns.
+F32 q4_matmul(const F32& x, const py::array& q, const py::array& scales, const py::array& zeros, const std::string& name) {
+    const Kernels& k = kernels_or_throw(name);
+    Quantized a(x);
+    const int n = int(q.shape(0)), kk = a.act.k, groups = int(scales.shape(1));
+    Q4Weight w{data_of<uint8_t>(q, "q", {n, py::ssize_t(q4_row_bytes(kk))}), data_of<uint16_t>(scales, "scales", {n, groups}),
+               data_of<uint8_t>(zeros, "zeros", {n, groups}), n, kk, kk / groups};
+    F32 y = out(a.act.m, n);
+    k.q4_matmul(w, a.act, y.mutable_data(), n, 0, n);
+    return y;
+}
+
+F32 q8_matmul(const F32& x, const py::array& q, const py::array& scales, const std::string& name) {
+    const Kernels& k = kernels_or_throw(name);
+    Quantized a(x);
+    const int n = int(q.shape(0)), kk = a.act.k;
+    Q8Weight w{data_of<int8_t>(q, "q", {n, kk}), data_of<uint16_t>(scales, "scales", {n, kk / QK}), n, kk};
+    F32 y = out(a.act.m, n);
+    k.q8_matmul(w, a.act, y.mutable_data(), n, 0, n);
+    return y;
+}
+
+F32 f16_matmul(const F32& x, const py::array& w16, const std::string& name) {
+    const Kernels& k = kernels_or_throw(name);
+    const int m = int(x.shape(0)), kk = int(x.shape(1)), n = int(w16.shape(0));
+    F16Weight w{data_of<uint16_t>(w16, "w", {n, kk}), n, kk};
+    F32 y = out(m, n);
+    k.f16_matmul(w, x.data(), m, y.mutable_data(), n, 0, n);
+    return y;
+}
+
+py::tuple quantize_activations(const F32& x) {
+    Quantized a(x);
+    py::array_t<int8_t> q({a.act.m, a.act.k});
+    F32 d({a.act.m, a.act.k / QK});
+    std::copy(a.q.begin(), a.q.end(), q.mutable_data());
+    std::copy(a.d.begin(), a.d.end(), d.mutable_data());
+    return py::make_tuple(q, d);
+}
+
+// GB/s of reading `mb` megabytes with `threads` threads (best of `repeat`): the decode ceiling's denominator.
+double read_bandwidth(int mb, int threads, int repeat) {
+    const size_t n = size_t(mb) << 18;  // floats
+    std::vector<float> buf(n, 1.f);
+    ThreadPool pool(threads);
+    std::vector<double> sink(size_t(pool.size()) * 8);  // a cache line apart, one per thread
+    double best = 0;
+    for (int r = 0; r < repeat; ++r) {
+        auto t0 = std::chrono::steady_clock::now();
+        pool.run([&](int t) {
+            const size_t b = n * t / pool.size() / 8 * 8, e = n * (t + 1) / pool.size() / 8 * 8;
+            float acc[8] = {};
+            for (size_t i = b; i < e; i += 8)
+                for (int l = 0; l < 8; ++l) acc[l] += buf[i + l];
+            for (float v : acc) sink[size_t(t) * 8] += v;
+        });
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        best = std::max(best, double(n) * 4 / s / 1e9);
+    }
+    if (sink[0] < 0) best = 0;  // keeps the reads alive
+    return best;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_runtime, m) {
+    m.doc() = "vila_edge's CPU engine: int4 LLM forward pass with per-ISA kernels";
+    m.attr("QK") = QK;
+    m.def("cpu_name", [] { return std::string(cpu_name()); });
+    m.def("best_kernels", [] { return std::string(best_kernels()->name); });
+    m.def("supported_kernels", [] {
+        int n = 0;
+        const char* const* names = supported_kernels(&n);
+        return std::vector<std::string>(names, names + n);
+    });
+    m.def("q4_matmul", &q4_matmul, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("zeros"), py::arg("kernels") = "");
+    m.def("q8_matmul", &q8_matmul, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("kernels") = "");
+    m.def("f16_matmul", &f16_matmul, py::arg("x"), py::arg("w"), py::arg("kernels") = "");
+    m.def("quantize_activations", &quantize_activations, py::arg("x"));
+    m.def("read_bandwidth", &read_bandwidth, py::arg("mb") = 1024, py::arg("threads") = 1, py::arg("repeat") = 5,
+          py::call_guard<py::gil_scoped_release>());
+
+    py::class_<ModelConfig>(m, "ModelConfig")
+        .def(py::init<>())
+        .def_readwrite("hidden", &ModelConfig::hidden)
+        .def_readwrite("layers", &ModelConfig::layers)
+        .def_readwrite("heads", &ModelConfig::heads)
+        .def_readwrite("kv_heads", &ModelConfig::kv_heads)
+        .def_readwrite("head_dim", &ModelConfig::head_dim)
+        .def_readwrite("intermediate", &ModelConfig::intermediate)
+        .def_readwrite("vocab", &ModelConfig::vocab)
+        .def_readwrite("rms_eps", &ModelConfig::rms_eps)
+        .def_readwrite("inv_freq", &ModelConfig::inv_freq)
+        .def_readwrite("rope_attention_scale", &ModelConfig::rope_attention_scale);
+
+    py::class_<Engine>(m, "Engine")
+        .def(py::init([](const std::string& path, size_t data_start, const py::dict& tensors, const ModelConfig& config,
+                         int max_seq, int threads, const std::string& kernels) {
+                 std::map<std::string, TensorInfo> index;
+                 for (auto item : tensors) {
+                     auto t = item.second.cast<py::tuple>();  // (dtype, shape, begin, end)
+                     index[item.first.cast<std::string>()] = {t[0].cast<std::string>(), t[1].cast<std::vector<int64_t>>(),
+                                                              t[2].cast<size_t>(), t[3].cast<size_t>()};
+                 }
+                 py::gil_scoped_release release;
+                 return new Engine(path, data_start, index, config, max_seq, threads, kernels);
+             }),
+             py::arg("path"), py::arg("data_start"), py::arg("tensors"), py::arg("config"), py::arg("max_seq"),
+             py::arg("threads") = 1, py::arg("kernels") = "")
+        .def("embed",
+             [](const Engine& e, const I32& ids) {
+                 if (ids.ndim() != 1) throw std::invalid_argument("ids: need a 1-D array");
+                 F32 y = out(int(ids.shape(0)), e.config().hidden);
+                 e.embed(ids.data(), int(ids.shape(0)), y.mutable_data());
+                 return y;
+             })
+        .def("prefill",
+             [](Engine& e, const F32& x) {
+                 if (x.ndim() != 2 || x.shape(1) != e.config().hidden)
+                     throw std::invalid_argument("embeds: need [n, " + std::to_string(e.config().hidden) + "]");
+                 py::array_t<float> logits(e.config().vocab);
+                 float* out = logits.mutable_data();
+                 {
+                     py::gil_scoped_release release;
+                     e.prefill(x.data(), int(x.shape(0)), out);
+                 }
+                 return logits;
+             })
+        .def("decode",
+             [](Engine& e, int token) {
+                 py::array_t<float> logits(e.config().vocab);
+                 float* out = logits.mutable_data();
+                 {
+                     py::gil_scoped_release release;
+                     e.decode(token, out);
+                 }
+                 return logits;
+             })
+        .def("reset", &Engine::reset)
+        .def("trim", &Engine::trim)
+        .def_property_readonly("position", &Engine::position)
+        .def_property_readonly("max_seq", &Engine::max_seq)
+        .def_property_readonly("threads", &Engine::threads)
+        .def_property_readonly("kernels", [](const Engine& e) { return std::string(e.kernels()); });
+}

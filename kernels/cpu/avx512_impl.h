@@ -1,0 +1,158 @@
+// AVX-512 (F, BW, VL) kernels, included by avx512.cpp and, with VILA_VNNI, by avx512vnni.cpp
+// (_mm512_dpbusd_epi32 in place of maddubs + madd). Two blocks of 32 per 512-bit vector.
+// GCC 12 flags its own AVX-512 intrinsic headers (`__Y = __Y`) with false maybe-uninitialized warnings.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <vector>
+
+#include "kernels.h"
+
+namespace vila {
+namespace {
+
+inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+inline __m512i dot_u8s8(__m512i w, __m512i x) {
+#ifdef VILA_VNNI
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
+#endif
+}
+
+// [a × 8 | b × 8]: the per-block scales of a two-block product.
+inline __m512 two_scales(float a, float b) { return _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(a), _mm512_set1_ps(b)); }
+
+inline float zero_term(const uint16_t* s, const uint8_t* z, const float* X, int ng) {
+    __m512 acc = _mm512_setzero_ps();
+    int g = 0;
+    for (; g + 16 <= ng; g += 16) {
+        __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(s + g)));
+        __m512 zv = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(z + g))));
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(sv, zv), _mm512_loadu_ps(X + g), acc);
+    }
+    float r = _mm512_reduce_add_ps(acc);
+    for (; g < ng; ++g) r += h2f(s[g]) * float(z[g]) * X[g];
+    return r;
+}
+
+template <int MT>
+void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y, int ldy, int j0, int j1) {
+    const int nb = w.k / QK, ng = w.k / w.group, gshift = __builtin_ctz(w.group / QK);
+    const size_t row_bytes = q4_row_bytes(w.k);
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const int8_t* xq[MT];
+    const float* xd[MT];
+    for (int r = 0; r < MT; ++r) xq[r] = x.q + size_t(i0 + r) * w.k, xd[r] = x.d + size_t(i0 + r) * nb;
+    for (int j = j0; j < j1; ++j) {
+        const uint8_t* wq = w.q + size_t(j) * row_bytes;
+        const uint16_t* ws = w.scales + size_t(j) * ng;
+        __m512 acc[MT];
+        for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
+        int b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            __m256i v = _mm256_loadu_si256((const __m256i*)(wq + b * 16));
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // blocks b, b + 1 in order
+            float s0 = h2f(ws[b >> gshift]), s1 = h2f(ws[(b + 1) >> gshift]);
+            for (int r = 0; r < MT; ++r) {
+                __m512i p = dot_u8s8(wv, _mm512_loadu_si512(xq[r] + b * QK));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), two_scales(s0 * xd[r][b], s1 * xd[r][b + 1]), acc[r]);
+            }
+        }
+        if (b < nb) {  // odd last block: low nibbles only; the upper half of x is masked to zero
+            __m256i lo = _mm256_and_si256(_mm256_loadu_si256((const __m256i*)(wq + b * 16)), m4);
+            __m512i wv = _mm512_castsi256_si512(lo);
+            wv = _mm512_inserti64x4(wv, _mm256_setzero_si256(), 1);
+            float s0 = h2f(ws[b >> gshift]);
+            for (int r = 0; r < MT; ++r) {
+                __m512i xv = _mm512_maskz_loadu_epi8(0xffffffffull, xq[r] + b * QK);
+                __m512i p = dot_u8s8(wv, xv);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(s0 * xd[r][b]), acc[r]);
+            }
+        }
+        for (int r = 0; r < MT; ++r)
+            y[size_t(i0 + r) * ldy + j] =
+                _mm512_reduce_add_ps(acc[r]) - zero_term(ws, w.zeros + size_t(j) * ng, X + size_t(i0 + r) * ng, ng);
+    }
+}
+
+void q4_matmul(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    thread_local std::vector<float> X;
+    X.resize(size_t(x.m) * (w.k / w.group));
+    group_sums(x, w.group, X.data());
+    constexpr int JC = 16;
+    for (int jc = j0; jc < j1; jc += JC) {
+        const int je = jc + JC < j1 ? jc + JC : j1;
+        int i = 0;
+        for (; i + 4 <= x.m; i += 4) q4_tile<4>(w, x, i, X.data(), y, ldy, jc, je);
+        switch (x.m - i) {
+            case 3: q4_tile<3>(w, x, i, X.data(), y, ldy, jc, je); break;
+            case 2: q4_tile<2>(w, x, i, X.data(), y, ldy, jc, je); break;
+            case 1: q4_tile<1>(w, x, i, X.data(), y, ldy, jc, je); break;
+        }
+    }
+}
+
+// int8 × int8 through the u8 × s8 instruction: |w| and x with w's sign.
+template <int MT>
+void q8_tile(const Q8Weight& w, const ActQ8& x, int i0, float* y, int ldy, int j0, int j1) {
+    const int nb = w.k / QK;
+    for (int j = j0; j < j1; ++j) {
+        const int8_t* wq = w.q + size_t(j) * w.k;
+        const uint16_t* ws = w.scales + size_t(j) * nb;
+        __m512 acc[MT];
+        for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
+        int b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            __m512i v = _mm512_loadu_si512(wq + b * QK);
+            __m512i av = _mm512_abs_epi8(v);
+            __mmask64 neg = _mm512_movepi8_mask(v);
+            float s0 = h2f(ws[b]), s1 = h2f(ws[b + 1]);
+            for (int r = 0; r < MT; ++r) {
+                const float* xd = x.d + size_t(i0 + r) * nb;
+                __m512i xv = _mm512_loadu_si512(x.q + size_t(i0 + r) * w.k + b * QK);
+                xv = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
+                __m512i p = dot_u8s8(av, xv);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), two_scales(s0 * xd[b], s1 * xd[b + 1]), acc[r]);
+            }
+        }
+        float tail[MT] = {};
+        for (; b < nb; ++b) {
+            const float s = h2f(ws[b]);
+            for (int r = 0; r < MT; ++r) {
+                const int8_t* xr = x.q + size_t(i0 + r) * w.k + b * QK;
+                int isum = 0;
+                for (int t = 0; t < QK; ++t) isum += wq[b * QK + t] * xr[t];
+                tail[r] += s * x.d[size_t(i0 + r) * nb + b] * float(isum);
+            }
+        }
+        for (int r = 0; r < MT; ++r) y[size_t(i0 + r) * ldy + j] = _mm512_reduce_add_ps(acc[r]) + tail[r];
+    }
+}
+
+void q8_matmul(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    int i = 0;
+    for (; i + 4 <= x.m; i += 4) q8_tile<4>(w, x, i, y, ldy, j0, j1);
+    for (; i < x.m; ++i) q8_tile<1>(w, x, i, y, ldy, j0, j1);
+}
+
+void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
+    for (int i = 0; i < m; ++i) {
+        const float* xr = x + size_t(i) * w.k;
+        for (int j = j0; j < j1; ++j) {
+            const uint16_t* wr = w.w + size_t(j) * w.k;
+            __m512 acc = _mm512_setzero_ps();
+            int t = 0;
+            for (; t + 16 <= w.k; t += 16)
+                acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wr + t))), _mm512_loadu_ps(xr + t), acc);
+            float r = _mm512_reduce_add_ps(acc);
+            for (; t < w.k; ++t) r += h2f(wr[t]) * xr[t];
+            y[size_t(i) * ldy + j] = r;
+        }
+    }
+}
+
+}  // namespace
+}  // namespace vila

@@ -1,0 +1,262 @@
+#include "engine.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+namespace vila {
+
+MappedFile::MappedFile(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw std::runtime_error(path + ": cannot open (" + std::strerror(errno) + ")");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size == 0) {
+        ::close(fd);
+        throw std::runtime_error(path + ": empty or unreadable");
+    }
+    size_ = size_t(st.st_size);
+    void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error(path + ": mmap failed (" + std::strerror(errno) + ")");
+    data_ = static_cast<uint8_t*>(p);
+}
+
+MappedFile::~MappedFile() {
+    if (data_) munmap(data_, size_);
+}
+
+static size_t itemsize(const std::string& dtype) {
+    if (dtype == "F32") return 4;
+    if (dtype == "F16") return 2;
+    if (dtype == "U8" || dtype == "I8") return 1;
+    throw std::invalid_argument("unsupported dtype " + dtype);
+}
+
+static std::string shape_str(const std::vector<int64_t>& s) {
+    std::string r = "[";
+    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + "]";
+}
+
+template <class T>
+const T* Engine::tensor(const std::string& name, const char* dtype, std::vector<int64_t> shape) const {
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) throw std::invalid_argument("tensor " + name + " missing");
+    const TensorInfo& t = it->second;
+    if (t.dtype != dtype || t.shape != shape)
+        throw std::invalid_argument("tensor " + name + " is " + t.dtype + " " + shape_str(t.shape) + ", expected " + dtype +
+                                    " " + shape_str(shape));
+    size_t n = itemsize(t.dtype);
+    for (int64_t d : t.shape) n *= size_t(d);
+    if (t.end - t.begin != n || data_start_ + t.end > file_->size())
+        throw std::invalid_argument("tensor " + name + " lies outside the file (truncated?)");
+    const size_t at = data_start_ + t.begin;
+    if (at % alignof(T)) throw std::invalid_argument("tensor " + name + " is misaligned");
+    return reinterpret_cast<const T*>(file_->data() + at);
+}
+
+Linear Engine::linear(const std::string& name, int n, int k, bool bias) const {
+    auto it = tensors_.find(name + ".scales");
+    if (it == tensors_.end() || it->second.shape.size() != 2 || it->second.shape[1] <= 0)
+        throw std::invalid_argument("tensor " + name + ".scales missing or not 2-D");
+    const int groups = int(it->second.shape[1]), group = k / groups;
+    if (group * groups != k || group % QK || (group & (group - 1)))
+        throw std::invalid_argument(name + ": group size " + std::to_string(group) + " is not a power-of-two multiple of 32");
+    Linear l;
+    l.w = {tensor<uint8_t>(name + ".q", "U8", {n, int64_t(q4_row_bytes(k))}),
+           tensor<uint16_t>(name + ".scales", "F16", {n, groups}), tensor<uint8_t>(name + ".zeros", "U8", {n, groups}), n,
+           k, group};
+    if (bias) l.bias = tensor<float>(name + ".bias", "F32", {n});
+    return l;
+}
+
+Engine::Engine(const std::string& path, size_t data_start, const std::map<std::string, TensorInfo>& tensors,
+               const ModelConfig& config, int max_seq, int threads, const std::string& kernels)
+    : file_(new MappedFile(path)), data_start_(data_start), tensors_(tensors), c_(config),
+      k_(kernels.empty() ? best_kernels() : kernels_named(kernels.c_str())), pool_(threads), max_seq_(max_seq) {
+    if (!k_) throw std::invalid_argument("kernels '" + kernels + "' are not available on this CPU");
+    const int H = c_.hidden, hd = c_.head_dim, I = c_.intermediate;
+    const int nqkv = (c_.heads + 2 * c_.kv_heads) * hd;
+    if (H % QK || I % QK || (c_.heads * hd) % QK) throw std::invalid_argument("hidden, intermediate and heads × head_dim must be multiples of 32");
+    if (c_.heads % c_.kv_heads || int(c_.inv_freq.size()) != hd / 2) throw std::invalid_argument("inconsistent attention config");
+    const bool qkv_bias = tensors_.count("layers.0.qkv.bias") > 0;
+    embed_ = tensor<uint16_t>("embed", "F16", {c_.vocab, H});
+    for (int i = 0; i < c_.layers; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        layers_.push_back({tensor<float>(p + "attn_norm", "F32", {H}), tensor<float>(p + "ffn_norm", "F32", {H}),
+                           linear(p + "qkv", nqkv, H, qkv_bias), linear(p + "o", H, c_.heads * hd, false),
+                           linear(p + "gate_up", 2 * I, H, false), linear(p + "down", H, I, false)});
+    }
+    norm_ = tensor<float>("norm", "F32", {H});
+    if (tensors_.count("lm_head.q"))
+        head_q8_ = {tensor<int8_t>("lm_head.q", "I8", {c_.vocab, H}), tensor<uint16_t>("lm_head.scales", "F16", {c_.vocab, H / QK}),
+                    c_.vocab, H};
+    else
+        head_f16_ = {tensor<uint16_t>("lm_head.weight", "F16", {c_.vocab, H}), c_.vocab, H};
+
+    const size_t C = kChunk, widest = std::max({size_t(H), size_t(2 * I), size_t(nqkv)});
+    x_.resize(C * H), h_.resize(C * H), tmp_.resize(C * H), qkv_.resize(C * nqkv), attn_.resize(C * c_.heads * hd);
+    gu_.resize(C * 2 * I), act_.resize(C * I);
+    aq_.resize(C * widest), ad_.resize(C * widest / QK), as_.resize(C * widest / QK);
+    k_cache_.assign(size_t(c_.layers) * c_.kv_heads * max_seq_ * hd, 0.f);
+    v_cache_.assign(k_cache_.size(), 0.f);
+}
+
+void Engine::trim(int n) {
+    if (n < 0 || n > pos_) throw std::invalid_argument("trim(" + std::to_string(n) + ") outside the cache's " + std::to_string(pos_) + " positions");
+    pos_ = n;
+}
+
+void Engine::embed(const int32_t* ids, int n, float* out) const {
+    for (int i = 0; i < n; ++i) {
+        if (ids[i] < 0 || ids[i] >= c_.vocab) throw std::invalid_argument("token id " + std::to_string(ids[i]) + " outside the vocabulary");
+        const uint16_t* row = embed_ + size_t(ids[i]) * c_.hidden;
+        for (int t = 0; t < c_.hidden; ++t) out[size_t(i) * c_.hidden + t] = fp16_to_float(row[t]);
+    }
+}
+
+void Engine::prefill(const float* embeds, int n, float* logits) {
+    if (n <= 0) throw std::invalid_argument("prefill needs at least one position");
+    if (pos_ + n > max_seq_)
+        throw std::length_error("the cache holds " + std::to_string(max_seq_) + " positions; " + std::to_string(pos_) + " used, " +
+                                std::to_string(n) + " more asked");
+    for (int i = 0; i < n; i += kChunk) {
+        const int m = std::min(kChunk, n - i);
+        std::copy(embeds + size_t(i) * c_.hidden, embeds + size_t(i + m) * c_.hidden, x_.begin());
+        forward(m, i + m == n ? logits : nullptr);
+    }
+}
+
+void Engine::decode(int token, float* logits) {
+    if (pos_ + 1 > max_seq_) throw std::length_error("the cache is full (" + std::to_string(max_seq_) + " positions)");
+    embed(&token, 1, x_.data());
+    forward(1, logits);
+}
+
+void Engine::rmsnorm(const float* x, const float* w, int m, float* y) {
+    const int H = c_.hidden;
+    for (int i = 0; i < m; ++i) {
+        const float* xr = x + size_t(i) * H;
+        float ss = 0.f;
+        for (int t = 0; t < H; ++t) ss += xr[t] * xr[t];
+        const float r = 1.f / std::sqrt(ss / H + c_.rms_eps);
+        for (int t = 0; t < H; ++t) y[size_t(i) * H + t] = w[t] * (xr[t] * r);
+    }
+}
+
+// y [m, n] = x [m, k] · wᵀ (+ bias): activations to int8 blocks, then rows of w split over the pool.
+void Engine::matmul(const Linear& l, const float* x, int m, float* y) {
+    const int k = l.w.k, n = l.w.n, nb = k / QK;
+    pool_.parallel_for(m, 1, [&](int b, int e) {
+        quantize_act(x + size_t(b) * k, e - b, k, aq_.data() + size_t(b) * k, ad_.data() + size_t(b) * nb, as_.data() + size_t(b) * nb);
+    });
+    const ActQ8 a{aq_.data(), ad_.data(), as_.data(), m, k};
+    pool_.parallel_for(n, 16, [&](int j0, int j1) { k_->q4_matmul(l.w, a, y, n, j0, j1); });
+    if (l.bias)
+        for (int i = 0; i < m; ++i)
+            for (int j = 0; j < n; ++j) y[size_t(i) * n + j] += l.bias[j];
+}
+
+// Rotate-half RoPE on the q and k heads of each row, at positions pos_ .. pos_ + m - 1.
+void Engine::rope(float* qkv, int m) {
+    const int hd = c_.head_dim, half = hd / 2, heads = c_.heads + c_.kv_heads, stride = (c_.heads + 2 * c_.kv_heads) * hd;
+    std::vector<float> cs(half), sn(half);
+    for (int i = 0; i < m; ++i) {
+        const float p = float(pos_ + i);
+        for (int t = 0; t < half; ++t) {
+            const float a = p * c_.inv_freq[t];
+            cs[t] = std::cos(a) * c_.rope_attention_scale, sn[t] = std::sin(a) * c_.rope_attention_scale;
+        }
+        for (int h = 0; h < heads; ++h) {
+            float* v = qkv + size_t(i) * stride + size_t(h) * hd;
+            for (int t = 0; t < half; ++t) {
+                const float a = v[t], b = v[t + half];
+                v[t] = a * cs[t] - b * sn[t];
+                v[t + half] = b * cs[t] + a * sn[t];
+            }
+        }
+    }
+}
+
+// Causal attention of m new rows over the cache (their own k/v already written).
+void Engine::attention(int layer, const float* qkv, int m, float* out) {
+    const int hd = c_.head_dim, nh = c_.heads, group = c_.heads / c_.kv_heads, stride = (nh + 2 * c_.kv_heads) * hd;
+    const float scale = 1.f / std::sqrt(float(hd));
+    const size_t per_head = size_t(max_seq_) * hd;
+    const float* kl = k_cache_.data() + size_t(layer) * c_.kv_heads * per_head;
+    const float* vl = v_cache_.data() + size_t(layer) * c_.kv_heads * per_head;
+    pool_.parallel_for(nh * m, 1, [&](int b, int e) {
+        thread_local std::vector<float> score;
+        score.resize(pos_ + m);
+        for (int task = b; task < e; ++task) {
+            const int h = task % nh, i = task / nh, n = pos_ + i + 1;
+            const float* q = qkv + size_t(i) * stride + size_t(h) * hd;
+            const float *kh = kl + (h / group) * per_head, *vh = vl + (h / group) * per_head;
+            float mx = -INFINITY;
+            for (int t = 0; t < n; ++t) {
+                float s = 0.f;
+                for (int d = 0; d < hd; ++d) s += q[d] * kh[size_t(t) * hd + d];
+                score[t] = s * scale;
+                mx = std::max(mx, score[t]);
+            }
+            float sum = 0.f;
+            for (int t = 0; t < n; ++t) sum += score[t] = std::exp(score[t] - mx);
+            float* o = out + size_t(i) * nh * hd + size_t(h) * hd;
+            std::fill(o, o + hd, 0.f);
+            for (int t = 0; t < n; ++t) {
+                const float p = score[t] / sum;
+                for (int d = 0; d < hd; ++d) o[d] += p * vh[size_t(t) * hd + d];
+            }
+        }
+    });
+}
+
+void Engine::forward(int m, float* logits) {
+    const int H = c_.hidden, hd = c_.head_dim, I = c_.intermediate, nkv = c_.kv_heads, nh = c_.heads;
+    const int stride = (nh + 2 * nkv) * hd;
+    const size_t per_head = size_t(max_seq_) * hd;
+    for (int l = 0; l < c_.layers; ++l) {
+        const Layer& L = layers_[l];
+        rmsnorm(x_.data(), L.attn_norm, m, h_.data());
+        matmul(L.qkv, h_.data(), m, qkv_.data());
+        rope(qkv_.data(), m);
+        for (int i = 0; i < m; ++i)
+            for (int h = 0; h < nkv; ++h) {
+                const float* k = qkv_.data() + size_t(i) * stride + size_t(nh + h) * hd;
+                const size_t at = (size_t(l) * nkv + h) * per_head + size_t(pos_ + i) * hd;
+                std::copy(k, k + hd, k_cache_.begin() + at);
+                std::copy(k + nkv * hd, k + nkv * hd + hd, v_cache_.begin() + at);
+            }
+        attention(l, qkv_.data(), m, attn_.data());
+        matmul(L.o, attn_.data(), m, tmp_.data());
+        for (size_t t = 0; t < size_t(m) * H; ++t) x_[t] += tmp_[t];
+        rmsnorm(x_.data(), L.ffn_norm, m, h_.data());
+        matmul(L.gate_up, h_.data(), m, gu_.data());
+        for (int i = 0; i < m; ++i)
+            for (int t = 0; t < I; ++t) {
+                const float g = gu_[size_t(i) * 2 * I + t], u = gu_[size_t(i) * 2 * I + I + t];
+                act_[size_t(i) * I + t] = g / (1.f + std::exp(-g)) * u;
+            }
+        matmul(L.down, act_.data(), m, tmp_.data());
+        for (size_t t = 0; t < size_t(m) * H; ++t) x_[t] += tmp_[t];
+    }
+    pos_ += m;
+    if (!logits) return;
+    rmsnorm(x_.data() + size_t(m - 1) * H, norm_, 1, h_.data());
+    if (head_q8_.q) {
+        quantize_act(h_.data(), 1, H, aq_.data(), ad_.data(), as_.data());
+        const ActQ8 a{aq_.data(), ad_.data(), as_.data(), 1, H};
+        pool_.parallel_for(c_.vocab, 16, [&](int j0, int j1) { k_->q8_matmul(head_q8_, a, logits, c_.vocab, j0, j1); });
+    } else {
+        pool_.parallel_for(c_.vocab, 16, [&](int j0, int j1) { k_->f16_matmul(head_f16_, h_.data(), 1, logits, c_.vocab, j0, j1); });
+    }
+}
+
+}  // namespace vila

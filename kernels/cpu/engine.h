@@ -1,0 +1,103 @@
+// The LLM forward pass on the CPU: embeddings in, logits out, KV cache inside. Llama and Qwen2
+// (q/k/v bias) decoder layers: RMSNorm, RoPE, grouped-query attention, SwiGLU; int4 linears.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+namespace vila {
+
+struct TensorInfo {
+    std::string dtype;  // safetensors dtype: F32, F16, U8, I8
+    std::vector<int64_t> shape;
+    size_t begin, end;  // byte offsets from the start of the data section
+};
+
+struct ModelConfig {
+    int hidden, layers, heads, kv_heads, head_dim, intermediate, vocab;
+    float rms_eps;
+    std::vector<float> inv_freq;  // head_dim / 2 rotary frequencies, scaling already applied
+    float rope_attention_scale = 1.f;  // cos/sin multiplier of scaled rotary variants
+};
+
+// A read-only mapping of the engine's weight file.
+class MappedFile {
+public:
+    explicit MappedFile(const std::string& path);
+    ~MappedFile();
+    MappedFile(const MappedFile&) = delete;
+    MappedFile& operator=(const MappedFile&) = delete;
+    const uint8_t* data() const { return data_; }
+    size_t size() const { return size_; }
+
+private:
+    uint8_t* data_ = nullptr;
+    size_t size_ = 0;
+};
+
+struct Linear {  // int4 weight, optional float bias
+    Q4Weight w;
+    const float* bias = nullptr;
+};
+
+struct Layer {
+    const float *attn_norm, *ffn_norm;
+    Linear qkv, o, gate_up, down;  // q, k, v rows stacked; gate rows then up rows
+};
+
+class Engine {
+public:
+    Engine(const std::string& path, size_t data_start, const std::map<std::string, TensorInfo>& tensors,
+           const ModelConfig& config, int max_seq, int threads, const std::string& kernels);
+
+    // Appends n positions (embeddings [n, hidden]) to the cache; writes the last position's logits.
+    void prefill(const float* embeds, int n, float* logits);
+    void decode(int token, float* logits);
+    void embed(const int32_t* ids, int n, float* out) const;
+    void reset() { pos_ = 0; }
+    void trim(int n);  // keep the first n positions
+
+    int position() const { return pos_; }
+    int max_seq() const { return max_seq_; }
+    int threads() const { return pool_.size(); }
+    const char* kernels() const { return k_->name; }
+    const ModelConfig& config() const { return c_; }
+
+private:
+    template <class T>
+    const T* tensor(const std::string& name, const char* dtype, std::vector<int64_t> shape) const;
+    Linear linear(const std::string& name, int n, int k, bool bias) const;
+    void forward(int n, float* logits);
+    void matmul(const Linear& l, const float* x, int m, float* y);
+    void rmsnorm(const float* x, const float* w, int m, float* y);
+    void rope(float* qkv, int m);
+    void attention(int layer, const float* qkv, int m, float* out);
+
+    std::unique_ptr<MappedFile> file_;
+    size_t data_start_;
+    std::map<std::string, TensorInfo> tensors_;
+    ModelConfig c_;
+    const Kernels* k_;
+    ThreadPool pool_;
+    int max_seq_, pos_ = 0;
+
+    const uint16_t* embed_;
+    std::vector<Layer> layers_;
+    const float* norm_;
+    Q8Weight head_q8_{};
+    F16Weight head_f16_{};
+
+    static constexpr int kChunk = 64;  // prefill positions per forward pass; sizes the scratch below
+
+    std::vector<float> x_, h_, qkv_, attn_, gu_, act_, tmp_;
+    std::vector<int8_t> aq_;
+    std::vector<float> ad_, as_;
+    std::vector<float> k_cache_, v_cache_;  // [layer][kv_head][max_seq][head_dim]
+};
+
+}  // namespace vila

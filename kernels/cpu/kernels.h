@@ -1,0 +1,84 @@
+// The CPU kernels' contract: weight formats, the int8 activation format, and one table of
+// function pointers per instruction set (ref, avx2, avx512, avx512vnni, neon, neon-dotprod).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace vila {
+
+constexpr int QK = 32;  // activation block: int8 values sharing one float scale
+
+// Int4 weight [n, k] in groups of `group` along k (32, 64 or 128): w = scale * (q - zero).
+// q: n rows of q4_row_bytes(k); each 32 bytes hold 64 weights: byte j has weight j in its low
+// nibble and weight 32 + j in its high nibble, so one AND and one shift give two blocks in order.
+// An odd last block of 32 leaves its high nibbles zero.
+struct Q4Weight {
+    const uint8_t* q;
+    const uint16_t* scales;  // fp16 [n, k / group]
+    const uint8_t* zeros;    // [n, k / group], 0..15
+    int n, k, group;
+};
+
+// Int8 weight [n, k]: w = scale * q, one fp16 scale per block of QK.
+inline size_t q4_row_bytes(int k) { return size_t(k + 63) / 64 * 32; }
+
+struct Q8Weight {
+    const int8_t* q;
+    const uint16_t* scales;  // fp16 [n, k / QK]
+    int n, k;
+};
+
+// fp16 weight [n, k], used with float activations.
+struct F16Weight {
+    const uint16_t* w;
+    int n, k;
+};
+
+// m rows of k activations as int8 blocks (k a multiple of QK): x ≈ d * q; sum = d * Σq (for the
+// weight's zero term).
+struct ActQ8 {
+    const int8_t* q;   // [m, k]
+    const float* d;    // [m, k / QK]
+    const float* sum;  // [m, k / QK]
+    int m, k;
+};
+
+// y[i * ldy + j] = Σ_k x[i, k] · w[j, k] for rows i < m and output columns j in [j0, j1).
+struct Kernels {
+    const char* name;
+    void (*q4_matmul)(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
+    void (*q8_matmul)(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
+    void (*f16_matmul)(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
+};
+
+// Σ of x.sum over each weight group, per activation row: the zero term is Σ_g scale·zero·X_g.
+inline void group_sums(const ActQ8& x, int group, float* X) {
+    const int nb = x.k / QK, per = group / QK;
+    for (int i = 0; i < x.m; ++i)
+        for (int g = 0; g < x.k / group; ++g) {
+            float s = 0.f;
+            for (int b = g * per; b < (g + 1) * per; ++b) s += x.sum[size_t(i) * nb + b];
+            X[size_t(i) * (x.k / group) + g] = s;
+        }
+}
+
+// Shared by every table (memory-light next to the matmuls).
+void quantize_act(const float* x, int m, int k, int8_t* q, float* d, float* sum);
+float fp16_to_float(uint16_t h);
+
+extern const Kernels kRef;
+#if defined(__x86_64__) || defined(_M_X64)
+extern const Kernels kAvx2, kAvx512, kAvx512Vnni;
+#endif
+#if defined(__aarch64__)
+extern const Kernels kNeon, kNeonDot;
+#endif
+
+// The best table this CPU runs, or the one named (nullptr if unknown or unsupported here).
+const Kernels* best_kernels();
+const Kernels* kernels_named(const char* name);
+// Names of the tables this CPU can run, best last.
+const char* const* supported_kernels(int* count);
+const char* cpu_name();
+
+}  // namespace vila

@@ -1,0 +1,97 @@
+// Portable kernels: the reference every SIMD table is tested against, and the fallback.
+#include <cmath>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace vila {
+
+float fp16_to_float(uint16_t h) {
+    uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff, bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000 | (mant << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        bits = sign;
+    } else {  // subnormal: renormalise
+        int e = -1;
+        do { ++e; mant <<= 1; } while (!(mant & 0x400));
+        bits = sign | uint32_t(112 - e) << 23 | ((mant & 0x3ff) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+void quantize_act(const float* x, int m, int k, int8_t* q, float* d, float* sum) {
+    for (int b = 0; b < m * (k / QK); ++b) {
+        const float* xb = x + b * QK;
+        float amax = 0.f;
+        for (int t = 0; t < QK; ++t) amax = std::fmax(amax, std::fabs(xb[t]));
+        float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+        int s = 0;
+        for (int t = 0; t < QK; ++t) {
+            int v = int(std::nearbyint(xb[t] * inv));
+            q[b * QK + t] = int8_t(v);
+            s += v;
+        }
+        d[b] = scale;
+        sum[b] = scale * float(s);
+    }
+}
+
+static void q4_matmul(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    const int nb = w.k / QK, ng = w.k / w.group, bpg = w.group / QK;
+    for (int i = 0; i < x.m; ++i) {
+        const int8_t* xq = x.q + size_t(i) * w.k;
+        const float *xd = x.d + size_t(i) * nb, *xs = x.sum + size_t(i) * nb;
+        for (int j = j0; j < j1; ++j) {
+            const uint8_t* wq = w.q + size_t(j) * q4_row_bytes(w.k);
+            float acc = 0.f;
+            for (int b = 0; b < nb; ++b) {
+                const uint8_t* pair = wq + b / 2 * 32;
+                const int shift = b % 2 * 4;
+                int isum = 0;
+                for (int t = 0; t < QK; ++t) isum += (pair[t] >> shift & 15) * xq[b * QK + t];
+                const int g = b / bpg;
+                const float s = fp16_to_float(w.scales[size_t(j) * ng + g]), z = w.zeros[size_t(j) * ng + g];
+                acc += s * (xd[b] * float(isum) - z * xs[b]);
+            }
+            y[size_t(i) * ldy + j] = acc;
+        }
+    }
+}
+
+static void q8_matmul(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    const int nb = w.k / QK;
+    for (int i = 0; i < x.m; ++i) {
+        const int8_t* xq = x.q + size_t(i) * w.k;
+        const float* xd = x.d + size_t(i) * nb;
+        for (int j = j0; j < j1; ++j) {
+            const int8_t* wq = w.q + size_t(j) * w.k;
+            float acc = 0.f;
+            for (int b = 0; b < nb; ++b) {
+                int isum = 0;
+                for (int t = 0; t < QK; ++t) isum += wq[b * QK + t] * xq[b * QK + t];
+                acc += fp16_to_float(w.scales[size_t(j) * nb + b]) * xd[b] * float(isum);
+            }
+            y[size_t(i) * ldy + j] = acc;
+        }
+    }
+}
+
+static void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
+    for (int i = 0; i < m; ++i)
+        for (int j = j0; j < j1; ++j) {
+            const uint16_t* wr = w.w + size_t(j) * w.k;
+            const float* xr = x + size_t(i) * w.k;
+            float acc = 0.f;
+            for (int t = 0; t < w.k; ++t) acc += fp16_to_float(wr[t]) * xr[t];
+            y[size_t(i) * ldy + j] = acc;
+        }
+}
+
+const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul};
+
+}  // namespace vila
