@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CheckpointError, UnsupportedError
-from .model.projector import PROJECTORS, tokens_after
+from .projectors import PROJECTORS, tokens_after
 from .safetensors_header import read_header
 
 SUPPORTED_LLMS = ("llama", "qwen2")
