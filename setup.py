@@ -78,7 +78,6 @@ setup(
         "accelerate>=1.0",  # transformers needs it to load a GGUF
         "onnx==1.23.2",  # the vision tower's ONNX (fp32 and W8A8 QDQ)
         "onnxruntime==1.31.1",  # runs it on the CPU
-        "psutil>=5.9",  # bench: peak RSS and CPU facts
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["vila-edge=vila_edge.cli:main"]},

@@ -12,11 +12,8 @@ from .errors import UsageError, VilaEdgeError
 from .generate import SamplingParams
 
 # Verbs whose issue is still open: they say so and exit 2, never fake output.
-NOT_YET = {
-    "build-engine": "engine building (issues #5 and #6)",
-    "bench": "the tokens/s and TTFT benchmark (issue #7)",
-    "bench-table": "the published benchmark table (issue #7)",
-}
+NOT_YET = {"bench-table": "the published benchmark table (issue #7)"}
+TARGETS = ("cpu", "orin", "orin-nano", "rtx4090", "a100", "h100")
 
 
 def _count(shapes: dict) -> int:
@@ -96,22 +93,40 @@ def cmd_demo_checkpoint(args) -> int:
     return 0
 
 
-def cmd_caption(args) -> int:
-    from .caption import Captioner
+def _load_for_caption(args):
+    """(what the captioner reads, the backend, its name): an engine folder or a checkpoint."""
+    from .runtime.manifest import is_engine
+
+    if is_engine(args.source):
+        from .runtime.cpu import CpuEngine
+
+        if args.backend not in ("auto", "cpu"):
+            raise UsageError(f"{args.source} is a cpu engine; --backend {args.backend} runs checkpoints (drop --backend)")
+        engine = CpuEngine(args.source, threads=args.threads, kernels=args.kernels, max_seq=args.max_seq)
+        return engine.info, engine, f"cpu ({engine.kernels}, {engine.threads} threads)"
     from .checkpoint import load_checkpoint
-    from .media import load_image, load_video_frames
     from .model.vlm import VilaModel
 
+    if args.backend == "cpu":
+        raise UsageError(f"{args.source}: --backend cpu runs engine folders; build one with vila-edge build-engine --target cpu")
     ckpt = load_checkpoint(args.source, allow_pickle=args.allow_pickle)
-    backend = "torch" if args.backend == "auto" else args.backend  # engines bring the others
+    backend = "torch" if args.backend == "auto" else args.backend
+    model = VilaModel(ckpt, device=args.device, dtype=args.dtype, projector_order=args.projector_order,
+                      vision_backend=backend)  # fmt: skip
+    return ckpt, model, backend
+
+
+def cmd_caption(args) -> int:
+    from .caption import Captioner
+    from .media import load_image, load_video_frames
+
+    ckpt, model, backend = _load_for_caption(args)
     if args.video:
         images = load_video_frames(args.video, args.num_frames or ckpt.num_video_frames)
         source = args.video
     else:
         images = [load_image(p) for p in args.image or []]
         source = ",".join(args.image or [])
-    model = VilaModel(ckpt, device=args.device, dtype=args.dtype, projector_order=args.projector_order,
-                      vision_backend=backend)  # fmt: skip
     captioner = Captioner(ckpt, model, args.conv_mode)
     params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, args.seed)
 
@@ -248,6 +263,38 @@ def cmd_eval_ppl(args) -> int:
     return 0
 
 
+def cmd_build_engine(args) -> int:
+    if args.target != "cpu":
+        print(f"vila-edge build-engine: --target {args.target} (TensorRT-LLM) is not available yet in vila-edge "
+              f"{__version__}; --target cpu builds the laptop engine", file=sys.stderr)  # fmt: skip
+        return 2
+    from .export.cpu_engine import build_cpu_engine
+
+    m = build_cpu_engine(args.quantized, args.out, vision=args.vision, lm_head=args.lm_head, conv_mode=args.conv_mode,
+                         overwrite=args.overwrite)  # fmt: skip
+    llm, vision = m["llm"], m["vision"]
+    print(f"wrote {args.out}: cpu engine, {llm['architecture']} {llm['layers']} layers, int4 g{llm['group_size']} "
+          f"({m['memory']['weights_mb']} MB), lm_head {m['quantization']['lm_head']}, "
+          f"vision {vision['precision'] if vision else 'none'}, conv mode {m['text']['conv_mode']}")  # fmt: skip
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import BenchSettings, format_text, run_bench
+    from .runtime.cpu import CpuEngine
+
+    engine = CpuEngine(args.engine, threads=args.threads, kernels=args.kernels)
+    if args.images and engine.vision is None:
+        raise UsageError(f"{args.engine}: built without vision (--vision none); bench it with --images 0")
+    for name in ("prompt_len", "gen_len", "repeat"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    settings = BenchSettings(args.prompt_len, args.gen_len, args.images, args.repeat, args.warmup)
+    result = run_bench(engine, settings)
+    print(json.dumps(result, indent=2) if args.format == "json" else format_text(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vila-edge", description=__doc__)
     p.add_argument("--version", action="version", version=f"vila-edge {__version__}")
@@ -268,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = SamplingParams()
     q = sub.add_parser("caption", help="answer a question about images or a video")
-    q.add_argument("source", help="a VILA checkpoint folder")
+    q.add_argument("source", help="an engine folder (build-engine) or a VILA checkpoint folder")
     media = q.add_mutually_exclusive_group()
     media.add_argument("--image", nargs="+", metavar="PATH", help="one or more images, in prompt order")
     media.add_argument("--video", metavar="PATH")
@@ -279,8 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top-p", type=float, default=d.top_p)
     q.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
     q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
-    q.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                   help="auto: torch for a checkpoint; onnx: the W8A8 vision ONNX on ONNX Runtime, LLM on torch")
+    q.add_argument("--backend", choices=("auto", "torch", "onnx", "cpu"), default="auto",
+                   help="auto: cpu for an engine folder, torch for a checkpoint; onnx: a checkpoint's W8A8 vision ONNX "
+                        "on ONNX Runtime with the LLM on torch")  # fmt: skip
+    q.add_argument("--threads", type=int, help="cpu engine threads (default: the cores, at most 8)")
+    q.add_argument("--kernels", help="cpu engine kernels to force (ref, avx2, avx512, avx512vnni, neon, neon-dotprod)")
+    q.add_argument("--max-seq", type=int, help="cpu engine KV cache positions (default: the model's max length)")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     q.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="auto: float16 on CUDA (as VILA), float32 on CPU")  # fmt: skip
@@ -330,6 +381,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin/.pt) weights; they can run code")
     q.add_argument("--format", choices=("text", "json"), default="text")
     q.set_defaults(func=cmd_eval_ppl)
+
+    q = sub.add_parser("build-engine", help="a quantized checkpoint -> an engine folder for a target")
+    q.add_argument("quantized", help="the AWQ checkpoint from vila-edge quantize")
+    q.add_argument("-o", "--out", required=True, help="the engine folder to write")
+    q.add_argument("--target", choices=TARGETS, required=True, help="cpu: laptops (C++ int4 engine + ONNX vision)")
+    q.add_argument("--vision", choices=("w8a8", "fp32", "none"), default="w8a8", help="which vision ONNX to ship")
+    q.add_argument("--lm-head", choices=("int8", "fp16"), default="int8", help="lm_head precision on the cpu target")
+    q.add_argument("--conv-mode", help="conversation template to record (default: the checkpoint's own)")
+    q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    q.set_defaults(func=cmd_build_engine)
+
+    q = sub.add_parser("bench", help="TTFT, vision, prefill and decode speed of an engine")
+    q.add_argument("engine", help="an engine folder from build-engine")
+    q.add_argument("--prompt-len", type=int, default=128, help="text tokens in the prompt (images add theirs)")
+    q.add_argument("--gen-len", type=int, default=64, help="tokens generated (no early stop)")
+    q.add_argument("--images", type=int, default=0, help="images in the prompt")
+    q.add_argument("--repeat", type=int, default=3)
+    q.add_argument("--warmup", type=int, default=1)
+    q.add_argument("--threads", type=int, help="default: the cores, at most 8")
+    q.add_argument("--kernels", help="force a kernel table (see caption --kernels)")
+    q.add_argument("--format", choices=("text", "json"), default="text")
+    q.set_defaults(func=cmd_bench)
 
     for verb, what in NOT_YET.items():
         q = sub.add_parser(verb, help=f"{what}: not available yet", add_help=False)

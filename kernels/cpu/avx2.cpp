@@ -134,9 +134,18 @@ void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, in
     }
 }
 
+float dot(const float* a, const float* b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int t = 0;
+    for (; t + 8 <= n; t += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), acc);
+    float s = hsum(acc);
+    for (; t < n; ++t) s += a[t] * b[t];
+    return s;
+}
+
 }  // namespace
 
-const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul};
+const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, dot};
 
 }  // namespace vila
 #endif

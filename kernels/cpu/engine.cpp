@@ -154,9 +154,11 @@ void Engine::rmsnorm(const float* x, const float* w, int m, float* y) {
 // y [m, n] = x [m, k] · wᵀ (+ bias): activations to int8 blocks, then rows of w split over the pool.
 void Engine::matmul(const Linear& l, const float* x, int m, float* y) {
     const int k = l.w.k, n = l.w.n, nb = k / QK;
-    pool_.parallel_for(m, 1, [&](int b, int e) {
+    auto quantize = [&](int b, int e) {
         quantize_act(x + size_t(b) * k, e - b, k, aq_.data() + size_t(b) * k, ad_.data() + size_t(b) * nb, as_.data() + size_t(b) * nb);
-    });
+    };
+    if (m < 8) quantize(0, m);  // not worth waking the pool
+    else pool_.parallel_for(m, 1, quantize);
     const ActQ8 a{aq_.data(), ad_.data(), as_.data(), m, k};
     pool_.parallel_for(n, 16, [&](int j0, int j1) { k_->q4_matmul(l.w, a, y, n, j0, j1); });
     if (l.bias)
@@ -201,9 +203,7 @@ void Engine::attention(int layer, const float* qkv, int m, float* out) {
             const float *kh = kl + (h / group) * per_head, *vh = vl + (h / group) * per_head;
             float mx = -INFINITY;
             for (int t = 0; t < n; ++t) {
-                float s = 0.f;
-                for (int d = 0; d < hd; ++d) s += q[d] * kh[size_t(t) * hd + d];
-                score[t] = s * scale;
+                score[t] = k_->dot(q, kh + size_t(t) * hd, hd) * scale;
                 mx = std::max(mx, score[t]);
             }
             float sum = 0.f;

@@ -49,6 +49,7 @@ struct Kernels {
     void (*q4_matmul)(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
     void (*q8_matmul)(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
     void (*f16_matmul)(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
+    float (*dot)(const float* a, const float* b, int n);  // attention scores
 };
 
 // Σ of x.sum over each weight group, per activation row: the zero term is Σ_g scale·zero·X_g.

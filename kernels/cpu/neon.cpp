@@ -3,6 +3,6 @@
 #include "neon_impl.h"
 
 namespace vila {
-const Kernels kNeon = {"neon", q4_matmul, q8_matmul, f16_matmul};
+const Kernels kNeon = {"neon", q4_matmul, q8_matmul, f16_matmul, dot};
 }
 #endif

@@ -1,0 +1,176 @@
+"""The cpu backend: an engine folder from `build-engine --target cpu`, run by the C++ engine
+(vila_edge._runtime) with vision through ONNX Runtime. Imports neither torch nor transformers."""
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import FAMILIES, Family
+from ..errors import CheckpointError, UsageError
+from ..prompt import split_at_images
+from ..safetensors_header import read_header
+from .manifest import read_manifest
+from .tokenizer import EngineTokenizer
+
+LLM_FILE = "llm.safetensors"
+LAYOUT = "q4-pair64/1"
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_frequencies(llm: dict) -> tuple[np.ndarray, float]:
+    """(inv_freq [head_dim / 2] float32, attention scale) as transformers computes them for the rope type."""
+    rope, dim = llm["rope"], llm["head_dim"]
+    inv = 1.0 / (np.float32(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    kind = rope["rope_type"]
+    if kind == "linear":
+        inv = inv / np.float32(rope["factor"])
+    elif kind == "llama3":
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old = rope["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        inv = np.where(medium, smoothed, scaled)
+    elif kind != "default":
+        raise CheckpointError(f"rope type {kind!r} is not supported by the cpu engine")
+    return inv.astype(np.float32), 1.0
+
+
+def default_threads() -> int:
+    """Cores this process may use, at most 8: decode is bandwidth-bound well before that on laptops."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+@dataclass
+class EngineInfo:
+    """The parts of a checkpoint the captioning front reads, from an engine's manifest."""
+
+    root: Path
+    manifest: dict
+    config: dict = field(init=False)
+    family: Family = field(init=False)
+
+    def __post_init__(self):
+        self.config = {"conv_mode": self.manifest["text"]["conv_mode"]}
+        self.family = FAMILIES[self.manifest["text"]["family"]]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["source"]["name"]
+
+    @property
+    def preprocessor(self) -> dict:
+        return self.manifest["preprocessor"]
+
+    @property
+    def image_aspect_ratio(self) -> str:
+        return self.manifest["image_aspect_ratio"]
+
+    @property
+    def model_max_length(self) -> int:
+        return self.manifest["text"]["model_max_length"]
+
+    @property
+    def num_video_frames(self) -> int:
+        return self.manifest["text"]["num_video_frames"]
+
+
+class CpuEngine:
+    """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
+
+    def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None):
+        try:
+            from .. import _runtime
+        except ImportError as e:
+            raise CheckpointError(f"the C++ runtime is not built ({e}); reinstall vila-edge: pip install -e .") from None
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root, "cpu")
+        self.info = EngineInfo(self.root, self.manifest)
+        llm = self.manifest["llm"]
+        if llm.get("layout") != LAYOUT:
+            raise CheckpointError(
+                f"{self.root}: weight layout {llm.get('layout')!r}, this runtime reads {LAYOUT!r}; "
+                f"rebuild it: vila-edge build-engine QUANTIZED -o {self.root} --target cpu"
+            )
+        path = self.root / llm["file"]
+        header = read_header(path)  # refuses a truncated file with a message
+        with open(path, "rb") as f:
+            data_start = 8 + int.from_bytes(f.read(8), "little")
+        index = {k: (v["dtype"], v["shape"], *v["data_offsets"]) for k, v in header.items()}
+        config = _runtime.ModelConfig()
+        for key in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "rms_eps"):
+            setattr(config, key, llm[key])
+        inv_freq, config.rope_attention_scale = rope_frequencies(llm)
+        config.inv_freq = inv_freq.tolist()
+        self.max_seq = max_seq or self.info.model_max_length
+        self.threads = threads or default_threads()
+        if kernels and kernels not in _runtime.supported_kernels():
+            raise UsageError(f"--kernels {kernels}: this CPU runs {', '.join(_runtime.supported_kernels())}")
+        try:
+            self.llm = _runtime.Engine(str(path), data_start, index, config, self.max_seq, self.threads, kernels or "")
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}; rebuild the engine") from None
+        self.tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
+        end_text = self.info.family.image_end_text
+        self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
+        self.vision = None
+        if self.manifest.get("vision"):
+            from .onnx_vision import OnnxVision
+
+            self.vision = OnnxVision(self.root / self.manifest["vision"]["file"], self.threads)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["llm"]["vocab"]
+
+    @property
+    def kernels(self) -> str:
+        return self.llm.kernels
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        if self.vision is None:
+            raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
+        return self.vision(pixels)
+
+    def embed(self, ids: list[int]) -> np.ndarray:
+        return self.llm.embed(np.asarray(ids, dtype=np.int32))
+
+    def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> np.ndarray:
+        """Prompt ids with image markers + [N, T, H] image blocks -> inputs_embeds [L, H]."""
+        runs = split_at_images(ids)
+        n_images = 0 if image_embeds is None else len(image_embeds)
+        if len(runs) - 1 != n_images:
+            raise UsageError(f"the prompt has {len(runs) - 1} image places but {n_images} images were encoded")
+        parts = [self.embed(runs[0])]
+        for block, run in zip(image_embeds if n_images else [], runs[1:]):
+            parts += [block.astype(np.float32), self.embed(self.image_end_ids), self.embed(run)]
+        return np.concatenate(parts)
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def trim(self, n: int) -> None:
+        """Keep the first n cached positions (a shared prompt prefix), drop the rest."""
+        self.llm.trim(n)
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        self._room(len(embeds))
+        return self.llm.prefill(np.ascontiguousarray(embeds, dtype=np.float32))
+
+    def decode(self, token_id: int) -> np.ndarray:
+        self._room(1)
+        return self.llm.decode(int(token_id))
+
+    def _room(self, n: int) -> None:
+        if self.llm.position + n > self.max_seq:
+            raise UsageError(f"the prompt and answer need {self.llm.position + n} positions; this engine's cache holds "
+                             f"{self.max_seq} (--max-seq)")  # fmt: skip
