@@ -70,6 +70,16 @@ F32 q8_matmul(const F32& x, const py::array& q, const py::array& scales, const s
     return y;
 }
 
+F32 q4_matmul_f32(const F32& x, const py::array& q, const py::array& scales, const py::array& zeros, const std::string& name) {
+    const Kernels& k = kernels_or_throw(name);
+    const int m = int(x.shape(0)), kk = int(x.shape(1)), n = int(q.shape(0)), groups = int(scales.shape(1));
+    Q4Weight w{data_of<uint8_t>(q, "q", {n, py::ssize_t(q4_row_bytes(kk))}), data_of<uint16_t>(scales, "scales", {n, groups}),
+               data_of<uint8_t>(zeros, "zeros", {n, groups}), n, kk, kk / groups};
+    F32 y = out(m, n);
+    k.q4_matmul_f32(w, x.data(), m, y.mutable_data(), n, 0, n);
+    return y;
+}
+
 F32 f16_matmul(const F32& x, const py::array& w16, const std::string& name) {
     const Kernels& k = kernels_or_throw(name);
     const int m = int(x.shape(0)), kk = int(x.shape(1)), n = int(w16.shape(0));
@@ -124,6 +134,8 @@ PYBIND11_MODULE(_runtime, m) {
         return std::vector<std::string>(names, names + n);
     });
     m.def("q4_matmul", &q4_matmul, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("zeros"), py::arg("kernels") = "");
+    m.def("q4_matmul_f32", &q4_matmul_f32, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("zeros"),
+          py::arg("kernels") = "");
     m.def("q8_matmul", &q8_matmul, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("kernels") = "");
     m.def("f16_matmul", &f16_matmul, py::arg("x"), py::arg("w"), py::arg("kernels") = "");
     m.def("quantize_activations", &quantize_activations, py::arg("x"));
@@ -145,7 +157,7 @@ PYBIND11_MODULE(_runtime, m) {
 
     py::class_<Engine>(m, "Engine")
         .def(py::init([](const std::string& path, size_t data_start, const py::dict& tensors, const ModelConfig& config,
-                         int max_seq, int threads, const std::string& kernels) {
+                         int max_seq, int threads, const std::string& kernels, bool int8_activations) {
                  std::map<std::string, TensorInfo> index;
                  for (auto item : tensors) {
                      auto t = item.second.cast<py::tuple>();  // (dtype, shape, begin, end)
@@ -153,10 +165,10 @@ PYBIND11_MODULE(_runtime, m) {
                                                               t[2].cast<size_t>(), t[3].cast<size_t>()};
                  }
                  py::gil_scoped_release release;
-                 return new Engine(path, data_start, index, config, max_seq, threads, kernels);
+                 return new Engine(path, data_start, index, config, max_seq, threads, kernels, int8_activations);
              }),
              py::arg("path"), py::arg("data_start"), py::arg("tensors"), py::arg("config"), py::arg("max_seq"),
-             py::arg("threads") = 1, py::arg("kernels") = "")
+             py::arg("threads") = 1, py::arg("kernels") = "", py::arg("int8_activations") = true)
         .def("embed",
              [](const Engine& e, const I32& ids) {
                  if (ids.ndim() != 1) throw std::invalid_argument("ids: need a 1-D array");
@@ -191,5 +203,6 @@ PYBIND11_MODULE(_runtime, m) {
         .def_property_readonly("position", &Engine::position)
         .def_property_readonly("max_seq", &Engine::max_seq)
         .def_property_readonly("threads", &Engine::threads)
-        .def_property_readonly("kernels", [](const Engine& e) { return std::string(e.kernels()); });
+        .def_property_readonly("kernels", [](const Engine& e) { return std::string(e.kernels()); })
+        .def_property_readonly("int8_activations", &Engine::int8_activations);
 }

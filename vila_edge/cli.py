@@ -102,7 +102,8 @@ def _load_for_caption(args):
 
         if args.backend not in ("auto", "cpu"):
             raise UsageError(f"{args.source} is a cpu engine; --backend {args.backend} runs checkpoints (drop --backend)")
-        engine = CpuEngine(args.source, threads=args.threads, kernels=args.kernels, max_seq=args.max_seq)
+        engine = CpuEngine(args.source, threads=args.threads, kernels=args.kernels, max_seq=args.max_seq,
+                           activations=args.activations)  # fmt: skip
         return engine.info, engine, f"cpu ({engine.kernels}, {engine.threads} threads)"
     from .checkpoint import load_checkpoint
     from .model.vlm import VilaModel
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, help="cpu engine threads (default: the cores, at most 8)")
     q.add_argument("--kernels", help="cpu engine kernels to force (ref, avx2, avx512, avx512vnni, neon, neon-dotprod)")
     q.add_argument("--max-seq", type=int, help="cpu engine KV cache positions (default: the model's max length)")
+    q.add_argument("--activations", choices=("int8", "fp32"), default="int8",
+                   help="cpu engine: int8 blocks into the int4 linears (fast) or fp32 (exact, slower)")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     q.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="auto: float16 on CUDA (as VILA), float32 on CPU")  # fmt: skip

@@ -143,9 +143,36 @@ float dot(const float* a, const float* b, int n) {
     return s;
 }
 
+// Dequantise each 64-weight pair to floats on the fly: (q - zero) · scale, exact in fp32.
+void q4_matmul_f32(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
+    const int ng = w.k / w.group, nb = w.k / QK;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    alignas(32) uint8_t q[64];
+    for (int j = j0; j < j1; ++j) {
+        const uint8_t* wq = w.q + size_t(j) * q4_row_bytes(w.k);
+        for (int i = 0; i < m; ++i) {
+            const float* xr = x + size_t(i) * w.k;
+            __m256 acc = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b += 2) {
+                __m256i v = _mm256_loadu_si256((const __m256i*)(wq + b * 16));
+                _mm256_store_si256((__m256i*)q, _mm256_and_si256(v, m4));
+                _mm256_store_si256((__m256i*)(q + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+                for (int t = 0; t < (b + 1 < nb ? 64 : 32); t += 8) {
+                    const int g = (b * QK + t) / w.group;
+                    const __m256 s = _mm256_set1_ps(h2f(w.scales[size_t(j) * ng + g]));
+                    const __m256 z = _mm256_set1_ps(float(w.zeros[size_t(j) * ng + g]));
+                    __m256 wf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(q + t))));
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_sub_ps(wf, z), s), _mm256_loadu_ps(xr + b * QK + t), acc);
+                }
+            }
+            y[size_t(i) * ldy + j] = hsum(acc);
+        }
+    }
+}
+
 }  // namespace
 
-const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, dot};
+const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, dot, q4_matmul_f32};
 
 }  // namespace vila
 #endif

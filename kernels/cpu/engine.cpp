@@ -78,9 +78,10 @@ Linear Engine::linear(const std::string& name, int n, int k, bool bias) const {
 }
 
 Engine::Engine(const std::string& path, size_t data_start, const std::map<std::string, TensorInfo>& tensors,
-               const ModelConfig& config, int max_seq, int threads, const std::string& kernels)
+               const ModelConfig& config, int max_seq, int threads, const std::string& kernels, bool int8_activations)
     : file_(new MappedFile(path)), data_start_(data_start), tensors_(tensors), c_(config),
-      k_(kernels.empty() ? best_kernels() : kernels_named(kernels.c_str())), pool_(threads), max_seq_(max_seq) {
+      k_(kernels.empty() ? best_kernels() : kernels_named(kernels.c_str())), pool_(threads), max_seq_(max_seq),
+      int8_act_(int8_activations) {
     if (!k_) throw std::invalid_argument("kernels '" + kernels + "' are not available on this CPU");
     const int H = c_.hidden, hd = c_.head_dim, I = c_.intermediate;
     const int nqkv = (c_.heads + 2 * c_.kv_heads) * hd;
@@ -154,6 +155,10 @@ void Engine::rmsnorm(const float* x, const float* w, int m, float* y) {
 // y [m, n] = x [m, k] · wᵀ (+ bias): activations to int8 blocks, then rows of w split over the pool.
 void Engine::matmul(const Linear& l, const float* x, int m, float* y) {
     const int k = l.w.k, n = l.w.n, nb = k / QK;
+    if (!int8_act_) {
+        pool_.parallel_for(n, 16, [&](int j0, int j1) { k_->q4_matmul_f32(l.w, x, m, y, n, j0, j1); });
+        return add_bias(l, m, y);
+    }
     auto quantize = [&](int b, int e) {
         quantize_act(x + size_t(b) * k, e - b, k, aq_.data() + size_t(b) * k, ad_.data() + size_t(b) * nb, as_.data() + size_t(b) * nb);
     };
@@ -161,9 +166,13 @@ void Engine::matmul(const Linear& l, const float* x, int m, float* y) {
     else pool_.parallel_for(m, 1, quantize);
     const ActQ8 a{aq_.data(), ad_.data(), as_.data(), m, k};
     pool_.parallel_for(n, 16, [&](int j0, int j1) { k_->q4_matmul(l.w, a, y, n, j0, j1); });
+    add_bias(l, m, y);
+}
+
+void Engine::add_bias(const Linear& l, int m, float* y) {
     if (l.bias)
         for (int i = 0; i < m; ++i)
-            for (int j = 0; j < n; ++j) y[size_t(i) * n + j] += l.bias[j];
+            for (int j = 0; j < l.w.n; ++j) y[size_t(i) * l.w.n + j] += l.bias[j];
 }
 
 // Rotate-half RoPE on the q and k heads of each row, at positions pos_ .. pos_ + m - 1.

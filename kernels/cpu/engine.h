@@ -53,7 +53,7 @@ struct Layer {
 class Engine {
 public:
     Engine(const std::string& path, size_t data_start, const std::map<std::string, TensorInfo>& tensors,
-           const ModelConfig& config, int max_seq, int threads, const std::string& kernels);
+           const ModelConfig& config, int max_seq, int threads, const std::string& kernels, bool int8_activations = true);
 
     // Appends n positions (embeddings [n, hidden]) to the cache; writes the last position's logits.
     void prefill(const float* embeds, int n, float* logits);
@@ -66,6 +66,7 @@ public:
     int max_seq() const { return max_seq_; }
     int threads() const { return pool_.size(); }
     const char* kernels() const { return k_->name; }
+    bool int8_activations() const { return int8_act_; }
     const ModelConfig& config() const { return c_; }
 
 private:
@@ -74,6 +75,7 @@ private:
     Linear linear(const std::string& name, int n, int k, bool bias) const;
     void forward(int n, float* logits);
     void matmul(const Linear& l, const float* x, int m, float* y);
+    void add_bias(const Linear& l, int m, float* y);
     void rmsnorm(const float* x, const float* w, int m, float* y);
     void rope(float* qkv, int m);
     void attention(int layer, const float* qkv, int m, float* out);
@@ -85,6 +87,7 @@ private:
     const Kernels* k_;
     ThreadPool pool_;
     int max_seq_, pos_ = 0;
+    bool int8_act_;  // int8 blocks into the int4 linears (fast), or float (exact)
 
     const uint16_t* embed_;
     std::vector<Layer> layers_;

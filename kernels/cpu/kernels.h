@@ -50,7 +50,11 @@ struct Kernels {
     void (*q8_matmul)(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
     void (*f16_matmul)(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
     float (*dot)(const float* a, const float* b, int n);  // attention scores
+    // int4 weight × float activations: the exact mode (dequantised weights, no activation rounding)
+    void (*q4_matmul_f32)(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
 };
+
+void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
 
 // Σ of x.sum over each weight group, per activation row: the zero term is Σ_g scale·zero·X_g.
 inline void group_sums(const ActQ8& x, int group, float* X) {

@@ -103,6 +103,23 @@ static float dot_ref(const float* a, const float* b, int n) {
     return s;
 }
 
-const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, dot_ref};
+void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
+    const int ng = w.k / w.group;
+    for (int i = 0; i < m; ++i) {
+        const float* xr = x + size_t(i) * w.k;
+        for (int j = j0; j < j1; ++j) {
+            const uint8_t* wq = w.q + size_t(j) * q4_row_bytes(w.k);
+            float acc = 0.f;
+            for (int t = 0; t < w.k; ++t) {
+                const int g = size_t(j) * ng + t / w.group;
+                const int q = wq[t / 64 * 32 + t % 32] >> (t % 64 / 32 * 4) & 15;
+                acc += fp16_to_float(w.scales[g]) * float(q - w.zeros[g]) * xr[t];
+            }
+            y[size_t(i) * ldy + j] = acc;
+        }
+    }
+}
+
+const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, dot_ref, q4_matmul_f32_ref};
 
 }  // namespace vila

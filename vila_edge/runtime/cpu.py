@@ -87,7 +87,8 @@ class EngineInfo:
 class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
 
-    def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None):
+    def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None,
+                 activations: str = "int8"):  # fmt: skip
         try:
             from .. import _runtime
         except ImportError as e:
@@ -116,7 +117,8 @@ class CpuEngine:
         if kernels and kernels not in _runtime.supported_kernels():
             raise UsageError(f"--kernels {kernels}: this CPU runs {', '.join(_runtime.supported_kernels())}")
         try:
-            self.llm = _runtime.Engine(str(path), data_start, index, config, self.max_seq, self.threads, kernels or "")
+            self.llm = _runtime.Engine(str(path), data_start, index, config, self.max_seq, self.threads, kernels or "",
+                                       activations == "int8")  # fmt: skip
         except ValueError as e:
             raise CheckpointError(f"{path}: {e}; rebuild the engine") from None
         self.tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
