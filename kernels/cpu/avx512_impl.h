@@ -1,7 +1,8 @@
 // AVX-512 (F, BW, VL) kernels, included by avx512.cpp and, with VILA_VNNI, by avx512vnni.cpp
 // (_mm512_dpbusd_epi32 in place of maddubs + madd). Two blocks of 32 per 512-bit vector.
-// GCC 12 flags its own AVX-512 intrinsic headers (`__Y = __Y`) with false maybe-uninitialized warnings.
+// GCC 12 flags its own AVX-512 intrinsic headers (`__Y = __Y`) with false (maybe-)uninitialized warnings.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <vector>

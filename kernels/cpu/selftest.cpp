@@ -1,0 +1,75 @@
+// Every kernel table this CPU runs against the portable one, without Python: for checking a port
+// on another architecture (e.g. under qemu-aarch64 -cpu max). Build: see kernels/README.md.
+#include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "kernels.h"
+
+using namespace vila;
+
+static uint16_t to_fp16(float f) {  // positive normal values only, truncating: enough for test scales
+    uint32_t b;
+    std::memcpy(&b, &f, 4);
+    return uint16_t(((b >> 23 & 0xff) - 112) << 10 | (b >> 13 & 0x3ff));
+}
+
+static float rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+    float d = 0, m = 1e-6f;
+    for (size_t i = 0; i < a.size(); ++i) d = std::fmax(d, std::fabs(a[i] - b[i])), m = std::fmax(m, std::fabs(b[i]));
+    return d / m;
+}
+
+int main() {
+    std::mt19937 rng(0);
+    std::uniform_int_distribution<int> nib(0, 15), i8(-127, 127);
+    std::normal_distribution<float> normal;
+    int count = 0, failures = 0;
+    const char* const* names = supported_kernels(&count);
+    const int shapes[][4] = {{1, 48, 576, 32}, {3, 33, 160, 32}, {5, 40, 1536, 64}, {9, 21, 256, 128}, {1, 3, 32, 32}};
+    for (const auto& s : shapes) {
+        const int m = s[0], n = s[1], k = s[2], g = s[3];
+        std::vector<uint8_t> q(n * q4_row_bytes(k)), zeros(n * k / g);
+        std::vector<uint16_t> scales(n * k / g), s8(n * k / QK), w16(n * k);
+        std::vector<int8_t> w8(n * k), xq(m * k);
+        std::vector<float> x(m * k), xd(m * k / QK), xs(m * k / QK);
+        for (auto& v : q) v = uint8_t(nib(rng) | nib(rng) << 4);
+        for (auto& v : zeros) v = uint8_t(nib(rng));
+        for (auto& v : scales) v = to_fp16(0.001f + 0.05f * std::fabs(normal(rng)));
+        for (auto& v : s8) v = to_fp16(0.001f + 0.01f * std::fabs(normal(rng)));
+        for (auto& v : w16) v = to_fp16(0.001f + std::fabs(normal(rng)));
+        for (auto& v : w8) v = int8_t(i8(rng));
+        for (auto& v : x) v = normal(rng);
+        quantize_act(x.data(), m, k, xq.data(), xd.data(), xs.data());
+        const ActQ8 a{xq.data(), xd.data(), xs.data(), m, k};
+        const Q4Weight w4{q.data(), scales.data(), zeros.data(), n, k, g};
+        const Q8Weight q8{w8.data(), s8.data(), n, k};
+        const F16Weight f16{w16.data(), n, k};
+        std::vector<float> ref[5];
+        for (int t = 0; t < count; ++t) {
+            const Kernels* kt = kernels_named(names[t]);
+            std::vector<float> y[5];
+            for (auto& v : y) v.assign(m * n, 0.f);
+            kt->q4_matmul(w4, a, y[0].data(), n, 0, n);
+            kt->q8_matmul(q8, a, y[1].data(), n, 0, n);
+            kt->f16_matmul(f16, x.data(), m, y[2].data(), n, 0, n);
+            kt->q4_matmul_f32(w4, x.data(), m, y[3].data(), n, 0, n);
+            y[4] = {kt->dot(x.data(), x.data() + (m - 1) * k, k)};
+            if (t == 0) {
+                for (int i = 0; i < 5; ++i) ref[i] = y[i];
+                continue;
+            }
+            const char* what[] = {"q4_matmul", "q8_matmul", "f16_matmul", "q4_matmul_f32", "dot"};
+            for (int i = 0; i < 5; ++i) {
+                const float e = rel_err(y[i], ref[i]);
+                const bool ok = e < 1e-4f;
+                failures += !ok;
+                std::printf("%-13s %-14s m=%d n=%d k=%d g=%d  rel err %.2e  %s\n", names[t], what[i], m, n, k, g, e, ok ? "ok" : "FAIL");
+            }
+        }
+    }
+    std::printf("%s: %d tables (%s)\n", failures ? "FAILED" : "all agree", count, cpu_name());
+    return failures ? 1 : 0;
+}
