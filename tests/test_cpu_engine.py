@@ -106,7 +106,9 @@ def test_pair_packing_round_trips(k):
     packed = pack_pairs(q)
     assert packed.shape == (5, -(-k // 64) * 32)
     np.testing.assert_array_equal(unpack_pairs(packed, k), q)
-    np.testing.assert_array_equal(packed[:, 0], q[:, 0] | q[:, 32 % k if k > 32 else 0] << 4 if k >= 64 else q[:, 0])
+    np.testing.assert_array_equal(packed[:, 5], q[:, 5] | q[:, 37] << 4)  # weights j and 32 + j share byte j
+    if k % 64:
+        assert not (packed[:, -32:] >> 4).any()  # an odd last block leaves the high nibbles empty
 
 
 def test_awq_unpacking_matches_the_torch_reader():
@@ -330,3 +332,27 @@ def test_demo_engine_greedy_tokens_match_the_reference(tmp_path, cli):
                                 "--max-new-tokens", 24, "--format", "jsonl")  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["token_ids"] == json.loads(reference[1])["token_ids"]
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "default", "rope_theta": 10000.0},
+    {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+    {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},
+])  # fmt: skip
+def test_rope_frequencies_match_transformers(rope):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from vila_edge.runtime.cpu import rope_frequencies
+
+    cfg = LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64, rope_parameters=dict(rope))
+    if rope["rope_type"] == "default":  # transformers computes it inside the rotary module
+        from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+        inv, scale = LlamaRotaryEmbedding.compute_default_rope_parameters(cfg)
+    else:
+        inv, scale = ROPE_INIT_FUNCTIONS[rope["rope_type"]](cfg, "cpu")
+    mine, my_scale = rope_frequencies({"head_dim": 64, "rope": rope})
+    np.testing.assert_array_equal(mine, inv.numpy())
+    assert my_scale == scale
