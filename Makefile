@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: test demo clean
+.PHONY: test demo bench clean
 
 $(VENV)/.installed: setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ demo: $(VENV)/.installed
 	$(VLE) caption $(DEMO)/vila-demo-awq --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 32
 	$(VLE) caption $(DEMO)/vila-demo-awq --backend onnx --image $(DEMO)/scene.png --prompt "Describe the image." \
 		--max-new-tokens 32 --format jsonl
+
+# CPU engine vs llama.cpp (llama-cpp-python, built from source: a few minutes) and PyTorch; see benchmarks/README.md.
+bench: $(VENV)/.installed
+	$(PY) -m pip install -q llama-cpp-python==0.3.36
+	$(PY) benchmarks/cpu_engine.py
 
 clean:
 	rm -rf $(VENV) $(DEMO) build *.egg-info
