@@ -82,10 +82,12 @@ def test_int4_matmul_with_float_activations_is_exact(kernels, m, n, k, group):
 
 
 def test_activation_blocks_round_to_the_nearest_step():
-    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
-    x[1, :32] = 0  # an all-zero block
+    x = np.random.default_rng(0).standard_normal((3, 160)).astype(np.float32)
+    x[1, :64] = 0  # an all-zero pair of blocks
     q, d = _runtime.quantize_activations(x)
-    assert np.abs(q).max() == 127 and d[1, 0] == 0 and not q[1, :32].any()
+    assert (d[:, 0] == d[:, 1]).all() and (d[:, 2] == d[:, 3]).all()  # pairs of blocks share a scale
+    np.testing.assert_allclose(d[:, 4], np.abs(x[:, 128:]).max(axis=1) / 127)  # an odd last block has its own
+    assert d[1, 0] == 0 and not q[1, :64].any()
     assert np.abs(dequantized_activations(x) - x).max() <= d.max() / 2 + 1e-7
 
 
@@ -170,8 +172,9 @@ def test_exact_mode_computes_what_the_reference_computes(arch, engines):
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_int8_activations_stay_close_on_chaotic_tiny_models(arch, engines):
     # initializer_range 0.5 makes hidden states of std ~70 after one layer: a harsh test for int8 blocks
+    # sharing one scale per 64 values (on the real SmolLM2 weights the error is 0.03: the demo test)
     err, _ = compare_with_reference(*engines[arch], steps=1, activations="int8")
-    assert err < 0.05, err
+    assert err < 0.15, err
 
 
 def engine_logits(engine_dir, kernels, activations, ids, steps=4):

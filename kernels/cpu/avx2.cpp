@@ -21,6 +21,13 @@ inline __m256 dot_u8s8(__m256i w, const int8_t* x) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
+// Two blocks under one scale: their int16 pair sums add without overflow (2 · 2 · 15 · 127 < 2^15).
+inline __m256 dot_pair(__m256i w0, __m256i w1, const int8_t* x) {
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, _mm256_loadu_si256((const __m256i*)x)),
+                                 _mm256_maddubs_epi16(w1, _mm256_loadu_si256((const __m256i*)(x + QK))));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
 inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
 
 // Σ_g scale_g · zero_g · X_g for one weight row.
@@ -55,7 +62,13 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
         for (; b + 2 <= nb; b += 2) {
             __m256i v = _mm256_loadu_si256((const __m256i*)(wq + b * 16));
             __m256i w0 = _mm256_and_si256(v, m4), w1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            float s0 = h2f(ws[b >> gshift]), s1 = h2f(ws[(b + 1) >> gshift]);
+            if (gshift) {  // groups of 64+: one weight scale and one activation scale for the pair
+                const float s = h2f(ws[b >> gshift]);
+                for (int r = 0; r < MT; ++r)
+                    acc[r] = _mm256_fmadd_ps(dot_pair(w0, w1, xq[r] + b * QK), _mm256_set1_ps(s * xd[r][b]), acc[r]);
+                continue;
+            }
+            float s0 = h2f(ws[b]), s1 = h2f(ws[b + 1]);
             for (int r = 0; r < MT; ++r) {
                 acc[r] = _mm256_fmadd_ps(dot_u8s8(w0, xq[r] + b * QK), _mm256_set1_ps(s0 * xd[r][b]), acc[r]);
                 acc[r] = _mm256_fmadd_ps(dot_u8s8(w1, xq[r] + b * QK + QK), _mm256_set1_ps(s1 * xd[r][b + 1]), acc[r]);

@@ -59,7 +59,9 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
             float s0 = h2f(ws[b >> gshift]), s1 = h2f(ws[(b + 1) >> gshift]);
             for (int r = 0; r < MT; ++r) {
                 __m512i p = dot_u8s8(wv, _mm512_loadu_si512(xq[r] + b * QK));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), two_scales(s0 * xd[r][b], s1 * xd[r][b + 1]), acc[r]);
+                // groups of 64+ share the weight scale, and paired activation blocks share theirs
+                const __m512 sc = gshift ? _mm512_set1_ps(s0 * xd[r][b]) : two_scales(s0 * xd[r][b], s1 * xd[r][b + 1]);
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), sc, acc[r]);
             }
         }
         if (b < nb) {  // odd last block: low nibbles only; the upper half of x is masked to zero

@@ -35,7 +35,8 @@ struct F16Weight {
 };
 
 // m rows of k activations as int8 blocks (k a multiple of QK): x ≈ d * q; sum = d * Σq (for the
-// weight's zero term).
+// weight's zero term). Blocks 2i and 2i + 1 share one scale (d is still stored per block), so a
+// kernel may add their int16 products before widening when the weight scale is shared too.
 struct ActQ8 {
     const int8_t* q;   // [m, k]
     const float* d;    // [m, k / QK]

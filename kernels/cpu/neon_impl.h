@@ -59,6 +59,14 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
             uint8x16_t v0 = vld1q_u8(wq + b * 16), v1 = vld1q_u8(wq + b * 16 + 16);
             int8x16_t a0 = vreinterpretq_s8_u8(vandq_u8(v0, m4)), a1 = vreinterpretq_s8_u8(vandq_u8(v1, m4));
             const float s0 = h2f(ws[b >> gshift]);
+            if (gshift && b + 1 < nb) {  // groups of 64+: one weight and one activation scale for the pair
+                int8x16_t c0 = vreinterpretq_s8_u8(vshrq_n_u8(v0, 4)), c1 = vreinterpretq_s8_u8(vshrq_n_u8(v1, 4));
+                for (int r = 0; r < MT; ++r) {
+                    int32x4_t p = vaddq_s32(dot32(a0, a1, xq[r] + b * QK), dot32(c0, c1, xq[r] + b * QK + QK));
+                    acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(p), s0 * xd[r][b]);
+                }
+                continue;
+            }
             for (int r = 0; r < MT; ++r)
                 acc[r] = vfmaq_n_f32(acc[r], vcvtq_f32_s32(dot32(a0, a1, xq[r] + b * QK)), s0 * xd[r][b]);
             if (b + 1 < nb) {

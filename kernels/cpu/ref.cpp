@@ -25,20 +25,25 @@ float fp16_to_float(uint16_t h) {
 }
 
 void quantize_act(const float* x, int m, int k, int8_t* q, float* d, float* sum) {
-    for (int b = 0; b < m * (k / QK); ++b) {
-        const float* xb = x + b * QK;
-        float amax = 0.f;
-        for (int t = 0; t < QK; ++t) amax = std::fmax(amax, std::fabs(xb[t]));
-        float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-        int s = 0;
-        for (int t = 0; t < QK; ++t) {
-            int v = int(std::nearbyint(xb[t] * inv));
-            q[b * QK + t] = int8_t(v);
-            s += v;
+    const int nb = k / QK;
+    for (int i = 0; i < m; ++i)
+        for (int b = 0; b < nb; b += 2) {
+            const int span = b + 1 < nb ? 2 * QK : QK;  // pairs of blocks share one scale
+            const float* xb = x + size_t(i) * k + b * QK;
+            float amax = 0.f;
+            for (int t = 0; t < span; ++t) amax = std::fmax(amax, std::fabs(xb[t]));
+            const float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+            for (int h = 0; h < span / QK; ++h) {
+                int s = 0;
+                for (int t = h * QK; t < (h + 1) * QK; ++t) {
+                    const int v = int(std::nearbyint(xb[t] * inv));
+                    q[size_t(i) * k + b * QK + t] = int8_t(v);
+                    s += v;
+                }
+                d[size_t(i) * nb + b + h] = scale;
+                sum[size_t(i) * nb + b + h] = scale * float(s);
+            }
         }
-        d[b] = scale;
-        sum[b] = scale * float(s);
-    }
 }
 
 static void q4_matmul(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
