@@ -37,12 +37,12 @@ struct Quantized {  // x as int8 blocks, kept alive for a kernel call
     std::vector<int8_t> q;
     std::vector<float> d, s;
     ActQ8 act;
-    explicit Quantized(const F32& x) {
+    Quantized(const F32& x, const Kernels& kernels) {
         if (x.ndim() != 2 || x.shape(1) % QK) throw std::invalid_argument("x: need [m, k] with k a multiple of 32");
-        const int m = int(x.shape(0)), k = int(x.shape(1));
-        q.resize(size_t(m) * k), d.resize(size_t(m) * k / QK), s.resize(d.size());
-        quantize_act(x.data(), m, k, q.data(), d.data(), s.data());
-        act = {q.data(), d.data(), s.data(), m, k};
+        const int m = int(x.shape(0)), kk = int(x.shape(1));
+        q.resize(size_t(m) * kk), d.resize(size_t(m) * kk / QK), s.resize(d.size());
+        kernels.quantize(x.data(), m, kk, q.data(), d.data(), s.data());
+        act = {q.data(), d.data(), s.data(), m, kk};
     }
 };
 
@@ -51,7 +51,7 @@ F32 out(int m, int n) { return F32({m, n}); }
 // Kernel entry points for tests and micro-benchmarks: one table, all output columns.
 F32 q4_matmul(const F32& x, const py::array& q, const py::array& scales, const py::array& zeros, const std::string& name) {
     const Kernels& k = kernels_or_throw(name);
-    Quantized a(x);
+    Quantized a(x, k);
     const int n = int(q.shape(0)), kk = a.act.k, groups = int(scales.shape(1));
     Q4Weight w{data_of<uint8_t>(q, "q", {n, py::ssize_t(q4_row_bytes(kk))}), data_of<uint16_t>(scales, "scales", {n, groups}),
                data_of<uint8_t>(zeros, "zeros", {n, groups}), n, kk, kk / groups};
@@ -62,7 +62,7 @@ F32 q4_matmul(const F32& x, const py::array& q, const py::array& scales, const p
 
 F32 q8_matmul(const F32& x, const py::array& q, const py::array& scales, const std::string& name) {
     const Kernels& k = kernels_or_throw(name);
-    Quantized a(x);
+    Quantized a(x, k);
     const int n = int(q.shape(0)), kk = a.act.k;
     Q8Weight w{data_of<int8_t>(q, "q", {n, kk}), data_of<uint16_t>(scales, "scales", {n, kk / QK}), n, kk};
     F32 y = out(a.act.m, n);
@@ -89,8 +89,8 @@ F32 f16_matmul(const F32& x, const py::array& w16, const std::string& name) {
     return y;
 }
 
-py::tuple quantize_activations(const F32& x) {
-    Quantized a(x);
+py::tuple quantize_activations(const F32& x, const std::string& name) {
+    Quantized a(x, kernels_or_throw(name));
     py::array_t<int8_t> q({a.act.m, a.act.k});
     F32 d({a.act.m, a.act.k / QK});
     std::copy(a.q.begin(), a.q.end(), q.mutable_data());
@@ -138,7 +138,7 @@ PYBIND11_MODULE(_runtime, m) {
           py::arg("kernels") = "");
     m.def("q8_matmul", &q8_matmul, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("kernels") = "");
     m.def("f16_matmul", &f16_matmul, py::arg("x"), py::arg("w"), py::arg("kernels") = "");
-    m.def("quantize_activations", &quantize_activations, py::arg("x"));
+    m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("kernels") = "ref");
     m.def("read_bandwidth", &read_bandwidth, py::arg("mb") = 1024, py::arg("threads") = 1, py::arg("repeat") = 5,
           py::call_guard<py::gil_scoped_release>());
 

@@ -91,6 +91,13 @@ def test_activation_blocks_round_to_the_nearest_step():
     assert np.abs(dequantized_activations(x) - x).max() <= d.max() / 2 + 1e-7
 
 
+@pytest.mark.parametrize("kernels", KERNELS[1:])
+def test_every_table_quantizes_activations_to_the_same_bits(kernels):
+    x = np.random.default_rng(1).standard_normal((5, 608)).astype(np.float32) * 3
+    for a, b in zip(_runtime.quantize_activations(x, kernels), _runtime.quantize_activations(x, "ref")):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_kernel_entry_points_refuse_bad_input():
     x = np.ones((1, 64), np.float32)
     with pytest.raises(ValueError, match="not available"):

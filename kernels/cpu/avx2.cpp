@@ -2,6 +2,9 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include <vector>
 
 #include "kernels.h"
@@ -19,6 +22,39 @@ inline float hsum(__m256 v) {
 inline __m256 dot_u8s8(__m256i w, const int8_t* x) {
     __m256i p = _mm256_maddubs_epi16(w, _mm256_loadu_si256((const __m256i*)x));
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+// quantize_act's contract with AVX2: the same float ops and round-half-even, so the same bits.
+void quantize(const float* x, int m, int k, int8_t* q, float* d, float* sum) {
+    const int nb = k / QK;
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    for (int i = 0; i < m; ++i)
+        for (int b = 0; b < nb; b += 2) {
+            const int blocks = b + 1 < nb ? 2 : 1;
+            const float* xb = x + size_t(i) * k + b * QK;
+            __m256 amax = _mm256_setzero_ps();
+            for (int t = 0; t < blocks * QK; t += 8) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + t)));
+            alignas(32) float lanes[8];
+            _mm256_store_ps(lanes, amax);
+            float a = 0.f;
+            for (float l : lanes) a = a > l ? a : l;
+            const float scale = a / 127.f;
+            const __m256 inv = _mm256_set1_ps(a > 0.f ? 127.f / a : 0.f);
+            for (int h = 0; h < blocks; ++h) {
+                __m256i v[4];
+                for (int c = 0; c < 4; ++c) v[c] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + h * QK + 8 * c), inv));
+                const __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]));
+                __m256i packed = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+                packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // undo the lane interleave
+                _mm256_storeu_si256((__m256i*)(q + size_t(i) * k + (b + h) * QK), packed);
+                alignas(32) int32_t parts[8];
+                _mm256_store_si256((__m256i*)parts, s32);
+                int total = 0;
+                for (int32_t part : parts) total += part;
+                d[size_t(i) * nb + b + h] = scale;
+                sum[size_t(i) * nb + b + h] = scale * float(total);
+            }
+        }
 }
 
 // Two blocks under one scale: their int16 pair sums add without overflow (2 · 2 · 15 · 127 < 2^15).
@@ -147,13 +183,81 @@ void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, in
     }
 }
 
-float dot(const float* a, const float* b, int n) {
-    __m256 acc = _mm256_setzero_ps();
+// e^x for x <= 0 (Cephes' expf polynomial, relative error ~2e-7; below -87 flushes to 0).
+inline __m256 exp_nonpositive(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+// Eight keys at a time, eight accumulators: the scores come out as one vector.
+inline __m256 scores8(const float* q, const float* k, int hd) {
+    __m256 a[8];
+    for (auto& v : a) v = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d += 8) {
+        const __m256 qd = _mm256_loadu_ps(q + d);
+        for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + size_t(j) * hd + d), a[j]);
+    }
+    const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+}
+
+// out = inv · Σ_t p_t v_t for a head of 8·C floats.
+template <int C>
+void weighted_sum(const float* p, const float* v, int n, float inv, float* out) {
+    __m256 o[C];
+    for (auto& r : o) r = _mm256_setzero_ps();
+    for (int t = 0; t < n; ++t) {
+        const __m256 w = _mm256_set1_ps(p[t]);
+        for (int c = 0; c < C; ++c) o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + size_t(t) * 8 * C + 8 * c), o[c]);
+    }
+    for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(o[c], _mm256_set1_ps(inv)));
+}
+
+void attend(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out) {
+    if (hd % 8) return attend_ref(q, k, v, n, hd, scale, p, out);
     int t = 0;
-    for (; t + 8 <= n; t += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + t), _mm256_loadu_ps(b + t), acc);
-    float s = hsum(acc);
-    for (; t < n; ++t) s += a[t] * b[t];
-    return s;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (; t + 8 <= n; t += 8) {
+        const __m256 s = _mm256_mul_ps(scores8(q, k + size_t(t) * hd, hd), _mm256_set1_ps(scale));
+        _mm256_storeu_ps(p + t, s);
+        vmax = _mm256_max_ps(vmax, s);
+    }
+    float mx = -INFINITY;
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
+    for (float l : lanes) mx = std::max(mx, l);
+    for (; t < n; ++t) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + size_t(t) * hd + d), acc);
+        mx = std::max(mx, p[t] = hsum(acc) * scale);
+    }
+    __m256 vsum = _mm256_setzero_ps();
+    t = 0;
+    for (; t + 8 <= n; t += 8) {
+        const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p + t), _mm256_set1_ps(mx)));
+        _mm256_storeu_ps(p + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum(vsum);
+    for (; t < n; ++t) sum += p[t] = std::exp(p[t] - mx);
+    switch (hd) {  // the common head sizes keep the whole output row in registers
+        case 64: return weighted_sum<8>(p, v, n, 1.f / sum, out);
+        case 128: return weighted_sum<16>(p, v, n, 1.f / sum, out);
+    }
+    for (int d = 0; d < hd; d += 8) {
+        __m256 o = _mm256_setzero_ps();
+        for (t = 0; t < n; ++t) o = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(v + size_t(t) * hd + d), o);
+        _mm256_storeu_ps(out + d, _mm256_mul_ps(o, _mm256_set1_ps(1.f / sum)));
+    }
 }
 
 // Dequantise each 64-weight pair to floats on the fly: (q - zero) · scale, exact in fp32.
@@ -185,7 +289,7 @@ void q4_matmul_f32(const Q4Weight& w, const float* x, int m, float* y, int ldy, 
 
 }  // namespace
 
-const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, dot, q4_matmul_f32};
+const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, attend, q4_matmul_f32, quantize};
 
 }  // namespace vila
 #endif

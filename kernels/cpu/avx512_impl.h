@@ -157,14 +157,5 @@ void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, in
     }
 }
 
-float dot(const float* a, const float* b, int n) {
-    __m512 acc = _mm512_setzero_ps();
-    int t = 0;
-    for (; t + 16 <= n; t += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + t), _mm512_loadu_ps(b + t), acc);
-    float s = _mm512_reduce_add_ps(acc);
-    for (; t < n; ++t) s += a[t] * b[t];
-    return s;
-}
-
 }  // namespace
 }  // namespace vila

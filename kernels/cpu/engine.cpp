@@ -160,7 +160,7 @@ void Engine::matmul(const Linear& l, const float* x, int m, float* y) {
         return add_bias(l, m, y);
     }
     auto quantize = [&](int b, int e) {
-        quantize_act(x + size_t(b) * k, e - b, k, aq_.data() + size_t(b) * k, ad_.data() + size_t(b) * nb, as_.data() + size_t(b) * nb);
+        k_->quantize(x + size_t(b) * k, e - b, k, aq_.data() + size_t(b) * k, ad_.data() + size_t(b) * nb, as_.data() + size_t(b) * nb);
     };
     if (m < 8) quantize(0, m);  // not worth waking the pool
     else pool_.parallel_for(m, 1, quantize);
@@ -210,19 +210,7 @@ void Engine::attention(int layer, const float* qkv, int m, float* out) {
             const int h = task % nh, i = task / nh, n = pos_ + i + 1;
             const float* q = qkv + size_t(i) * stride + size_t(h) * hd;
             const float *kh = kl + (h / group) * per_head, *vh = vl + (h / group) * per_head;
-            float mx = -INFINITY;
-            for (int t = 0; t < n; ++t) {
-                score[t] = k_->dot(q, kh + size_t(t) * hd, hd) * scale;
-                mx = std::max(mx, score[t]);
-            }
-            float sum = 0.f;
-            for (int t = 0; t < n; ++t) sum += score[t] = std::exp(score[t] - mx);
-            float* o = out + size_t(i) * nh * hd + size_t(h) * hd;
-            std::fill(o, o + hd, 0.f);
-            for (int t = 0; t < n; ++t) {
-                const float p = score[t] / sum;
-                for (int d = 0; d < hd; ++d) o[d] += p * vh[size_t(t) * hd + d];
-            }
+            k_->attend(q, kh, vh, n, hd, scale, score.data(), out + size_t(i) * nh * hd + size_t(h) * hd);
         }
     });
 }
@@ -260,7 +248,7 @@ void Engine::forward(int m, float* logits) {
     if (!logits) return;
     rmsnorm(x_.data() + size_t(m - 1) * H, norm_, 1, h_.data());
     if (head_q8_.q) {
-        quantize_act(h_.data(), 1, H, aq_.data(), ad_.data(), as_.data());
+        k_->quantize(h_.data(), 1, H, aq_.data(), ad_.data(), as_.data());
         const ActQ8 a{aq_.data(), ad_.data(), as_.data(), 1, H};
         pool_.parallel_for(c_.vocab, 16, [&](int j0, int j1) { k_->q8_matmul(head_q8_, a, logits, c_.vocab, j0, j1); });
     } else {

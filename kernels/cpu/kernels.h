@@ -50,12 +50,17 @@ struct Kernels {
     void (*q4_matmul)(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
     void (*q8_matmul)(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
     void (*f16_matmul)(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
-    float (*dot)(const float* a, const float* b, int n);  // attention scores
+    // One query row of attention over n cached keys/values [n, hd]: out = softmax(q·kᵀ·scale)·v.
+    // p: scratch for n scores.
+    void (*attend)(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out);
     // int4 weight × float activations: the exact mode (dequantised weights, no activation rounding)
     void (*q4_matmul_f32)(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
+    // quantize_act, bit for bit (the kernels' ActQ8 input)
+    void (*quantize)(const float* x, int m, int k, int8_t* q, float* d, float* sum);
 };
 
 void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
+void attend_ref(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out);
 
 // Σ of x.sum over each weight group, per activation row: the zero term is Σ_g scale·zero·X_g.
 inline void group_sums(const ActQ8& x, int group, float* X) {

@@ -133,14 +133,5 @@ void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, in
     }
 }
 
-float dot(const float* a, const float* b, int n) {
-    float32x4_t acc = vdupq_n_f32(0.f);
-    int t = 0;
-    for (; t + 4 <= n; t += 4) acc = vfmaq_f32(acc, vld1q_f32(a + t), vld1q_f32(b + t));
-    float s = vaddvq_f32(acc);
-    for (; t < n; ++t) s += a[t] * b[t];
-    return s;
-}
-
 }  // namespace
 }  // namespace vila

@@ -1,4 +1,5 @@
 // Portable kernels: the reference every SIMD table is tested against, and the fallback.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -98,7 +99,7 @@ static void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int 
 }
 
 // Eight partial sums: a reduction the compiler may vectorise without reassociating floats itself.
-static float dot_ref(const float* a, const float* b, int n) {
+static float dot(const float* a, const float* b, int n) {
     float acc[8] = {};
     int t = 0;
     for (; t + 8 <= n; t += 8)
@@ -106,6 +107,17 @@ static float dot_ref(const float* a, const float* b, int n) {
     float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
     for (; t < n; ++t) s += a[t] * b[t];
     return s;
+}
+
+void attend_ref(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out) {
+    float mx = -INFINITY, sum = 0.f;
+    for (int t = 0; t < n; ++t) mx = std::fmax(mx, p[t] = dot(q, k + size_t(t) * hd, hd) * scale);
+    for (int t = 0; t < n; ++t) sum += p[t] = std::exp(p[t] - mx);
+    std::fill(out, out + hd, 0.f);
+    for (int t = 0; t < n; ++t) {
+        const float w = p[t] / sum;
+        for (int d = 0; d < hd; ++d) out[d] += w * v[size_t(t) * hd + d];
+    }
 }
 
 void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
@@ -125,6 +137,6 @@ void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int l
     }
 }
 
-const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, dot_ref, q4_matmul_f32_ref};
+const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, attend_ref, q4_matmul_f32_ref, quantize_act};
 
 }  // namespace vila

@@ -52,16 +52,28 @@ int main() {
             const Kernels* kt = kernels_named(names[t]);
             std::vector<float> y[5];
             for (auto& v : y) v.assign(m * n, 0.f);
+            std::vector<int8_t> q2(xq.size());
+            std::vector<float> d2(xd.size()), s2(xs.size());
+            kt->quantize(x.data(), m, k, q2.data(), d2.data(), s2.data());
+            const bool same = q2 == xq && d2 == xd && s2 == xs;
+            failures += !same;
+            std::printf("%-13s %-14s m=%d k=%d  %s\n", names[t], "quantize", m, k, same ? "identical" : "FAIL");
             kt->q4_matmul(w4, a, y[0].data(), n, 0, n);
             kt->q8_matmul(q8, a, y[1].data(), n, 0, n);
             kt->f16_matmul(f16, x.data(), m, y[2].data(), n, 0, n);
             kt->q4_matmul_f32(w4, x.data(), m, y[3].data(), n, 0, n);
-            y[4] = {kt->dot(x.data(), x.data() + (m - 1) * k, k)};
+            std::vector<float> scratch(n);
+            const int hd = k % 64 ? 32 : 64, keys = n * k / hd / 2;  // the rows of w16 as keys and values
+            std::vector<float> kv(size_t(2) * keys * hd);
+            for (size_t t = 0; t < kv.size(); ++t) kv[t] = 0.1f * x[t % x.size()] + 0.01f * float(t % 7);
+            scratch.resize(keys);
+            y[4].assign(hd, 0.f);
+            kt->attend(x.data(), kv.data(), kv.data() + size_t(keys) * hd, keys, hd, 0.125f, scratch.data(), y[4].data());
             if (t == 0) {
                 for (int i = 0; i < 5; ++i) ref[i] = y[i];
                 continue;
             }
-            const char* what[] = {"q4_matmul", "q8_matmul", "f16_matmul", "q4_matmul_f32", "dot"};
+            const char* what[] = {"q4_matmul", "q8_matmul", "f16_matmul", "q4_matmul_f32", "attend"};
             for (int i = 0; i < 5; ++i) {
                 const float e = rel_err(y[i], ref[i]);
                 const bool ok = e < 1e-4f;
