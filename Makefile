@@ -43,6 +43,11 @@ demo: $(VENV)/.installed
 	$(VLE) caption $(DEMO)/vila-demo-awq --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 32
 	$(VLE) caption $(DEMO)/vila-demo-awq --backend onnx --image $(DEMO)/scene.png --prompt "Describe the image." \
 		--max-new-tokens 32 --format jsonl
+	@echo "== 7. the cpu engine: int4 repacked for the C++ kernels, int8 lm_head, the W8A8 vision ONNX; no torch at run time"
+	$(VLE) build-engine $(DEMO)/vila-demo-awq -o $(DEMO)/vila-demo-cpu --target cpu --overwrite
+	$(VLE) caption $(DEMO)/vila-demo-cpu --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 32
+	$(VLE) caption $(DEMO)/vila-demo-cpu --image $(DEMO)/scene.png --prompt "Describe the image." --max-new-tokens 32
+	$(VLE) bench $(DEMO)/vila-demo-cpu --prompt-len 128 --gen-len 64 --images 1
 
 # CPU engine vs llama.cpp (llama-cpp-python, built from source: a few minutes) and PyTorch; see benchmarks/README.md.
 bench: $(VENV)/.installed
@@ -50,4 +55,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/cpu_engine.py
 
 clean:
-	rm -rf $(VENV) $(DEMO) build *.egg-info
+	rm -rf $(VENV) $(DEMO) build *.egg-info vila_edge/_runtime*.so

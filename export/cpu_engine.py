@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vila_edge import __version__
-from vila_edge.atomic import atomic_dir
+from vila_edge.atomic import atomic_dir, current_umask
 from vila_edge.checkpoint import Checkpoint, load_checkpoint
 from vila_edge.conversation import get_template, resolve_conv_mode
 from vila_edge.errors import UnsupportedError, UsageError
@@ -157,6 +157,7 @@ def write_llm(path: Path, tensors: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"layout": LAYOUT})
+    path.chmod(0o666 & ~current_umask())  # safetensors creates it private
 
 
 # ---- the engine folder ---------------------------------------------------------------------------
