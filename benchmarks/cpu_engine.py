@@ -4,7 +4,8 @@
    checkpoints, llama.cpp (llama-cpp-python) on the Q4_1 GGUF the demo was converted from, and the
    PyTorch reference (the g64 checkpoint dequantised, fp32). Measured as llama-bench does: prefill
    tok/s = P / one eval of P tokens from an empty cache; decode tok/s = G / G single-token evals
-   after a short prompt; a warm-up first, the median of the repeats, the logits back as numpy included.
+   after a short prompt; a warm-up first, the median of the repeats (llama.cpp and ours taking turns),
+   the logits back as numpy included.
 2. A Llama-3.2-1B-shaped engine (random int4 weights, g128): decode speed as a fraction of the
    bandwidth ceiling, read GB/s (measured before and after, the higher) / bytes read per token; the
    same fraction for the SmolLM2 engines and llama.cpp.
@@ -94,6 +95,30 @@ def decode_result(runner: Runner, prompt: list[int], n: int, repeat: int) -> dic
 def measure(runner: Runner, ids: list[int], plan: Plan, repeat: int) -> dict:
     prefill = {str(p): prefill_result(runner, ids[:p], repeat) for p in plan.prompt_lens}
     return {"prefill": prefill, "decode": decode_result(runner, ids[:SHORT_PROMPT], plan.gen_len, repeat)}
+
+
+def measure_round_robin(runners: dict[str, Runner], ids: list[int], plan: Plan) -> dict[str, dict]:
+    """measure() for several runtimes, taking turns each repeat, so a drift in the machine's speed
+    (a shared 2-core VM drifts by 20 % over minutes) falls on all of them alike."""
+    prefill = {name: {p: [] for p in plan.prompt_lens} for name in runners}
+    decode = {name: [] for name in runners}
+    for runner in runners.values():  # warm-up
+        runner.prefill(ids[: max(plan.prompt_lens)])
+        decode_seconds(runner, ids[:SHORT_PROMPT], 8)
+    for _ in range(plan.repeat):
+        for name, runner in runners.items():
+            for p in plan.prompt_lens:
+                prefill[name][p].append(p / timed(lambda: runner.prefill(ids[:p])))
+            decode[name].append(plan.gen_len / decode_seconds(runner, ids[:SHORT_PROMPT], plan.gen_len))
+    out = {}
+    for name in runners:
+        out[name] = {
+            "prefill": {str(p): {"tokens": p, "tok_s": round(statistics.median(r), 1), "runs_tok_s": [round(x, 1) for x in r]}
+                        for p, r in prefill[name].items()},
+            "decode": {"tokens": plan.gen_len, "context": f"{SHORT_PROMPT}..{SHORT_PROMPT + plan.gen_len}",
+                       "tok_s": round(statistics.median(decode[name]), 2), "runs_tok_s": [round(x, 2) for x in decode[name]]},
+        }  # fmt: skip
+    return out
 
 
 # ---- the runtimes --------------------------------------------------------------------------------
@@ -287,18 +312,21 @@ def add(results: dict, row: dict, weights: dict | None = None) -> None:
     print(json.dumps(row), flush=True)
 
 
-def bench_llama_cpp(args, plan: Plan, ids: list[int], spec: dict, results: dict) -> None:
+def bench_smollm2(args, plan: Plan, ids: list[int], engines: list[CpuEngine], results: dict) -> None:
+    """llama.cpp and our engines, taking turns."""
     gguf = smollm2_gguf()
-    runner = llama_runner(open_llama(gguf, args.threads))
-    row = {"runtime": "llama.cpp", "model": "SmolLM2-135M-Instruct Q4_1 GGUF", **measure(runner, ids, plan, plan.repeat)}
-    add(results, row, gguf_weights(gguf, spec, SHORT_PROMPT + plan.gen_len / 2))
-
-
-def bench_ours(plan: Plan, ids: list[int], engine: CpuEngine, results: dict) -> None:
-    llm = engine.manifest["llm"]
-    row = {"runtime": "vila_edge", "model": f"SmolLM2-135M-Instruct AWQ int4 g{llm['group_size']}",
-           **measure(our_runner(engine), ids, plan, plan.repeat)}  # fmt: skip
-    add(results, row, our_weights(engine.root / LLM_FILE, llm, SHORT_PROMPT + plan.gen_len / 2))
+    names = {"llama.cpp": "SmolLM2-135M-Instruct Q4_1 GGUF"}
+    runners = {"llama.cpp": llama_runner(open_llama(gguf, args.threads))}
+    for engine in engines:
+        name = f"SmolLM2-135M-Instruct AWQ int4 g{engine.manifest['llm']['group_size']}"
+        names[name], runners[name] = name, our_runner(engine)
+    measured = measure_round_robin(runners, ids, plan)
+    context = SHORT_PROMPT + plan.gen_len / 2
+    add(results, {"runtime": "llama.cpp", "model": names["llama.cpp"], **measured["llama.cpp"]},
+        gguf_weights(gguf, engines[0].manifest["llm"], context))
+    for engine, name in zip(engines, list(names)[1:]):
+        llm = engine.manifest["llm"]
+        add(results, {"runtime": "vila_edge", "model": name, **measured[name]}, our_weights(engine.root / LLM_FILE, llm, context))
 
 
 def bench_llama_1b(args, plan: Plan, results: dict) -> None:
@@ -396,9 +424,7 @@ def main() -> None:
     engines = [CpuEngine(engine_dir(g), threads=args.threads) for g in GROUPS]  # quantized and built first, if missing
     gb_s = [_runtime.read_bandwidth(1024, args.threads, 5)]
     ids = prompt_ids(engines[0], max(plan.prompt_lens))
-    bench_llama_cpp(args, plan, ids, engines[0].manifest["llm"], results)
-    for engine in engines:
-        bench_ours(plan, ids, engine, results)
+    bench_smollm2(args, plan, ids, engines, results)
     bench_llama_1b(args, plan, results)
     gb_s.append(_runtime.read_bandwidth(1024, args.threads, 5))  # before torch, whose OpenMP threads linger
     bench_torch(args, plan, ids, results)
