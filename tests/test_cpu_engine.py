@@ -152,8 +152,8 @@ def engines(tiny, tmp_path_factory):
 
 
 def compare_with_reference(quant, engine_dir, steps=32, kernels=None, prompt="Describe the image.", activations="fp32"):
-    """(max relative logit error, tokens equal) over a prefill and `steps` greedy decode steps,
-    both sides fed the reference's tokens."""
+    """Over a prefill and `steps` greedy decode steps, both sides fed the reference's tokens:
+    (max relative logit error, [(reference's top-2 gap, max abs error) at each step whose argmax differs])."""
     ckpt = load_checkpoint(quant)
     ref = VilaModel(ckpt, dtype="float32")
     eng = CpuEngine(engine_dir, threads=2, kernels=kernels, activations=activations)
@@ -161,19 +161,22 @@ def compare_with_reference(quant, engine_dir, steps=32, kernels=None, prompt="De
     ref.reset(), eng.reset()
     assert np.array_equal(eng.embed(ids), ref.embed(ids).numpy())
     lr, le = ref.prefill(ref.embed(ids)), eng.prefill(eng.embed(ids))
-    err, same = 0.0, True
+    err, flips = 0.0, []
     for _ in range(steps):
-        err = max(err, float(np.abs(lr - le).max() / np.abs(lr).max()))
-        same &= int(lr.argmax()) == int(le.argmax())
+        diff = float(np.abs(lr - le).max())
+        err = max(err, diff / float(np.abs(lr).max()))
+        if int(lr.argmax()) != int(le.argmax()):
+            top2 = np.sort(lr)[-2:]
+            flips.append((float(top2[1] - top2[0]), diff))
         token = int(lr.argmax())
         lr, le = ref.decode(token), eng.decode(token)
-    return err, same
+    return err, flips
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_exact_mode_computes_what_the_reference_computes(arch, engines):
-    err, same = compare_with_reference(*engines[arch])
-    assert same and err < 1e-4, err
+    err, flips = compare_with_reference(*engines[arch])
+    assert not flips and err < 1e-4, err
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -181,6 +184,15 @@ def test_int8_activations_stay_close_on_chaotic_tiny_models(arch, engines):
     # initializer_range 0.5 makes hidden states of std ~70 after one layer: a harsh test for int8 blocks
     # sharing one scale per 64 values (on the real SmolLM2 weights the error is 0.03: the demo test)
     err, _ = compare_with_reference(*engines[arch], steps=1, activations="int8")
+    assert err < 0.15, err
+
+
+def test_the_default_int8_lm_head_follows_the_reference(engines, tmp_path, cli):
+    quant = engines["qwen2"][0]
+    assert cli("build-engine", quant, "-o", tmp_path / "e", "--target", "cpu")[0] == 0
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    assert manifest["quantization"]["lm_head"] == "int8" and manifest["vision"]["precision"] == "w8a8"
+    err, _ = compare_with_reference(quant, tmp_path / "e", steps=1, activations="int8")
     assert err < 0.15, err
 
 
@@ -326,22 +338,27 @@ def test_a_checkpoint_without_vision_onnx_builds_text_only_on_request(tiny, tmp_
 
 
 @pytest.mark.slow
-def test_demo_engine_greedy_tokens_match_the_reference(tmp_path, cli):
+def test_demo_engine_against_the_reference(tmp_path, cli):
+    """Real SmolLM2 weights. fp32 activations: the reference's logits and greedy tokens, with torch
+    unimportable. int8 activations (the default): a few % of the largest logit, so the argmax may
+    differ only where the reference's top two are closer than that error."""
     from vila_edge.demo import build_demo_checkpoint
 
     demo = build_demo_checkpoint(tmp_path / "vila-demo")
     quant, engine = tmp_path / "awq", tmp_path / "cpu"
     assert cli("quantize", demo, "-o", quant, "--group-size", 64, *QUANT, "--vision", "fp16")[0] == 0
-    assert cli("build-engine", quant, "-o", engine, "--target", "cpu", "--vision", "none")[0] == 0
-    err, same = compare_with_reference(quant, engine, prompt="The capital of France is", activations="int8")
-    print(f"demo engine, int8 activations: max relative logit error {err:.4f} over prefill + 32 decode steps")
-    assert same and err < 0.1
-    reference = cli("caption", quant, "--prompt", "What is the capital of France?", "--temperature", 0,
-                    "--max-new-tokens", 24, "--format", "jsonl")  # fmt: skip
-    run = caption_without_torch("caption", engine, "--prompt", "What is the capital of France?", "--temperature", 0,
-                                "--max-new-tokens", 24, "--format", "jsonl")  # fmt: skip
+    assert cli("build-engine", quant, "-o", engine, "--target", "cpu", "--vision", "none", "--lm-head", "fp16")[0] == 0
+    err, flips = compare_with_reference(quant, engine, prompt="The capital of France is")
+    assert not flips and err < 1e-4, err
+    err, flips = compare_with_reference(quant, engine, prompt="The capital of France is", activations="int8")
+    print(f"demo engine, int8 activations: max relative logit error {err:.4f}; argmax flips at (gap, error) {flips}")
+    assert err < 0.1 and all(gap < 2 * diff for gap, diff in flips), flips
+    question = ("--prompt", "Describe a cat in one sentence.", "--temperature", 0, "--max-new-tokens", 24, "--format", "jsonl")
+    code, out, stderr = cli("caption", quant, *question)
+    assert code == 0, stderr
+    run = caption_without_torch("caption", engine, *question, "--activations", "fp32")
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["token_ids"] == json.loads(reference[1])["token_ids"]
+    assert json.loads(run.stdout)["token_ids"] == json.loads(out)["token_ids"]
 
 
 @pytest.mark.parametrize("rope", [
