@@ -33,7 +33,7 @@ from vila_edge import _runtime
 from vila_edge.corpus import stdlib_docs
 from vila_edge.demo import build_demo_checkpoint
 from vila_edge.export.cpu_engine import build_cpu_engine, write_llm
-from vila_edge.runtime.cpu import LLM_FILE, CpuEngine, rope_frequencies
+from vila_edge.runtime.cpu import LLM_FILE, CpuEngine, open_llm
 from vila_edge.safetensors_header import read_header
 
 HERE = Path(__file__).parent
@@ -280,19 +280,6 @@ def llama_1b_file(spec: dict) -> Path:
     return path
 
 
-def open_engine_file(path: Path, spec: dict, max_seq: int, threads: int):
-    """A bare _runtime.Engine over an engine weight file, as CpuEngine opens one."""
-    with open(path, "rb") as f:
-        data_start = 8 + int.from_bytes(f.read(8), "little")
-    index = {k: (v["dtype"], v["shape"], *v["data_offsets"]) for k, v in read_header(path).items()}
-    config = _runtime.ModelConfig()
-    for key in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "rms_eps"):
-        setattr(config, key, spec[key])
-    inv_freq, config.rope_attention_scale = rope_frequencies(spec)
-    config.inv_freq = inv_freq.tolist()
-    return _runtime.Engine(str(path), data_start, index, config, max_seq, threads, "")
-
-
 # ---- the run -------------------------------------------------------------------------------------
 
 
@@ -331,7 +318,7 @@ def bench_smollm2(args, plan: Plan, ids: list[int], engines: list[CpuEngine], re
 
 def bench_llama_1b(args, plan: Plan, results: dict) -> None:
     path = llama_1b_file(LLAMA_1B)
-    engine = open_engine_file(path, LLAMA_1B, max_seq=SHORT_PROMPT + plan.gen_len + 8, threads=args.threads)
+    engine = open_llm(path, LLAMA_1B, max_seq=SHORT_PROMPT + plan.gen_len + 8, threads=args.threads)
     prompt = np.random.default_rng(1).integers(0, LLAMA_1B["vocab"], SHORT_PROMPT).tolist()
     row = {"runtime": "vila_edge", "model": "Llama-3.2-1B shape, random int4 g128 weights",
            "decode": decode_result(our_runner(engine), prompt, plan.gen_len, plan.repeat)}  # fmt: skip

@@ -44,3 +44,16 @@ def split_at_images(ids: list[int]) -> list[list[int]]:
         else:
             run.append(t)
     return runs + [run]
+
+
+def splice_parts(ids: list[int], image_embeds, embed, image_end_ids: list[int]) -> list:
+    """The pieces of inputs_embeds in order: text runs through `embed`, each image block followed by
+    the embedding of the family's image-end text. Backends concatenate them (torch or numpy)."""
+    runs = split_at_images(ids)
+    n_images = 0 if image_embeds is None else len(image_embeds)
+    if len(runs) - 1 != n_images:
+        raise UsageError(f"the prompt has {len(runs) - 1} image places but {n_images} images were encoded")
+    parts = [embed(runs[0])]
+    for block, run in zip(image_embeds if n_images else [], runs[1:]):
+        parts += [block, embed(image_end_ids), embed(run)]
+    return parts

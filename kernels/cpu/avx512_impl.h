@@ -82,20 +82,9 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
 }
 
 void q4_matmul(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
-    thread_local std::vector<float> X;
-    X.resize(size_t(x.m) * (w.k / w.group));
-    group_sums(x, w.group, X.data());
-    constexpr int JC = 16;
-    for (int jc = j0; jc < j1; jc += JC) {
-        const int je = jc + JC < j1 ? jc + JC : j1;
-        int i = 0;
-        for (; i + 4 <= x.m; i += 4) q4_tile<4>(w, x, i, X.data(), y, ldy, jc, je);
-        switch (x.m - i) {
-            case 3: q4_tile<3>(w, x, i, X.data(), y, ldy, jc, je); break;
-            case 2: q4_tile<2>(w, x, i, X.data(), y, ldy, jc, je); break;
-            case 1: q4_tile<1>(w, x, i, X.data(), y, ldy, jc, je); break;
-        }
-    }
+    q4_matmul_tiles(w, x, j0, j1, [&](auto mt, int i, const float* X, int jc, int je) {
+        q4_tile<decltype(mt)::value>(w, x, i, X, y, ldy, jc, je);
+    });
 }
 
 // int8 × int8 through the u8 × s8 instruction: |w| and x with w's sign.

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 namespace vila {
 
@@ -71,6 +73,26 @@ inline void group_sums(const ActQ8& x, int group, float* X) {
             for (int b = g * per; b < (g + 1) * per; ++b) s += x.sum[size_t(i) * nb + b];
             X[size_t(i) * (x.k / group) + g] = s;
         }
+}
+
+// The int4 matmul's loop, shared by the SIMD tables: `tile(std::integral_constant<int, MT>{}, i0, X, j0, j1)`
+// multiplies activation rows i0 .. i0 + MT - 1 (MT ≤ 4) by weight rows [j0, j1); X holds group_sums.
+template <class Tile>
+void q4_matmul_tiles(const Q4Weight& w, const ActQ8& x, int j0, int j1, Tile tile) {
+    thread_local std::vector<float> X;
+    X.resize(size_t(x.m) * (w.k / w.group));
+    group_sums(x, w.group, X.data());
+    constexpr int JC = 16;  // weight rows kept in L1 while every activation row passes over them
+    for (int jc = j0; jc < j1; jc += JC) {
+        const int je = jc + JC < j1 ? jc + JC : j1;
+        int i = 0;
+        for (; i + 4 <= x.m; i += 4) tile(std::integral_constant<int, 4>{}, i, X.data(), jc, je);
+        switch (x.m - i) {
+            case 3: tile(std::integral_constant<int, 3>{}, i, X.data(), jc, je); break;
+            case 2: tile(std::integral_constant<int, 2>{}, i, X.data(), jc, je); break;
+            case 1: tile(std::integral_constant<int, 1>{}, i, X.data(), jc, je); break;
+        }
+    }
 }
 
 // Shared by every table (memory-light next to the matmuls).

@@ -8,7 +8,7 @@ from transformers.utils import logging as hf_logging
 
 from ..checkpoint import VISION_TOWERS, Checkpoint
 from ..errors import UnsupportedError, UsageError
-from ..prompt import split_at_images
+from ..prompt import splice_parts
 from ..quant.awq_format import is_awq, load_awq_llm
 from .projector import ORDERS, Projector
 from .vision import VisionEncoder
@@ -117,14 +117,7 @@ class VilaModel:
     @torch.inference_mode()
     def splice(self, ids: list[int], image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Prompt ids with IMAGE_TOKEN_INDEX markers + [N, T, H] image blocks -> inputs_embeds [L, H]."""
-        runs = split_at_images(ids)
-        n_images = 0 if image_embeds is None else len(image_embeds)
-        if len(runs) - 1 != n_images:
-            raise UsageError(f"the prompt has {len(runs) - 1} image places but {n_images} images were encoded")
-        parts = [self.embed(runs[0])]
-        for block, run in zip(image_embeds if n_images else [], runs[1:]):
-            parts += [block, self.embed(self.image_end_ids), self.embed(run)]
-        return torch.cat(parts)
+        return torch.cat(splice_parts(ids, image_embeds, self.embed, self.image_end_ids))
 
     # ---- the LLM backend interface shared with the C++ and TensorRT backends ----
 

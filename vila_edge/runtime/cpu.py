@@ -10,7 +10,7 @@ import numpy as np
 
 from ..checkpoint import FAMILIES, Family
 from ..errors import CheckpointError, UsageError
-from ..prompt import split_at_images
+from ..prompt import splice_parts
 from ..safetensors_header import read_header
 from .manifest import read_manifest
 from .tokenizer import EngineTokenizer
@@ -48,6 +48,30 @@ def default_threads() -> int:
     except AttributeError:
         n = os.cpu_count() or 1
     return max(1, min(n, 8))
+
+
+def open_llm(path: Path, llm: dict, max_seq: int, threads: int, kernels: str = "", int8_activations: bool = True):
+    """The C++ engine over an engine weight file, for the LLM shapes of a manifest's `llm`."""
+    try:
+        from .. import _runtime
+    except ImportError as e:
+        raise CheckpointError(f"the C++ runtime is not built ({e}); reinstall vila-edge: pip install -e .") from None
+
+    header = read_header(path)  # refuses a truncated file with a message
+    with open(path, "rb") as f:
+        data_start = 8 + int.from_bytes(f.read(8), "little")
+    index = {k: (v["dtype"], v["shape"], *v["data_offsets"]) for k, v in header.items()}
+    config = _runtime.ModelConfig()
+    for key in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "rms_eps"):
+        setattr(config, key, llm[key])
+    inv_freq, config.rope_attention_scale = rope_frequencies(llm)
+    config.inv_freq = inv_freq.tolist()
+    if kernels and kernels not in _runtime.supported_kernels():
+        raise UsageError(f"--kernels {kernels}: this CPU runs {', '.join(_runtime.supported_kernels())}")
+    try:
+        return _runtime.Engine(str(path), data_start, index, config, max_seq, threads, kernels, int8_activations)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}; rebuild the engine") from None
 
 
 @dataclass
@@ -89,10 +113,6 @@ class CpuEngine:
 
     def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None,
                  activations: str = "int8"):  # fmt: skip
-        try:
-            from .. import _runtime
-        except ImportError as e:
-            raise CheckpointError(f"the C++ runtime is not built ({e}); reinstall vila-edge: pip install -e .") from None
         self.root = Path(root)
         self.manifest = read_manifest(self.root, "cpu")
         self.info = EngineInfo(self.root, self.manifest)
@@ -102,25 +122,9 @@ class CpuEngine:
                 f"{self.root}: weight layout {llm.get('layout')!r}, this runtime reads {LAYOUT!r}; "
                 f"rebuild it: vila-edge build-engine QUANTIZED -o {self.root} --target cpu"
             )
-        path = self.root / llm["file"]
-        header = read_header(path)  # refuses a truncated file with a message
-        with open(path, "rb") as f:
-            data_start = 8 + int.from_bytes(f.read(8), "little")
-        index = {k: (v["dtype"], v["shape"], *v["data_offsets"]) for k, v in header.items()}
-        config = _runtime.ModelConfig()
-        for key in ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "vocab", "rms_eps"):
-            setattr(config, key, llm[key])
-        inv_freq, config.rope_attention_scale = rope_frequencies(llm)
-        config.inv_freq = inv_freq.tolist()
         self.max_seq = max_seq or self.info.model_max_length
         self.threads = threads or default_threads()
-        if kernels and kernels not in _runtime.supported_kernels():
-            raise UsageError(f"--kernels {kernels}: this CPU runs {', '.join(_runtime.supported_kernels())}")
-        try:
-            self.llm = _runtime.Engine(str(path), data_start, index, config, self.max_seq, self.threads, kernels or "",
-                                       activations == "int8")  # fmt: skip
-        except ValueError as e:
-            raise CheckpointError(f"{path}: {e}; rebuild the engine") from None
+        self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8")
         self.tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
         end_text = self.info.family.image_end_text
         self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
@@ -148,14 +152,7 @@ class CpuEngine:
 
     def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> np.ndarray:
         """Prompt ids with image markers + [N, T, H] image blocks -> inputs_embeds [L, H]."""
-        runs = split_at_images(ids)
-        n_images = 0 if image_embeds is None else len(image_embeds)
-        if len(runs) - 1 != n_images:
-            raise UsageError(f"the prompt has {len(runs) - 1} image places but {n_images} images were encoded")
-        parts = [self.embed(runs[0])]
-        for block, run in zip(image_embeds if n_images else [], runs[1:]):
-            parts += [block.astype(np.float32), self.embed(self.image_end_ids), self.embed(run)]
-        return np.concatenate(parts)
+        return np.concatenate(splice_parts(ids, image_embeds, self.embed, self.image_end_ids)).astype(np.float32, copy=False)
 
     def reset(self) -> None:
         self.llm.reset()
