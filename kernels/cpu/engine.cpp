@@ -106,8 +106,9 @@ Engine::Engine(const std::string& path, size_t data_start, const std::map<std::s
     x_.resize(C * H), h_.resize(C * H), tmp_.resize(C * H), qkv_.resize(C * nqkv), attn_.resize(C * c_.heads * hd);
     gu_.resize(C * 2 * I), act_.resize(C * I);
     aq_.resize(C * widest), ad_.resize(C * widest / QK), as_.resize(C * widest / QK);
-    k_cache_.assign(size_t(c_.layers) * c_.kv_heads * max_seq_ * hd, 0.f);
-    v_cache_.assign(k_cache_.size(), 0.f);
+    const size_t cache = size_t(c_.layers) * c_.kv_heads * max_seq_ * hd;
+    k_cache_.reset(new float[cache]);
+    v_cache_.reset(new float[cache]);
 }
 
 void Engine::trim(int n) {
@@ -201,8 +202,8 @@ void Engine::attention(int layer, const float* qkv, int m, float* out) {
     const int hd = c_.head_dim, nh = c_.heads, group = c_.heads / c_.kv_heads, stride = (nh + 2 * c_.kv_heads) * hd;
     const float scale = 1.f / std::sqrt(float(hd));
     const size_t per_head = size_t(max_seq_) * hd;
-    const float* kl = k_cache_.data() + size_t(layer) * c_.kv_heads * per_head;
-    const float* vl = v_cache_.data() + size_t(layer) * c_.kv_heads * per_head;
+    const float* kl = k_cache_.get() + size_t(layer) * c_.kv_heads * per_head;
+    const float* vl = v_cache_.get() + size_t(layer) * c_.kv_heads * per_head;
     pool_.parallel_for(nh * m, 1, [&](int b, int e) {
         thread_local std::vector<float> score;
         score.resize(pos_ + m);
@@ -228,8 +229,8 @@ void Engine::forward(int m, float* logits) {
             for (int h = 0; h < nkv; ++h) {
                 const float* k = qkv_.data() + size_t(i) * stride + size_t(nh + h) * hd;
                 const size_t at = (size_t(l) * nkv + h) * per_head + size_t(pos_ + i) * hd;
-                std::copy(k, k + hd, k_cache_.begin() + at);
-                std::copy(k + nkv * hd, k + nkv * hd + hd, v_cache_.begin() + at);
+                std::copy(k, k + hd, k_cache_.get() + at);
+                std::copy(k + nkv * hd, k + nkv * hd + hd, v_cache_.get() + at);
             }
         attention(l, qkv_.data(), m, attn_.data());
         matmul(L.o, attn_.data(), m, tmp_.data());

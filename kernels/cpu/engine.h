@@ -100,7 +100,9 @@ private:
     std::vector<float> x_, h_, qkv_, attn_, gu_, act_, tmp_;
     std::vector<int8_t> aq_;
     std::vector<float> ad_, as_;
-    std::vector<float> k_cache_, v_cache_;  // [layer][kv_head][max_seq][head_dim]
+    // [layer][kv_head][max_seq][head_dim], left uninitialised: pages are committed as positions fill,
+    // so resident memory follows the context in use rather than max_seq
+    std::unique_ptr<float[]> k_cache_, v_cache_;
 };
 
 }  // namespace vila
