@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kernels", help="cpu engine kernels to force (ref, avx2, avx512, avx512vnni, neon, neon-dotprod)")
     q.add_argument("--max-seq", type=int, help="cpu engine KV cache positions (default: the model's max length)")
     q.add_argument("--activations", choices=("int8", "fp32"), default="int8",
-                   help="cpu engine: int8 blocks into the int4 linears (fast) or fp32 (exact, slower)")
+                   help="cpu engine: int8 blocks into the int4 linears (fast) or fp32 (exact with an fp16 lm_head; slower)")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     q.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="auto: float16 on CUDA (as VILA), float32 on CPU")  # fmt: skip
