@@ -122,7 +122,7 @@ def format_text(r: dict) -> str:
     vision = f", vision {r['vision_ms']:.1f} ms/image" if r["vision_ms"] is not None else ""
     return (
         f"{r['model']} [{r['precision']}] on {r['cpu']}, {r['threads']} threads, {r['kernels']} kernels\n"
-        f"  prompt {r['prompt_tokens']} tokens ({r['images']} images){vision}\n"
+        f"  prompt {r['prompt_tokens']} tokens ({r['images']} image{'' if r['images'] == 1 else 's'}){vision}\n"
         f"  TTFT {r['ttft_s'] * 1e3:.1f} ms (median {r['ttft_median_s'] * 1e3:.1f}, p90 {r['ttft_p90_s'] * 1e3:.1f})\n"
         f"  prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s over {r['gen_len']} tokens\n"
         f"  peak RSS {r['peak_rss_mb']:.0f} MB"
