@@ -10,10 +10,10 @@ from pathlib import Path
 from . import __version__
 from .errors import UsageError, VilaEdgeError
 from .generate import SamplingParams
+from .targets import TARGETS
 
 # Verbs whose issue is still open: they say so and exit 2, never fake output.
 NOT_YET = {"bench-table": "the published benchmark table (issue #7)"}
-TARGETS = ("cpu", "orin", "orin-nano", "rtx4090", "a100", "h100")
 
 
 def _count(shapes: dict) -> int:
@@ -296,6 +296,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .plan import format_plan, load_recipe, memory_plan
+    from .targets import get_target
+
+    target = get_target(args.target)
+    if target.sm is None:
+        raise UsageError("--target cpu: the cpu engine has no memory plan here; its weights_mb is in the engine's manifest")
+    plan = memory_plan(load_recipe(args.recipe), target, args.group_size, args.images, args.max_seq_len, args.max_batch)
+    if args.format == "json":
+        print(json.dumps({"recipe": plan.recipe, "target": target.name, "max_batch": plan.max_batch,
+                          "max_input_len": plan.max_input_len, "max_seq_len": plan.max_seq_len,
+                          "max_multimodal_len": plan.max_multimodal_len, "parts_gb": plan.parts_gb,
+                          "total_gb": round(plan.total_gb, 3), "usable_gb": target.usable_gb, "fits": plan.fits}, indent=2))  # fmt: skip
+    else:
+        print(format_plan(plan))
+    return 0 if plan.fits else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vila-edge", description=__doc__)
     p.add_argument("--version", action="version", version=f"vila-edge {__version__}")
@@ -388,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("build-engine", help="a quantized checkpoint -> an engine folder for a target")
     q.add_argument("quantized", help="the AWQ checkpoint from vila-edge quantize")
     q.add_argument("-o", "--out", required=True, help="the engine folder to write")
-    q.add_argument("--target", choices=TARGETS, required=True, help="cpu: laptops (C++ int4 engine + ONNX vision)")
+    q.add_argument("--target", choices=list(TARGETS), required=True, help="cpu: laptops (C++ int4 engine + ONNX vision)")
     q.add_argument("--vision", choices=("w8a8", "fp32", "none"), default="w8a8", help="which vision ONNX to ship")
     q.add_argument("--lm-head", choices=("int8", "fp16"), default="int8", help="lm_head precision on the cpu target")
     q.add_argument("--conv-mode", help="conversation template to record (default: the checkpoint's own)")
@@ -406,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kernels", help="force a kernel table (see caption --kernels)")
     q.add_argument("--format", choices=("text", "json"), default="text")
     q.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("plan", help="will a model fit a target? weights, KV cache, vision, activations, runtime")
+    q.add_argument("--recipe", required=True, help="a recipes/ name (vila1.5-3b, vila1.5-13b, ...) or a .json path")
+    q.add_argument("--target", choices=[t for t in TARGETS if t != "cpu"], required=True)
+    q.add_argument("--max-seq-len", type=int, help="prompt + answer tokens (default: the target's)")
+    q.add_argument("--max-batch", type=int, help="default: the target's (1 on Jetson)")
+    q.add_argument("--images", type=int, default=1, help="images per prompt")
+    q.add_argument("--group-size", type=int, default=128, help="AWQ group size")
+    q.add_argument("--format", choices=("text", "json"), default="text")
+    q.set_defaults(func=cmd_plan)
 
     for verb, what in NOT_YET.items():
         q = sub.add_parser(verb, help=f"{what}: not available yet", add_help=False)

@@ -1,0 +1,55 @@
+"""Memory plans: every recipe on every GPU target, the fits and the refusals the issue names."""
+
+import json
+
+import pytest
+
+from vila_edge.plan import RECIPES, llm_linear_params, load_recipe, memory_plan, vision_params
+from vila_edge.targets import TARGETS
+
+RECIPE_NAMES = sorted(p.stem for p in RECIPES.glob("*.json"))
+GPU_TARGETS = [t for t in TARGETS.values() if t.sm is not None]
+
+
+def test_the_recipes_the_issue_names_are_there():
+    assert set(RECIPE_NAMES) >= {"vila1.5-3b", "vila1.5-3b-s2", "llama-3-vila1.5-8b", "vila1.5-13b", "vila1.5-40b", "nvila-8b"}
+
+
+def test_parameter_counts_match_the_published_model_sizes():
+    assert 2.4e9 < llm_linear_params(load_recipe("vila1.5-3b")["llm"]) < 2.7e9  # Sheared-LLaMA-2.7B without embeddings
+    assert 12.0e9 < llm_linear_params(load_recipe("vila1.5-13b")["llm"]) < 13.0e9
+    assert 0.38e9 < vision_params(load_recipe("vila1.5-3b")["vision"]) < 0.43e9  # SigLIP-so400m, 26 of 27 layers
+    assert 5.5e9 < vision_params(load_recipe("vila1.5-40b")["vision"]) < 6.2e9  # InternViT-6B
+
+
+@pytest.mark.parametrize("recipe", RECIPE_NAMES)
+@pytest.mark.parametrize("target", GPU_TARGETS, ids=lambda t: t.name)
+def test_every_recipe_gets_a_plan_on_every_target(recipe, target):
+    plan = memory_plan(load_recipe(recipe), target)
+    assert all(gb > 0 for gb in plan.parts_gb.values())
+    assert plan.max_multimodal_len == plan.max_batch * load_recipe(recipe)["tokens_per_image"]
+    assert plan.fits == (plan.total_gb <= target.usable_gb)
+
+
+@pytest.mark.parametrize("recipe,target,fits", [
+    ("vila1.5-3b", "orin-nano", True), ("vila1.5-13b", "orin-nano", False), ("vila1.5-13b", "orin", True),
+    ("vila1.5-13b", "rtx4090", True), ("vila1.5-40b", "rtx4090", False), ("vila1.5-40b", "a100", True),
+])  # fmt: skip
+def test_fits_where_published_numbers_say_it_runs(recipe, target, fits):
+    # VILA's README: 13B AWQ runs on a 4090, 40B AWQ is OOM there and runs on an A100
+    assert memory_plan(load_recipe(recipe), TARGETS[target]).fits is fits
+
+
+def test_a_longer_context_grows_only_the_kv_cache():
+    short, long = (memory_plan(load_recipe("vila1.5-3b"), TARGETS["orin"], max_seq_len=n) for n in (1024, 4096))
+    assert long.parts_gb["kv cache (fp16, max_seq_len)"] == pytest.approx(4 * short.parts_gb["kv cache (fp16, max_seq_len)"], rel=1e-2)
+    assert {k: v for k, v in long.parts_gb.items() if "kv" not in k} == {k: v for k, v in short.parts_gb.items() if "kv" not in k}
+
+
+def test_plan_cli(cli):
+    code, out, _ = cli("plan", "--recipe", "vila1.5-13b", "--target", "orin-nano")
+    assert code == 1 and "does NOT fit" in out and "GB" in out
+    code, out, _ = cli("plan", "--recipe", "vila1.5-3b", "--target", "orin-nano", "--format", "json")
+    assert code == 0 and json.loads(out)["fits"] and json.loads(out)["max_multimodal_len"] == 196
+    code, _, err = cli("plan", "--recipe", "vila9", "--target", "orin")
+    assert code == 2 and "known: " in err and "Traceback" not in err
