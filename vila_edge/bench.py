@@ -29,7 +29,7 @@ def prompt_ids(captioner: Captioner, n_text: int, n_images: int) -> list[int]:
     """A chat prompt holding n_images image places and exactly n_text text tokens (real English)."""
     from .corpus import stdlib_docs
 
-    words = " ".join(stdlib_docs("eval")).split()
+    words = " ".join(stdlib_docs("eval")).split()[: 2 * n_text + 64]  # enough: a word is at least one token
     base = len(captioner.prompt_ids("", n_images)) - n_images
     if n_text < base + 1:
         raise UsageError(f"--prompt-len {n_text}: the template alone takes {base} tokens; ask for more")
