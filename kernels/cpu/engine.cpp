@@ -104,7 +104,7 @@ Engine::Engine(const std::string& path, size_t data_start, const std::map<std::s
 
     const size_t C = kChunk, widest = std::max({size_t(H), size_t(2 * I), size_t(nqkv)});
     x_.resize(C * H), h_.resize(C * H), tmp_.resize(C * H), qkv_.resize(C * nqkv), attn_.resize(C * c_.heads * hd);
-    gu_.resize(C * 2 * I), act_.resize(C * I);
+    gu_.resize(C * 2 * I), act_.resize(C * I), cos_.resize(C * hd / 2), sin_.resize(C * hd / 2);
     aq_.resize(C * widest), ad_.resize(C * widest / QK), as_.resize(C * widest / QK);
     const size_t cache = size_t(c_.layers) * c_.kv_heads * max_seq_ * hd;
     k_cache_.reset(new float[cache]);
@@ -176,16 +176,21 @@ void Engine::add_bias(const Linear& l, int m, float* y) {
             for (int j = 0; j < l.w.n; ++j) y[size_t(i) * l.w.n + j] += l.bias[j];
 }
 
-// Rotate-half RoPE on the q and k heads of each row, at positions pos_ .. pos_ + m - 1.
+void Engine::rope_angles(int m) {
+    const int half = c_.head_dim / 2;
+    for (int i = 0; i < m; ++i)
+        for (int t = 0; t < half; ++t) {
+            const float a = float(pos_ + i) * c_.inv_freq[t];
+            cos_[size_t(i) * half + t] = std::cos(a) * c_.rope_attention_scale;
+            sin_[size_t(i) * half + t] = std::sin(a) * c_.rope_attention_scale;
+        }
+}
+
+// Rotate-half RoPE on the q and k heads of each row, with the angles of rope_angles.
 void Engine::rope(float* qkv, int m) {
     const int hd = c_.head_dim, half = hd / 2, heads = c_.heads + c_.kv_heads, stride = (c_.heads + 2 * c_.kv_heads) * hd;
-    std::vector<float> cs(half), sn(half);
     for (int i = 0; i < m; ++i) {
-        const float p = float(pos_ + i);
-        for (int t = 0; t < half; ++t) {
-            const float a = p * c_.inv_freq[t];
-            cs[t] = std::cos(a) * c_.rope_attention_scale, sn[t] = std::sin(a) * c_.rope_attention_scale;
-        }
+        const float *cs = cos_.data() + size_t(i) * half, *sn = sin_.data() + size_t(i) * half;
         for (int h = 0; h < heads; ++h) {
             float* v = qkv + size_t(i) * stride + size_t(h) * hd;
             for (int t = 0; t < half; ++t) {
@@ -220,6 +225,7 @@ void Engine::forward(int m, float* logits) {
     const int H = c_.hidden, hd = c_.head_dim, I = c_.intermediate, nkv = c_.kv_heads, nh = c_.heads;
     const int stride = (nh + 2 * nkv) * hd;
     const size_t per_head = size_t(max_seq_) * hd;
+    rope_angles(m);
     for (int l = 0; l < c_.layers; ++l) {
         const Layer& L = layers_[l];
         rmsnorm(x_.data(), L.attn_norm, m, h_.data());

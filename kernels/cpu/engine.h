@@ -77,6 +77,7 @@ private:
     void matmul(const Linear& l, const float* x, int m, float* y);
     void add_bias(const Linear& l, int m, float* y);
     void rmsnorm(const float* x, const float* w, int m, float* y);
+    void rope_angles(int m);  // cos and sin for positions pos_ .. pos_ + m - 1, shared by every layer
     void rope(float* qkv, int m);
     void attention(int layer, const float* qkv, int m, float* out);
 
@@ -97,7 +98,7 @@ private:
 
     static constexpr int kChunk = 64;  // prefill positions per forward pass; sizes the scratch below
 
-    std::vector<float> x_, h_, qkv_, attn_, gu_, act_, tmp_;
+    std::vector<float> x_, h_, qkv_, attn_, gu_, act_, tmp_, cos_, sin_;
     std::vector<int8_t> aq_;
     std::vector<float> ad_, as_;
     // [layer][kv_head][max_seq][head_dim], left uninitialised: pages are committed as positions fill,
