@@ -1,5 +1,6 @@
 """`build-engine --target cpu`: the AWQ llm/ repacked for the C++ kernels, the vision ONNX, the
-tokenizer and the prompt template, and manifest.json (numpy only; transformers for the tokenizer).
+tokenizer and the prompt template, and manifest.json. Runs where the checkpoint was quantized
+(torch, transformers); the engine it writes needs neither.
 
 llm.safetensors, tensor by tensor (N out, K in, G group):
     embed                     F16 [V, H]        lm_head.q / .scales   I8 [V, H] / F16 [V, H/32]
@@ -17,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vila_edge import __version__
 from vila_edge.atomic import atomic_dir, current_umask
@@ -24,29 +26,16 @@ from vila_edge.checkpoint import Checkpoint, load_checkpoint
 from vila_edge.conversation import get_template, resolve_conv_mode
 from vila_edge.errors import UnsupportedError, UsageError
 from vila_edge.quant.awq_format import is_awq
+from vila_edge.quant.int4 import unpack_awq_gemm
 from vila_edge.runtime.cpu import LAYOUT, LLM_FILE, ROPE_TYPES
 from vila_edge.runtime.manifest import write_manifest
 from vila_edge.runtime.tokenizer import save_engine_tokenizer
 
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 QK = 32
 VISION_FILES = {"w8a8": "vision_w8a8.onnx", "fp32": "vision_fp32.onnx"}
 
 
 # ---- int4 repacking -----------------------------------------------------------------------------
-
-
-def _unpack_columns(words: np.ndarray) -> np.ndarray:
-    """AutoAWQ int32 [R, C] -> uint8 nibbles [R, 8C] in column order."""
-    nibbles = (words.astype(np.uint32)[..., None] >> (4 * np.arange(8, dtype=np.uint32))) & 0xF  # [R, C, 8] in AWQ order
-    out = np.empty_like(nibbles)
-    out[..., list(AWQ_ORDER)] = nibbles
-    return out.reshape(words.shape[0], -1).astype(np.uint8)
-
-
-def unpack_awq(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray):
-    """AutoAWQ GEMM tensors -> (q uint8 [N, K], zeros uint8 [N, K/G], scales fp16 [N, K/G])."""
-    return _unpack_columns(qweight).T.copy(), _unpack_columns(qzeros).T.copy(), scales.astype(np.float16).T.copy()
 
 
 def pack_pairs(q: np.ndarray) -> np.ndarray:
@@ -124,9 +113,10 @@ def llm_tensors(state: dict[str, np.ndarray], spec: dict, lm_head: str = "int8")
     f32 = lambda name: state[name].astype(np.float32)  # noqa: E731
 
     def q4(prefix: str, parts: list[str], bias: bool = False) -> dict[str, np.ndarray]:
-        unpacked = [unpack_awq(*(state[f"{prefix}.{p}.{s}"] for s in ("qweight", "qzeros", "scales"))) for p in parts]
-        q, zeros, scales = (np.concatenate(t) for t in zip(*unpacked))
-        out = {"q": pack_pairs(q), "scales": scales.view(np.uint16).view(np.float16), "zeros": zeros}
+        unpacked = [unpack_awq_gemm(*(torch.from_numpy(state[f"{prefix}.{p}.{s}"]) for s in ("qweight", "qzeros", "scales")))
+                    for p in parts]  # fmt: skip
+        q, scales, zeros = (torch.cat(t).numpy() for t in zip(*unpacked))
+        out = {"q": pack_pairs(q), "scales": scales.astype(np.float16), "zeros": zeros}  # fp16 scales, exact
         if bias:
             out["bias"] = np.concatenate([f32(f"{prefix}.{p}.bias") for p in parts])
         return out

@@ -13,7 +13,7 @@ import torch
 
 from vila_edge import _runtime
 from vila_edge.checkpoint import load_checkpoint
-from vila_edge.export.cpu_engine import int8_rows, pack_pairs, unpack_awq, unpack_pairs
+from vila_edge.export.cpu_engine import int8_rows, llm_tensors, pack_pairs, unpack_pairs
 from vila_edge.model.vlm import VilaModel
 from vila_edge.quant.int4 import pack_awq_gemm, quantize_groups
 from vila_edge.runtime.cpu import CpuEngine
@@ -120,14 +120,32 @@ def test_pair_packing_round_trips(k):
         assert not (packed[:, -32:] >> 4).any()  # an odd last block leaves the high nibbles empty
 
 
-def test_awq_unpacking_matches_the_torch_reader():
-    w = torch.randn(24, 128)
-    q, scales, zeros = quantize_groups(w, 32)
-    gemm = pack_awq_gemm(q, scales, zeros)
-    q2, z2, s2 = unpack_awq(*(gemm[k].numpy() for k in ("qweight", "qzeros", "scales")))
-    np.testing.assert_array_equal(q2, q.numpy())
-    np.testing.assert_array_equal(z2, zeros.numpy())
-    np.testing.assert_array_equal(s2, scales.half().numpy())
+def test_awq_linears_are_repacked_exactly_and_fused():
+    """llm_tensors on a one-layer AutoAWQ state: q, k, v stacked in that order (gate, up likewise), the
+    nibbles, fp16 scales and zeros unchanged, the tied embedding as an int8 lm_head."""
+    torch.manual_seed(0)
+    h, i, g = 64, 128, 32
+    spec = {"layers": 1, "qkv_bias": False}
+    shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (32, h), "self_attn.v_proj": (32, h),
+              "self_attn.o_proj": (h, h), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}  # fmt: skip
+    state, quantized = {}, {}
+    for name, (n, k) in shapes.items():
+        quantized[name] = quantize_groups(torch.randn(n, k), g)
+        state.update({f"model.layers.0.{name}.{key}": t.numpy() for key, t in pack_awq_gemm(*quantized[name]).items()})
+    for name in ("model.norm.weight", "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight"):
+        state[name] = torch.rand(h).half().numpy()
+    state["model.embed_tokens.weight"] = torch.randn(100, h).half().numpy()
+    tensors = llm_tensors(state, spec)
+    for fused, parts in {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}.items():
+        names = [next(n for n in shapes if n.endswith(f".{p}_proj")) for p in parts]
+        q, scales, zeros = (torch.cat(t).numpy() for t in zip(*(quantized[n] for n in names)))
+        np.testing.assert_array_equal(unpack_pairs(tensors[f"layers.0.{fused}.q"], h), q)
+        np.testing.assert_array_equal(tensors[f"layers.0.{fused}.scales"], scales.astype(np.float16))
+        np.testing.assert_array_equal(tensors[f"layers.0.{fused}.zeros"], zeros)
+    assert tensors["layers.0.qkv.scales"].shape == (h + 64, h // g) and "layers.0.qkv.bias" not in tensors
+    q8, s8 = int8_rows(state["model.embed_tokens.weight"])
+    np.testing.assert_array_equal(tensors["lm_head.q"], q8)
+    np.testing.assert_array_equal(tensors["embed"], state["model.embed_tokens.weight"])
 
 
 # ---- engines ------------------------------------------------------------------------------------
