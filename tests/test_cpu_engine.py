@@ -348,8 +348,11 @@ def test_a_checkpoint_without_vision_onnx_builds_text_only_on_request(tiny, tmp_
     assert cli("build-engine", quant, "-o", tmp_path / "e", "--target", "cpu", "--vision", "none", "--lm-head", "fp16")[0] == 0
     code, out, err = cli("caption", tmp_path / "e", "--prompt", "Hello", "--max-new-tokens", 3, "--format", "jsonl")
     assert code == 0, err
-    code, _, err = cli("caption", tmp_path / "e", "--image", tiny() / "../x.png", "--prompt", "Hi")
-    assert code != 0 and "Traceback" not in err
+    from vila_edge.demo import write_sample_image
+
+    image = write_sample_image(tmp_path / "x.png", size=96)
+    code, _, err = cli("caption", tmp_path / "e", "--image", image, "--prompt", "Hi")
+    assert code != 0 and "built without a vision tower" in err and "Traceback" not in err
 
 
 # ---- the demo checkpoint: real SmolLM2 weights ----------------------------------------------------
