@@ -68,13 +68,13 @@ def int8_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def llm_spec(ckpt: Checkpoint) -> dict:
-    """What the C++ engine needs to know about the LLM, as recorded in the manifest; refuses what it cannot run."""
+    """What an engine needs to know about the LLM, as its manifest records it; refuses what engines cannot run."""
     c, where = ckpt.llm_config, ckpt.llm_dir / "config.json"
     arch = c["model_type"]
     if c.get("hidden_act", "silu") != "silu" or c.get("mlp_bias"):
-        raise UnsupportedError(f"{where}: the cpu engine runs SiLU MLPs without bias (hidden_act {c.get('hidden_act')!r})")
+        raise UnsupportedError(f"{where}: vila-edge engines run SiLU MLPs without bias (hidden_act {c.get('hidden_act')!r})")
     if arch == "llama" and c.get("attention_bias"):
-        raise UnsupportedError(f"{where}: attention_bias on a Llama is not supported by the cpu engine")
+        raise UnsupportedError(f"{where}: attention_bias on a Llama is not supported by vila-edge engines")
     rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
     rope.setdefault("rope_theta", c.get("rope_theta", 10000.0))
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
@@ -99,7 +99,7 @@ def llm_spec(ckpt: Checkpoint) -> dict:
     }
 
 
-def _read_llm(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+def read_llm_state(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     state = {}
@@ -167,13 +167,13 @@ def fingerprint(ckpt: Checkpoint) -> str:
     return h.hexdigest()
 
 
-def _copy_vision(ckpt: Checkpoint, vision: str, out: Path) -> dict | None:
+def copy_vision(ckpt: Checkpoint, vision: str, out: Path) -> dict | None:
     if vision == "none":
         return None
     src = ckpt.root / "vision" / VISION_FILES[vision]
     if not src.is_file():
         raise UsageError(
-            f"{src}: missing; the cpu engine takes the vision tower as ONNX from `vila-edge quantize` "
+            f"{src}: missing; engines take the vision tower as ONNX from `vila-edge quantize` "
             f"(--vision w8a8 writes both {', '.join(VISION_FILES.values())}). Re-quantize, or pass --vision none for text only"
         )
     (out / "vision").mkdir()
@@ -190,46 +190,58 @@ def _copy_vision(ckpt: Checkpoint, vision: str, out: Path) -> dict | None:
     }
 
 
-def build_cpu_engine(source: str | Path, out: str | Path, vision: str = "w8a8", lm_head: str = "int8",
-                     conv_mode: str | None = None, overwrite: bool = False) -> dict:  # fmt: skip
-    """Quantized checkpoint -> engine folder (atomic); returns the manifest."""
-    from transformers import AutoTokenizer
-
+def load_awq_source(source: str | Path) -> tuple[Checkpoint, dict]:
+    """(the quantized checkpoint, its llm_spec); refuses a checkpoint that is not AWQ int4."""
     ckpt = load_checkpoint(source)
     if not is_awq(ckpt.llm_config):
         raise UsageError(
-            f"{ckpt.llm_dir}: not AWQ-quantized; the cpu engine runs int4 weights. "
+            f"{ckpt.llm_dir}: not AWQ-quantized; engines run int4 weights. "
             f"Quantize first: vila-edge quantize {ckpt.root} -o QUANTIZED"
         )
-    spec = llm_spec(ckpt)
-    if vision not in (*VISION_FILES, "none") or lm_head not in ("int8", "fp16"):
-        raise UsageError(f"--vision {vision} / --lm-head {lm_head}: choose --vision w8a8|fp32|none, --lm-head int8|fp16")
+    return ckpt, llm_spec(ckpt)
+
+
+def write_front(ckpt: Checkpoint, source: str | Path, conv_mode: str | None, folder: Path) -> dict:
+    """The tokenizer into folder/tokenizer; returns the manifest fields every engine carries (source,
+    where it was made, the prompt side, the image preprocessing)."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(ckpt.llm_dir)
     mode, _ = resolve_conv_mode(ckpt, conv_mode, tokenizer)
-    template = get_template(mode)
+    save_engine_tokenizer(tokenizer, folder / "tokenizer")
+    return {
+        "source": {"path": str(Path(source).resolve()), "name": ckpt.name, "fingerprint": fingerprint(ckpt)},
+        "built_on": {"machine": platform.machine(), "python": platform.python_version(), "vila_edge": __version__},
+        "text": {
+            "conv_mode": get_template(mode).name,
+            "family": ckpt.family.name,
+            "model_max_length": ckpt.model_max_length,
+            "num_video_frames": ckpt.num_video_frames,
+            "tokenizer": "tokenizer",
+        },
+        "preprocessor": ckpt.preprocessor,
+        "image_aspect_ratio": ckpt.image_aspect_ratio,
+    }
+
+
+def build_cpu_engine(source: str | Path, out: str | Path, vision: str = "w8a8", lm_head: str = "int8",
+                     conv_mode: str | None = None, overwrite: bool = False) -> dict:  # fmt: skip
+    """Quantized checkpoint -> engine folder (atomic); returns the manifest."""
+    ckpt, spec = load_awq_source(source)
+    if vision not in (*VISION_FILES, "none") or lm_head not in ("int8", "fp16"):
+        raise UsageError(f"--vision {vision} / --lm-head {lm_head}: choose --vision w8a8|fp32|none, --lm-head int8|fp16")
     with atomic_dir(out, overwrite) as tmp:
-        write_llm(tmp / LLM_FILE, llm_tensors(_read_llm(ckpt), spec, lm_head))
-        save_engine_tokenizer(tokenizer, tmp / "tokenizer")
-        vision_spec = _copy_vision(ckpt, vision, tmp)
+        front = write_front(ckpt, source, conv_mode, tmp)
+        write_llm(tmp / LLM_FILE, llm_tensors(read_llm_state(ckpt), spec, lm_head))
         manifest = write_manifest(
             tmp,
             "cpu",
-            source={"path": str(Path(source).resolve()), "name": ckpt.name, "fingerprint": fingerprint(ckpt)},
-            built_on={"machine": platform.machine(), "python": platform.python_version(), "vila_edge": __version__},
             quantization={"method": "awq", "w_bit": 4, "group_size": spec["group_size"], "lm_head": lm_head,
                           "activations": "int8 per 32 (on the fly)"},  # fmt: skip
             llm={"file": LLM_FILE, "layout": LAYOUT, **spec},
-            vision=vision_spec,
-            text={
-                "conv_mode": template.name,
-                "family": ckpt.family.name,
-                "model_max_length": ckpt.model_max_length,
-                "num_video_frames": ckpt.num_video_frames,
-                "tokenizer": "tokenizer",
-            },
-            preprocessor=ckpt.preprocessor,
-            image_aspect_ratio=ckpt.image_aspect_ratio,
+            vision=copy_vision(ckpt, vision, tmp),
             memory={"weights_mb": round((tmp / LLM_FILE).stat().st_size / 2**20, 1)},
+            **front,
         )
     return manifest
 

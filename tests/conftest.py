@@ -12,6 +12,20 @@ from tiny import build_tiny_checkpoint, llama_tokenizer, qwen2_tokenizer  # noqa
 from vila_edge.cli import main  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where TensorRT, TensorRT-LLM and a CUDA GPU are all present; elsewhere they say what is missing."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    from vila_edge.runtime.trt import probe_environment
+
+    _, missing = probe_environment()
+    if missing:
+        skip = pytest.mark.skip(reason="needs TensorRT, TensorRT-LLM and a CUDA GPU: " + "; ".join(missing))
+        for item in gpu:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tokenizers")
@@ -31,6 +45,26 @@ def tiny(tmp_path_factory, tokenizer_dirs):
             folder = name or f"tiny-{arch}-{projector_type}-{len(built)}"
             built[key] = build_tiny_checkpoint(root / folder, tokenizer_dirs[arch], projector_type, arch, **top)
         return built[key]
+
+    return make
+
+
+# Fast AWQ settings for tiny checkpoints: the search runs, on little data.
+QUICK_QUANT = ("--n-samples", 2, "--seqlen", 32, "--no-clip", "--quiet", "--vision-calib-images", 8)
+
+
+@pytest.fixture(scope="session")
+def awq(tiny, tmp_path_factory):
+    """awq(arch="llama", group=32) -> the tiny checkpoint AWQ-quantized (with the W8A8 vision ONNX), once per kind."""
+    root, built = tmp_path_factory.mktemp("awq"), {}
+
+    def make(arch="llama", group=32):
+        if (arch, group) not in built:
+            out = root / f"{arch}-g{group}"
+            code, _, err = run_cli("quantize", tiny(arch=arch), "-o", out, "--group-size", group, *QUICK_QUANT)
+            assert code == 0, err
+            built[arch, group] = out
+        return built[arch, group]
 
     return make
 

@@ -1,4 +1,4 @@
-"""`vila-edge`: inspect, demo-checkpoint, caption, quantize, eval-ppl (build-engine, bench and bench-table come later)."""
+"""`vila-edge`: inspect, demo-checkpoint, caption, quantize, eval-ppl, build-engine, bench, plan (bench-table comes later)."""
 
 import argparse
 import json
@@ -93,23 +93,38 @@ def cmd_demo_checkpoint(args) -> int:
     return 0
 
 
+def engine_backend(folder) -> str:
+    """"cpu" or "trt": which backend runs an engine folder, by the target in its manifest."""
+    try:
+        target = json.loads((Path(folder) / "manifest.json").read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        return "cpu"  # CpuEngine's manifest check says what is wrong
+    return "cpu" if target == "cpu" or target not in TARGETS else "trt"
+
+
 def _load_for_caption(args):
     """(what the captioner reads, the backend, its name): an engine folder or a checkpoint."""
     from .runtime.manifest import is_engine
 
     if is_engine(args.source):
+        kind = engine_backend(args.source)
+        if args.backend not in ("auto", kind):
+            raise UsageError(f"{args.source} is a {kind} engine, run by --backend {kind}; drop --backend {args.backend}")
+        if kind == "trt":
+            from .runtime.trt import TrtEngine
+
+            engine = TrtEngine(args.source)
+            return engine.info, engine, f"trt ({engine.manifest['target']})"
         from .runtime.cpu import CpuEngine
 
-        if args.backend not in ("auto", "cpu"):
-            raise UsageError(f"{args.source} is a cpu engine; --backend {args.backend} runs checkpoints (drop --backend)")
         engine = CpuEngine(args.source, threads=args.threads, kernels=args.kernels, max_seq=args.max_seq,
                            activations=args.activations)  # fmt: skip
         return engine.info, engine, f"cpu ({engine.kernels}, {engine.threads} threads)"
     from .checkpoint import load_checkpoint
     from .model.vlm import VilaModel
 
-    if args.backend == "cpu":
-        raise UsageError(f"{args.source}: --backend cpu runs engine folders; build one with vila-edge build-engine --target cpu")
+    if args.backend in ("cpu", "trt"):
+        raise UsageError(f"{args.source}: --backend {args.backend} runs engine folders; build one with vila-edge build-engine")
     ckpt = load_checkpoint(args.source, allow_pickle=args.allow_pickle)
     backend = "torch" if args.backend == "auto" else args.backend
     model = VilaModel(ckpt, device=args.device, dtype=args.dtype, projector_order=args.projector_order,
@@ -266,9 +281,17 @@ def cmd_eval_ppl(args) -> int:
 
 def cmd_build_engine(args) -> int:
     if args.target != "cpu":
-        print(f"vila-edge build-engine: --target {args.target} (TensorRT-LLM) is not available yet in vila-edge "
-              f"{__version__}; --target cpu builds the laptop engine", file=sys.stderr)  # fmt: skip
-        return 2
+        from .export.trt_engine import build_gpu_engine
+
+        limits = {"images": args.images, "max_batch": args.max_batch, "max_input_len": args.max_input_len,
+                  "max_seq_len": args.max_seq_len}  # fmt: skip
+        code, message = build_gpu_engine(args.quantized, args.out, args.target, args.vision, args.conv_mode, limits,
+                                         dry_run=args.dry_run, overwrite=args.overwrite)  # fmt: skip
+        print(message, file=sys.stdout if code in (0, 1) else sys.stderr)
+        return code
+    if args.dry_run or any(v is not None for v in (args.images, args.max_batch, args.max_input_len, args.max_seq_len)):
+        raise UsageError("--dry-run, --images and --max-* plan GPU engines; the cpu engine sizes its cache at run time "
+                         "(caption --max-seq)")  # fmt: skip
     from .export.cpu_engine import build_cpu_engine
 
     m = build_cpu_engine(args.quantized, args.out, vision=args.vision, lm_head=args.lm_head, conv_mode=args.conv_mode,
@@ -345,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top-p", type=float, default=d.top_p)
     q.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
     q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
-    q.add_argument("--backend", choices=("auto", "torch", "onnx", "cpu"), default="auto",
-                   help="auto: cpu for an engine folder, torch for a checkpoint; onnx: a checkpoint's W8A8 vision ONNX "
-                        "on ONNX Runtime with the LLM on torch")  # fmt: skip
+    q.add_argument("--backend", choices=("auto", "torch", "onnx", "cpu", "trt"), default="auto",
+                   help="auto: the engine's own (cpu, or trt for a GPU target), torch for a checkpoint; onnx: a checkpoint's "
+                        "W8A8 vision ONNX on ONNX Runtime with the LLM on torch")  # fmt: skip
     q.add_argument("--threads", type=int, help="cpu engine threads (default: the cores, at most 8)")
     q.add_argument("--kernels", help="cpu engine kernels to force (ref, avx2, avx512, avx512vnni, neon, neon-dotprod)")
     q.add_argument("--max-seq", type=int, help="cpu engine KV cache positions (default: the model's max length)")
@@ -404,11 +427,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval_ppl)
 
     q = sub.add_parser("build-engine", help="a quantized checkpoint -> an engine folder for a target")
-    q.add_argument("quantized", help="the AWQ checkpoint from vila-edge quantize")
+    q.add_argument("quantized", help="the AWQ checkpoint from vila-edge quantize (or, on the device, a GPU target's bundle)")
     q.add_argument("-o", "--out", required=True, help="the engine folder to write")
-    q.add_argument("--target", choices=list(TARGETS), required=True, help="cpu: laptops (C++ int4 engine + ONNX vision)")
-    q.add_argument("--vision", choices=("w8a8", "fp32", "none"), default="w8a8", help="which vision ONNX to ship")
+    q.add_argument("--target", choices=list(TARGETS), required=True,
+                   help="cpu: laptops (C++ int4 engine + ONNX vision); the others: TensorRT-LLM + a TensorRT vision plan, "
+                        "built on that device (elsewhere: a portable bundle, exit 3)")  # fmt: skip
+    q.add_argument("--vision", choices=("w8a8", "fp16", "fp32", "none"), default="w8a8",
+                   help="cpu: w8a8|fp32 ONNX; GPU: w8a8 (int8 Q/DQ plan) or fp16; none: text only")  # fmt: skip
     q.add_argument("--lm-head", choices=("int8", "fp16"), default="int8", help="lm_head precision on the cpu target")
+    q.add_argument("--images", type=int, help="GPU: images per prompt the engine takes (default 1)")
+    q.add_argument("--max-batch", type=int, help="GPU: default the target's (1 on Jetson)")
+    q.add_argument("--max-input-len", type=int, help="GPU: prompt tokens, images included (default: the target's)")
+    q.add_argument("--max-seq-len", type=int, help="GPU: prompt + answer tokens (default: the target's, within the model's)")
+    q.add_argument("--dry-run", action="store_true", help="GPU: print the memory plan and the build steps; write nothing")
     q.add_argument("--conv-mode", help="conversation template to record (default: the checkpoint's own)")
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     q.set_defaults(func=cmd_build_engine)

@@ -1,6 +1,7 @@
 """Sampling, stop rules and the decode loop, shared by every backend (numpy only, no torch).
 
-A backend offers `reset()`, `prefill(inputs) -> logits [V]` and `decode(token_id) -> logits [V]`.
+A backend offers `reset()`, `prefill(inputs) -> logits [V]` and `decode(token_id) -> logits [V]`,
+or `generate_tokens(inputs, params)` when it samples on its own.
 """
 
 import time
@@ -107,6 +108,16 @@ class Generation:
         return n / self.decode_s if n > 0 and self.decode_s > 0 else 0.0
 
 
+def sampled_tokens(backend, inputs, params: SamplingParams):
+    """Our sampler over the backend's logits: prefill, then one decode step per further token asked for."""
+    sampler = Sampler(params)
+    backend.reset()
+    token = sampler(backend.prefill(inputs))
+    while True:
+        yield token
+        token = sampler(backend.decode(token))
+
+
 def generate(
     backend,
     inputs,
@@ -116,26 +127,30 @@ def generate(
     max_length: int,
     on_text: Callable[[str], None] | None = None,
 ) -> Generation:
-    """Prefill `inputs` (already spliced), then sample until a stop rule, max_new_tokens or max_length."""
-    sampler, emit = Sampler(params), on_text or (lambda s: None)
+    """Prefill `inputs` (already spliced), then sample until a stop rule, max_new_tokens or max_length.
+    A backend that samples on its own (TensorRT-LLM) offers `generate_tokens(inputs, params)` instead of
+    prefill/decode; the stop rules and the text stream stay here either way."""
+    emit = on_text or (lambda s: None)
     t0 = time.perf_counter()
-    backend.reset()
-    logits = backend.prefill(inputs)
-    token = sampler(logits)
-    t1 = time.perf_counter()
-    reason, n_generated = "length", 0
-    while True:
-        n_generated += 1
-        emit(stream.push(token))
-        if stream.stopped:
-            reason = "stop"
-            break
-        if n_generated >= params.max_new_tokens:
-            break
-        if prompt_tokens + n_generated >= max_length:
-            reason = "context"
-            break
-        token = sampler(backend.decode(token))
+    own = getattr(backend, "generate_tokens", None)
+    tokens = own(inputs, params) if own else sampled_tokens(backend, inputs, params)
+    t1, reason, n_generated = None, "length", 0
+    try:
+        for token in tokens:
+            t1 = t1 or time.perf_counter()
+            n_generated += 1
+            emit(stream.push(token))
+            if stream.stopped:
+                reason = "stop"
+                break
+            if n_generated >= params.max_new_tokens:
+                break
+            if prompt_tokens + n_generated >= max_length:
+                reason = "context"
+                break
+    finally:
+        tokens.close()
     emit(stream.finish())
     t2 = time.perf_counter()
+    t1 = t1 or t2
     return Generation(stream.token_ids, stream.text.strip(), reason, prompt_tokens, n_generated, t1, t1 - t0, t2 - t1)

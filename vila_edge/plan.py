@@ -2,13 +2,16 @@
 vision engine, activations and runtime against the target's memory (estimates, in GB = 1e9 bytes)."""
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
 from .targets import Target
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# The repository's recipes/ (a checkout or an editable install), else where setup.py's data_files put them.
+RECIPES = next((p for p in (Path(__file__).resolve().parents[1] / "recipes", Path(sys.prefix) / "share/vila-edge/recipes")
+                if p.is_dir()), Path(__file__).resolve().parents[1] / "recipes")  # fmt: skip
 GB = 1e9
 
 
@@ -19,6 +22,28 @@ def load_recipe(name: str) -> dict:
         known = sorted(p.stem for p in RECIPES.glob("*.json"))
         raise UsageError(f"no recipe {name!r}; known: {', '.join(known) or 'none (recipes/ not found)'}, or pass a .json path")
     return json.loads(path.read_text())
+
+
+def recipe_from_checkpoint(ckpt) -> dict:
+    """A checkpoint's shapes in the recipes/ format (the vision layers its feature selection uses)."""
+    c, v = ckpt.llm_config, ckpt.vision_config
+    layers = v["num_hidden_layers"]
+    used = layers + ckpt.select_layer + 1 if ckpt.select_layer < 0 else ckpt.select_layer
+    vision = {"kind": ckpt.vision_kind, "hidden": v["hidden_size"], "layers": used, "intermediate": v["intermediate_size"],
+              "image_size": ckpt.image_size, "patch": v["patch_size"]}  # fmt: skip
+    if ckpt.s2_scales:
+        vision["s2_scales"] = ckpt.s2_scales
+    return {
+        "name": ckpt.name,
+        "llm": {"arch": c["model_type"], "hidden": c["hidden_size"], "layers": c["num_hidden_layers"],
+                "heads": c["num_attention_heads"], "kv_heads": c.get("num_key_value_heads") or c["num_attention_heads"],
+                "intermediate": c["intermediate_size"], "vocab": c["vocab_size"],
+                "tied": bool(c.get("tie_word_embeddings"))},  # fmt: skip
+        "vision": vision,
+        "projector": ckpt.projector_type,
+        "tokens_per_image": ckpt.tokens_per_image,
+        "unconfirmed": [],
+    }
 
 
 def llm_linear_params(llm: dict) -> int:
@@ -47,7 +72,14 @@ class Plan:
     max_input_len: int
     max_seq_len: int
     max_multimodal_len: int
+    images: int  # per prompt
     parts_gb: dict[str, float]
+
+    @property
+    def limits(self) -> dict:
+        """The engine limits, as build-engine passes them to TensorRT-LLM and the manifest records them."""
+        return {"max_batch": self.max_batch, "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
+                "max_multimodal_len": self.max_multimodal_len, "images": self.images}  # fmt: skip
 
     @property
     def total_gb(self) -> float:
@@ -58,16 +90,22 @@ class Plan:
         return self.total_gb <= self.target.usable_gb
 
 
-def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int = 1,
-                max_seq_len: int | None = None, max_batch: int | None = None) -> Plan:  # fmt: skip
-    """W4A16 LLM (fp16 group scales, fp16 embeddings and lm_head), W8A8 vision, fp16 KV cache."""
+def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int = 1, max_seq_len: int | None = None,
+                max_batch: int | None = None, max_input_len: int | None = None) -> Plan:  # fmt: skip
+    """W4A16 LLM (fp16 group scales and zeros, fp16 embeddings and lm_head), W8A8 vision, fp16 KV cache."""
     llm, vision = recipe["llm"], recipe["vision"]
     batch = max_batch or target.max_batch
     seq = max_seq_len or target.max_seq_len
+    input_len = max_input_len or min(target.max_input_len, seq - 1)
+    if not 0 < input_len < seq or batch < 1 or images < 0:
+        raise UsageError(f"max_input_len {input_len} must be below max_seq_len {seq}, and max_batch at least 1")
+    if images * recipe["tokens_per_image"] >= input_len:
+        raise UsageError(f"{images} image(s) of {recipe['tokens_per_image']} tokens leave no room for text in "
+                         f"max_input_len {input_len}; raise --max-input-len or lower --images")  # fmt: skip
     hd = llm["hidden"] // llm["heads"]
-    bits = 4 + 16 / group_size  # int4 + an fp16 scale per group
+    bits = 4 + 32 / group_size  # int4 + an fp16 scale and an fp16 zero per group
     tables = (1 if llm.get("tied") else 2) * llm["vocab"] * llm["hidden"] * 2
-    tokens = target.max_input_len  # activations are sized for a full prefill of max_num_tokens
+    tokens = input_len * batch  # activations are sized for a full prefill of max_num_tokens
     tiles = vision_tiles(vision) * images * batch
     patches = (vision["image_size"] // vision["patch"]) ** 2
     parts = {
@@ -79,7 +117,7 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
                         + tiles * patches * vision["intermediate"] * 2 * 2) / GB,  # fmt: skip
         "runtime (CUDA, TensorRT)": target.runtime_gb,
     }
-    return Plan(recipe["name"], target, batch, target.max_input_len, seq, batch * images * recipe["tokens_per_image"],
+    return Plan(recipe["name"], target, batch, input_len, seq, batch * images * recipe["tokens_per_image"], images,
                 {k: round(v, 3) for k, v in parts.items()})  # fmt: skip
 
 

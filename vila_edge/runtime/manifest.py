@@ -10,10 +10,13 @@ from ..errors import CheckpointError
 MANIFEST = "manifest.json"
 FORMAT = "vila-edge-engine"
 FORMAT_VERSION = 1
+BUILD_SCRIPT = "build.sh"  # in a bundle: builds the engine on the device
 
 
-def write_manifest(folder: Path, target: str, **fields) -> dict:
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "target": target, "toolkit_version": __version__, **fields}
+def write_manifest(folder: Path, target: str, kind: str = "engine", **fields) -> dict:
+    """kind: "engine" (runs here) or "bundle" (a GPU target's portable inputs, built into an engine on the device)."""
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "target": target,
+                "toolkit_version": __version__, **fields}  # fmt: skip
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -22,12 +25,13 @@ def is_engine(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def read_manifest(folder: str | Path, target: str) -> dict:
-    """The manifest of an engine built for `target` by this format version; else a CheckpointError
-    that says what differs and how to rebuild."""
+def read_manifest(folder: str | Path, target: str | tuple[str, ...]) -> dict:
+    """The manifest of an engine built for `target` (or one of several) by this format version; else a
+    CheckpointError that says what differs and how to rebuild."""
     folder = Path(folder)
     path = folder / MANIFEST
-    rebuild = f"rebuild it: vila-edge build-engine QUANTIZED_CHECKPOINT -o {folder} --target {target}"
+    targets = (target,) if isinstance(target, str) else target
+    rebuild = f"rebuild it: vila-edge build-engine QUANTIZED_CHECKPOINT -o {folder} --target {'|'.join(targets)}"
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
@@ -43,8 +47,14 @@ def read_manifest(folder: str | Path, target: str) -> dict:
             f"{folder}: engine format {version} (built by vila-edge {manifest.get('toolkit_version', '?')}) is {age} "
             f"format than this runtime reads ({FORMAT_VERSION}, vila-edge {__version__}); {rebuild}"
         )
-    if manifest.get("target") != target:
+    if manifest.get("kind", "engine") == "bundle":
         raise CheckpointError(
-            f"{folder}: engine built for target {manifest.get('target')!r}, but this backend runs {target!r} engines; {rebuild}"
+            f"{folder}: a portable bundle for {manifest.get('target')}, not an engine yet; build the engine on the "
+            f"device itself: sh {folder}/{BUILD_SCRIPT} (it runs vila-edge build-engine {folder} -o ENGINE --target {manifest.get('target')})"
+        )
+    if manifest.get("target") not in targets:
+        runs = " or ".join(repr(t) for t in targets) if len(targets) < 3 else "GPU"
+        raise CheckpointError(
+            f"{folder}: engine built for target {manifest.get('target')!r}, but this backend runs {runs} engines; {rebuild}"
         )
     return manifest

@@ -1,0 +1,261 @@
+"""`build-engine --target orin|orin-32gb|orin-nx|orin-nano|rtx4090|a100|h100`.
+
+A TensorRT engine is tied to the GPU and the TensorRT version that build it, so the work splits:
+1. the portable bundle, made anywhere: the TensorRT-LLM checkpoint (trtllm_checkpoint.py), the vision
+   ONNX, the tokenizer, the recipe, the engine limits from the memory plan, build.sh, manifest.json;
+2. the engine, built from the bundle where TensorRT, TensorRT-LLM and the target's GPU are present:
+   `trtllm-build` for the LLM, trt_vision.py for the vision plan, and the versions in the manifest.
+Where (2) cannot run, build-engine leaves the bundle and exits 3 with what to copy and run.
+"""
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from vila_edge.atomic import atomic_dir
+from vila_edge.errors import CheckpointError, UnsupportedError, UsageError, VilaEdgeError
+from vila_edge.plan import Plan, format_plan, memory_plan, recipe_from_checkpoint
+from vila_edge.runtime.manifest import BUILD_SCRIPT, MANIFEST, is_engine, write_manifest
+from vila_edge.runtime.trt import install_hint, probe_environment
+from vila_edge.targets import Target, get_target
+
+from .cpu_engine import copy_vision, load_awq_source, read_llm_state, write_front
+from .trtllm_checkpoint import QUANT_ALGO, write_trtllm_checkpoint
+
+CHECKPOINT_DIR, LLM_DIR, RECIPE_FILE = "trtllm_checkpoint", "llm", "recipe.json"
+VISION_PLAN, VISION_CACHE = "vision/vision.plan", "vision/timing.cache"
+# --vision on a GPU target -> (the ONNX it starts from, the plan's precision)
+VISION_CHOICES = {"w8a8": ("w8a8", "int8"), "fp16": ("fp32", "fp16")}
+EXIT_BUNDLE_ONLY = 3
+
+
+class DoesNotFitError(VilaEdgeError):
+    """The memory plan says the engine would not fit the target."""
+
+
+def trtllm_build_command(checkpoint_dir: str, output_dir: str, limits: dict) -> list[str]:
+    """trtllm-build with the target's limits. The weight-only int4 plugin follows from the checkpoint's
+    quantization; paged KV cache, packed inputs and fused attention are trtllm-build's defaults; never
+    --use_fused_mlp with an int4 model (TensorRT-LLM's multimodal README)."""
+    batch, input_len = limits["max_batch"], limits["max_input_len"]
+    return [
+        "trtllm-build", "--checkpoint_dir", checkpoint_dir, "--output_dir", output_dir,
+        "--gemm_plugin", "float16", "--gpt_attention_plugin", "float16",
+        "--max_batch_size", str(batch), "--max_input_len", str(input_len), "--max_seq_len", str(limits["max_seq_len"]),
+        "--max_num_tokens", str(batch * input_len), "--max_multimodal_len", str(limits["max_multimodal_len"]),
+        "--output_timing_cache", f"{output_dir}/model.cache", "--workers", "1",
+    ]  # fmt: skip
+
+
+def build_script(target: Target, limits: dict) -> str:
+    command = " ".join(trtllm_build_command(CHECKPOINT_DIR, f"ENGINE/{LLM_DIR}", limits))
+    return f"""#!/bin/sh
+# Builds the TensorRT engines of this bundle. Run it on the {target.description} itself: a TensorRT
+# engine runs only on the GPU architecture (sm_{target.sm}) and the TensorRT / TensorRT-LLM versions that built it.
+# Needs {install_hint(target.jetson)}, and vila-edge.
+# usage: sh {BUILD_SCRIPT} [ENGINE_DIR]   (default: this folder's path + "-engine")
+#
+# The LLM step, for reference (build-engine runs it, then builds the vision plan and writes manifest.json):
+#   {command}
+set -eu
+bundle=$(cd "$(dirname "$0")" && pwd)
+out=${{1:-$bundle-engine}}
+if ! command -v vila-edge >/dev/null 2>&1; then
+    echo "vila-edge is not installed on this device; install it (pip install -e <vila_edge source>) and re-run" >&2
+    exit 1
+fi
+exec vila-edge build-engine "$bundle" -o "$out" --target {target.name}
+"""
+
+
+def _plan(recipe: dict, target: Target, group_size: int, limits: dict) -> Plan:
+    plan = memory_plan(recipe, target, group_size, limits.get("images", 1), limits.get("max_seq_len"),
+                       limits.get("max_batch"), limits.get("max_input_len"))  # fmt: skip
+    if not plan.fits:
+        raise DoesNotFitError(f"the engine would not fit:\n{format_plan(plan)}")
+    return plan
+
+
+def _clamp_to_model(limits: dict, max_positions: int, target: Target) -> dict:
+    """The target's default lengths, shortened to what the model was trained for; explicit ones are checked."""
+    seq = limits.get("max_seq_len")
+    if seq and seq > max_positions:
+        raise UsageError(f"--max-seq-len {seq}: the model has {max_positions} positions")
+    return {**limits, "max_seq_len": seq or min(target.max_seq_len, max_positions)}
+
+
+# ---- the bundle --------------------------------------------------------------------------------
+
+
+def write_bundle(source: str | Path, folder: Path, target: Target, vision: str, conv_mode: str | None, limits: dict) -> dict:
+    """The portable bundle into `folder` (which exists and is empty); returns its manifest."""
+    ckpt, spec = load_awq_source(source)
+    limits = _clamp_to_model({**limits, "images": limits.get("images", 1) if vision != "none" else 0},
+                             spec["max_position_embeddings"], target)  # fmt: skip
+    recipe = recipe_from_checkpoint(ckpt)
+    plan = _plan(recipe, target, spec["group_size"], limits)
+    front = write_front(ckpt, source, conv_mode, folder)
+    config = write_trtllm_checkpoint(ckpt, spec, read_llm_state(ckpt), folder / CHECKPOINT_DIR)
+    vision_spec = None
+    if vision != "none":
+        onnx_kind, precision = VISION_CHOICES[vision]
+        vision_spec = {**copy_vision(ckpt, onnx_kind, folder), "precision": precision}
+        vision_spec["onnx"] = vision_spec.pop("file")
+    (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+    (folder / BUILD_SCRIPT).write_text(build_script(target, plan.limits))
+    (folder / BUILD_SCRIPT).chmod(0o755)
+    return write_manifest(
+        folder,
+        target.name,
+        kind="bundle",
+        quantization={"method": "awq", "w_bit": 4, "group_size": spec["group_size"], "zero_point": True,
+                      "quant_algo": QUANT_ALGO, "lm_head": "fp16"},  # fmt: skip
+        llm={"checkpoint": CHECKPOINT_DIR, "architecture_trtllm": config["architecture"], **spec},
+        vision=vision_spec,
+        limits=plan.limits,
+        memory_plan={"parts_gb": plan.parts_gb, "total_gb": round(plan.total_gb, 3), "usable_gb": target.usable_gb},
+        recipe=RECIPE_FILE,
+        **front,
+    )
+
+
+# ---- the engine, on the device ------------------------------------------------------------------
+
+
+def read_bundle(folder: Path) -> dict:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest.get("kind") != "bundle":
+        raise UsageError(f"{folder}: already an engine (for {manifest.get('target')}); build-engine takes a quantized "
+                         "checkpoint or a bundle")  # fmt: skip
+    return manifest
+
+
+def _run_trtllm_build(command: list[str], log: Path, target: Target) -> None:
+    if not shutil.which(command[0]):
+        raise UnsupportedError(f"{command[0]} is not on PATH; install {install_hint(target.jetson)}")
+    with open(log, "w") as f:
+        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        raise CheckpointError(f"trtllm-build failed (exit {done.returncode}); the end of its log:\n{tail}")
+
+
+def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, overwrite: bool) -> dict:
+    """The engine folder from a bundle, on a machine with TensorRT, TensorRT-LLM and the target's GPU."""
+    from .trt_vision import build_vision_plan
+
+    m = read_bundle(bundle)
+    limits = m["limits"]
+    if m["target"] != target.name:  # same weights, another device: its own limits and plan
+        recipe = json.loads((bundle / m["recipe"]).read_text())
+        defaults = {"images": limits["images"]}
+        limits = _plan(recipe, target, m["quantization"]["group_size"],
+                       _clamp_to_model(defaults, m["llm"]["max_position_embeddings"], target)).limits  # fmt: skip
+    with atomic_dir(out, overwrite) as tmp:
+        command = trtllm_build_command(str(bundle / CHECKPOINT_DIR), str(tmp / LLM_DIR), limits)
+        print(f"building the LLM engine: {' '.join(command)}", flush=True)
+        (tmp / LLM_DIR).mkdir()
+        _run_trtllm_build(command, tmp / LLM_DIR / "build.log", target)
+        vision = m["vision"]
+        if vision:
+            print(f"building the vision plan ({vision['precision']}) from {vision['onnx']}", flush=True)
+            (tmp / "vision").mkdir()
+            built = build_vision_plan(bundle / vision["onnx"], tmp / VISION_PLAN, tmp / VISION_CACHE, vision["precision"],
+                                      vision["image_size"], limits["max_batch"] * max(1, limits["images"]),
+                                      int(target.workspace_gb * 2**30))  # fmt: skip
+            vision = {**vision, "plan": VISION_PLAN, "timing_cache": VISION_CACHE, "build": built}
+        shutil.copytree(bundle / m["text"]["tokenizer"], tmp / m["text"]["tokenizer"])
+        keep = {k: m[k] for k in ("quantization", "text", "preprocessor", "image_aspect_ratio", "built_on")}
+        return write_manifest(
+            tmp,
+            target.name,
+            source={**m["source"], "bundle": str(bundle.resolve())},
+            built_with=env,
+            llm={**m["llm"], "engine_dir": LLM_DIR, "trtllm_build": command[1:]},
+            vision=vision,
+            limits=limits,
+            **keep,
+        )
+
+
+# ---- build-engine -------------------------------------------------------------------------------
+
+
+def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, vision: str = "w8a8", conv_mode: str | None = None,
+                     limits: dict | None = None, dry_run: bool = False, overwrite: bool = False) -> tuple[int, str]:  # fmt: skip
+    """(exit code, what to tell the user): 0 engine built (or a dry run that fits), 3 bundle only."""
+    target, source, out = get_target(target_name), Path(source), Path(out)
+    if target.sm is None:
+        raise UsageError("--target cpu is built by build_cpu_engine")
+    if vision not in (*VISION_CHOICES, "none"):
+        raise UsageError(f"--vision {vision}: a {target.name} engine takes --vision w8a8|fp16|none")
+    limits = {k: v for k, v in (limits or {}).items() if v is not None}
+    from_bundle = is_engine(source)
+    if from_bundle and (limits or vision != "w8a8" or conv_mode):
+        raise UsageError(f"{source} is a bundle: its limits, vision and conv mode were set when it was made; "
+                         "re-make it from the quantized checkpoint to change them")  # fmt: skip
+    if dry_run:
+        return _dry_run(source, target, vision, limits, from_bundle)
+
+    env, missing = probe_environment()
+    if env.get("sm") is not None and env["sm"] != target.sm:
+        missing.append(f"this GPU ({env.get('gpu')}) is sm_{env['sm']} and {target.name} is sm_{target.sm}; "
+                       "an engine runs only on the GPU architecture it was built on")  # fmt: skip
+    if from_bundle:
+        if missing:
+            raise UnsupportedError(f"cannot build {source} here: {'; '.join(missing)}. Install {install_hint(target.jetson)}")
+        m = build_from_bundle(source, out, target, env, overwrite)
+        return 0, _built_message(out, m)
+    if missing:
+        with atomic_dir(out, overwrite) as tmp:
+            write_bundle(source, tmp, target, vision, conv_mode, limits)
+        return EXIT_BUNDLE_ONLY, _bundle_message(out, target, missing)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.bundle-", dir=out.parent if out.parent.exists() else None) as tmp:
+        bundle = Path(tmp)
+        write_bundle(source, bundle, target, vision, conv_mode, limits)
+        m = build_from_bundle(bundle, out, target, env, overwrite)
+    return 0, _built_message(out, m)
+
+
+def _dry_run(source: Path, target: Target, vision: str, limits: dict, from_bundle: bool) -> tuple[int, str]:
+    if from_bundle:
+        m = read_bundle(source)
+        recipe, group, max_pos = json.loads((source / m["recipe"]).read_text()), m["quantization"]["group_size"], m["llm"]["max_position_embeddings"]
+        limits = m["limits"] if m["target"] == target.name else {"images": m["limits"]["images"]}
+    else:
+        ckpt, spec = load_awq_source(source)
+        recipe, group, max_pos = recipe_from_checkpoint(ckpt), spec["group_size"], spec["max_position_embeddings"]
+        limits = {**limits, "images": limits.get("images", 1) if vision != "none" else 0}
+    limits = _clamp_to_model(limits, max_pos, target)
+    plan = memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
+                       limits.get("max_input_len"))  # fmt: skip
+    _, missing = probe_environment()
+    lines = [format_plan(plan), "", "would run: " + " ".join(trtllm_build_command(CHECKPOINT_DIR, LLM_DIR, plan.limits))]
+    if vision != "none":
+        precision = VISION_CHOICES[vision][1]
+        lines.append(f"and build the vision plan: {precision}, batch 1..{plan.max_batch * max(1, plan.images)}, "
+                     f"workspace {target.workspace_gb:g} GB, timing cache saved beside it")  # fmt: skip
+    lines.append("here: " + ("TensorRT, TensorRT-LLM and the GPU are present; it would build the engine"
+                             if not missing else "it would write the portable bundle and exit 3 (" + "; ".join(missing) + ")"))  # fmt: skip
+    return (0 if plan.fits else 1), "\n".join(lines)
+
+
+def _bundle_message(out: Path, target: Target, missing: list[str]) -> str:
+    return (
+        f"wrote the portable bundle {out} (TensorRT-LLM checkpoint, vision ONNX, tokenizer, recipe, {BUILD_SCRIPT}, "
+        f"{MANIFEST}); the engine itself was not built: {'; '.join(missing)}.\n"
+        f"TensorRT engines are built on the device that runs them. On the {target.description} (with "
+        f"{install_hint(target.jetson)}, and vila-edge):\n"
+        f"  1. copy the bundle:  scp -r {out} DEVICE:\n"
+        f"  2. build there:      sh {out.name}/{BUILD_SCRIPT}    (runs vila-edge build-engine {out.name} -o {out.name}-engine "
+        f"--target {target.name})\n"
+        f"  3. caption:          vila-edge caption {out.name}-engine --image IMAGE --prompt 'Describe the image.'"
+    )
+
+
+def _built_message(out: Path, m: dict) -> str:
+    w = m["built_with"]
+    return (f"wrote {out}: {m['target']} engine (TensorRT {w.get('tensorrt')}, TensorRT-LLM {w.get('tensorrt_llm')}, "
+            f"{w.get('gpu')} sm_{w.get('sm')}), limits {m['limits']}")  # fmt: skip

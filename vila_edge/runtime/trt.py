@@ -1,0 +1,233 @@
+"""The trt backend: an engine folder from `build-engine --target orin|orin-nano|rtx4090|a100|h100`,
+built on the GPU that runs it. Vision through the TensorRT plan (named tensors, execute_async_v3),
+the LLM through TensorRT-LLM's runner with the image embeddings as a prompt table.
+
+TensorRT engines run only where they were built: the same GPU architecture (SM) and the same
+TensorRT and TensorRT-LLM versions. The manifest records them; `check_engine` refuses the rest."""
+
+import importlib
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, UnsupportedError, UsageError
+from ..prompt import splice_parts
+from ..targets import TARGETS
+from .cpu import EngineInfo
+from .manifest import read_manifest
+from .tokenizer import EngineTokenizer
+
+GPU_TARGETS = tuple(name for name, t in TARGETS.items() if t.sm is not None)
+LIBRARIES = ("tensorrt", "tensorrt_llm")
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+
+
+def install_hint(jetson: bool) -> str:
+    if jetson:
+        return "JetPack 6.1+ (TensorRT 10.3) and TensorRT-LLM v0.12.0-jetson (its wheel, or the dustynv/tensorrt_llm container)"
+    return "the NVIDIA driver, TensorRT 10 and TensorRT-LLM (pip install tensorrt_llm)"
+
+
+# ---- what this machine builds and runs -----------------------------------------------------------
+
+
+def l4t_release(text: str) -> str | None:
+    """'# R36 (release), REVISION: 4.0, GCID: ...' (/etc/nv_tegra_release) -> '36.4.0'."""
+    import re
+
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def jetpack_release() -> str | None:
+    if not shutil.which("dpkg-query"):
+        return None
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return out.stdout.split("+")[0].strip() or None
+
+
+def probe_environment() -> tuple[dict, list[str]]:
+    """({tensorrt, tensorrt_llm, cuda, gpu, sm, l4t, jetpack} as far as present, [what is missing to build or run])."""
+    env, missing = {}, []
+    for module in LIBRARIES:
+        try:
+            env[module] = importlib.import_module(module).__version__
+        except Exception as e:  # ImportError, or an OSError from a library it loads
+            missing.append(f"{module} does not import ({type(e).__name__}: {e})")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            env |= {"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0), "sm": 10 * major + minor}
+        else:
+            missing.append("no CUDA GPU is visible")
+    except ImportError:
+        missing.append("torch does not import (it finds the GPU and moves tensors to it)")
+    if TEGRA_RELEASE.is_file():
+        env["l4t"] = l4t_release(TEGRA_RELEASE.read_text(errors="replace"))
+        env["jetpack"] = jetpack_release()
+    return env, missing
+
+
+def engine_mismatches(built_with: dict, env: dict) -> list[str]:
+    """What differs between where an engine was built and here, in words; empty when it can run here."""
+    names = {"sm": "GPU architecture", "tensorrt": "TensorRT", "tensorrt_llm": "TensorRT-LLM"}
+    out = []
+    for key, name in names.items():
+        want, have = built_with.get(key), env.get(key)
+        if want != have:
+            show = (lambda v: f"sm_{v}") if key == "sm" else str  # noqa: E731
+            out.append(f"{name} {show(want)} (engine) vs {show(have) if have is not None else 'none'} (here)")
+    return out
+
+
+def check_engine(folder: Path, manifest: dict, env: dict) -> None:
+    """Refuses an engine built for another GPU architecture or library version, saying how to rebuild."""
+    diffs = engine_mismatches(manifest.get("built_with", {}), env)
+    if diffs:
+        source = manifest.get("source", {}).get("bundle") or manifest.get("source", {}).get("path", "QUANTIZED")
+        raise CheckpointError(
+            f"{folder}: {'; '.join(diffs)}. A TensorRT engine runs only on the GPU architecture and the TensorRT / "
+            f"TensorRT-LLM versions it was built with; rebuild it on this machine: "
+            f"vila-edge build-engine {source} -o NEW_ENGINE --target {manifest['target']}"
+        )
+
+
+def fake_prompt(ids: list[int], n_images: int, tokens_per_image: int, vocab_size: int, image_end_ids: list[int]) -> np.ndarray:
+    """Prompt ids with each image block replaced by ids vocab_size, vocab_size + 1, ...: TensorRT-LLM looks
+    those rows up in the prompt table (the image embeddings, flattened in order) instead of the vocabulary."""
+    blocks = vocab_size + np.arange(n_images * tokens_per_image).reshape(n_images, tokens_per_image)
+    as_ids = lambda run: np.asarray(run, dtype=np.int64)  # noqa: E731
+    return np.concatenate(splice_parts(ids, blocks if n_images else None, as_ids, image_end_ids)).astype(np.int32)
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+@dataclass
+class TablePrompt:
+    """A spliced prompt for TensorRT-LLM: ids with fake image ids, and the prompt table [N·T, H] they index."""
+
+    ids: np.ndarray
+    table: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TrtVision:
+    """pixels [N, 3, S, S] float32 -> image_embeds [N, T, H] float32 through a TensorRT plan."""
+
+    def __init__(self, plan: Path, max_batch: int):
+        import tensorrt as trt
+        import torch
+
+        self.torch, self.max_batch = torch, max_batch
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise CheckpointError(f"{plan}: TensorRT cannot deserialize it; rebuild the engine on this machine")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = lambda n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT  # noqa: E731
+        self.input = next(n for n in names if is_input(n))
+        self.output = next(n for n in names if not is_input(n))
+        to_torch = {trt.float32: torch.float32, trt.float16: torch.float16}
+        self.in_dtype, self.out_dtype = (to_torch[self.engine.get_tensor_dtype(n)] for n in (self.input, self.output))
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        outs = []
+        for start in range(0, len(pixels), self.max_batch):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.max_batch])).to("cuda", self.in_dtype)
+            self.context.set_input_shape(self.input, tuple(x.shape))
+            y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device="cuda")
+            self.context.set_tensor_address(self.input, x.data_ptr())
+            self.context.set_tensor_address(self.output, y.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT failed to run the vision plan")
+            self.stream.synchronize()
+            outs.append(y.float().cpu().numpy())
+        return np.concatenate(outs)
+
+
+class TrtEngine:
+    """The captioning front's backend on a GPU: encode_images, splice (fake ids + prompt table) and
+    generate_tokens (TensorRT-LLM samples; the front applies its own stop rules to the stream)."""
+
+    def __init__(self, root: str | Path, env: dict | None = None):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root, GPU_TARGETS)
+        if env is None:
+            env, missing = probe_environment()
+            if missing:
+                target = TARGETS[self.manifest["target"]]
+                raise UnsupportedError(f"{self.root} is a TensorRT engine for {target.name}; running it needs TensorRT, "
+                                       f"TensorRT-LLM and the GPU: {'; '.join(missing)}. Install {install_hint(target.jetson)}")  # fmt: skip
+        check_engine(self.root, self.manifest, env)
+        self.info = EngineInfo(self.root, self.manifest)
+        self.tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
+        end_text = self.info.family.image_end_text
+        self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
+        limits = self.manifest["limits"]
+        vision = self.manifest.get("vision")
+        self.vision = TrtVision(self.root / vision["plan"], limits["max_batch"] * limits["images"]) if vision else None
+        self.runner = self._runner(self.root / self.manifest["llm"]["engine_dir"], limits)
+
+    @staticmethod
+    def _runner(engine_dir: Path, limits: dict):
+        try:
+            from tensorrt_llm.runtime import ModelRunnerCpp as Runner
+        except ImportError:  # builds without the C++ runtime bindings
+            from tensorrt_llm.runtime import ModelRunner as Runner
+        # The KV cache sized for the engine's limits, not 90 % of free memory: Jetson shares it with the CPU.
+        return Runner.from_dir(engine_dir=str(engine_dir), rank=0,
+                               max_tokens_in_paged_kv_cache=limits["max_batch"] * limits["max_seq_len"])  # fmt: skip
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["llm"]["vocab"]
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        if self.vision is None:
+            raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
+        return self.vision(pixels)
+
+    def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> TablePrompt:
+        n, t = (0, 0) if image_embeds is None else image_embeds.shape[:2]
+        fake = fake_prompt(ids, n, t, self.vocab_size, self.image_end_ids)
+        return TablePrompt(fake, None if image_embeds is None else image_embeds.reshape(n * t, -1))
+
+    def generate_tokens(self, inputs: TablePrompt, params):
+        import torch
+
+        ids, table = inputs.ids, inputs.table
+        greedy = params.temperature <= 0
+        outputs = self.runner.generate(
+            batch_input_ids=[torch.from_numpy(ids)],
+            prompt_table=None if table is None else torch.from_numpy(table).to("cuda", torch.float16),
+            prompt_tasks=None if table is None else "0",
+            max_new_tokens=params.max_new_tokens,
+            end_id=self.tokenizer.eos_token_id,
+            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
+            temperature=1.0 if greedy else params.temperature,
+            top_k=1 if greedy else 0,
+            top_p=0.0 if greedy else params.top_p,
+            random_seed=params.seed,
+            streaming=True,
+            return_dict=True,
+            output_sequence_lengths=True,
+        )
+        done = len(ids)
+        for out in outputs:
+            length = int(out["sequence_lengths"][0][0])
+            new = out["output_ids"][0][0][done:length].tolist()
+            done = length
+            yield from new
