@@ -48,6 +48,12 @@ demo: $(VENV)/.installed
 	$(VLE) caption $(DEMO)/vila-demo-cpu --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 32
 	$(VLE) caption $(DEMO)/vila-demo-cpu --image $(DEMO)/scene.png --prompt "Describe the image." --max-new-tokens 32
 	$(VLE) bench $(DEMO)/vila-demo-cpu --prompt-len 128 --gen-len 64 --images 1
+	@echo "== 8. Jetson Orin Nano: the memory plan, then the portable bundle (TensorRT-LLM checkpoint, vision ONNX,"
+	@echo "      build.sh); without TensorRT here build-engine stops there and exits 3, which is expected"
+	$(VLE) build-engine $(DEMO)/vila-demo-awq -o $(DEMO)/vila-demo-orin-nano --target orin-nano --dry-run
+	$(VLE) build-engine $(DEMO)/vila-demo-awq -o $(DEMO)/vila-demo-orin-nano --target orin-nano --overwrite; \
+		code=$$?; test $$code -eq 0 -o $$code -eq 3
+	$(VLE) plan --recipe vila1.5-3b --target orin-nano
 
 # CPU engine vs llama.cpp (llama-cpp-python, built from source: a few minutes) and PyTorch; see benchmarks/README.md.
 bench: $(VENV)/.installed

@@ -1,3 +1,4 @@
+import glob
 import platform
 
 from setuptools import find_packages, setup
@@ -60,6 +61,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vila_edge", "vila_edge.*"]) + ["vila_edge.export"],
     package_dir={"vila_edge.export": "export"},
+    data_files=[("share/vila-edge/recipes", sorted(glob.glob("recipes/*.json")))],
     ext_modules=[runtime],
     cmdclass={"build_ext": BuildWithIsaFlags},
     install_requires=[

@@ -22,7 +22,7 @@ from vila_edge.runtime.trt import install_hint, probe_environment
 from vila_edge.targets import Target, get_target
 
 from .cpu_engine import copy_vision, load_awq_source, read_llm_state, write_front
-from .trtllm_checkpoint import QUANT_ALGO, write_trtllm_checkpoint
+from .trtllm_checkpoint import QUANT_ALGO, trtllm_config, write_trtllm_checkpoint
 
 CHECKPOINT_DIR, LLM_DIR, RECIPE_FILE = "trtllm_checkpoint", "llm", "recipe.json"
 VISION_PLAN, VISION_CACHE = "vision/vision.plan", "vision/timing.cache"
@@ -89,9 +89,16 @@ def _clamp_to_model(limits: dict, max_positions: int, target: Target) -> dict:
 # ---- the bundle --------------------------------------------------------------------------------
 
 
+def load_gpu_source(source: str | Path):
+    """(checkpoint, llm_spec) of an AWQ checkpoint TensorRT-LLM can run; refuses the rest before any work."""
+    ckpt, spec = load_awq_source(source)
+    trtllm_config(spec)
+    return ckpt, spec
+
+
 def write_bundle(source: str | Path, folder: Path, target: Target, vision: str, conv_mode: str | None, limits: dict) -> dict:
     """The portable bundle into `folder` (which exists and is empty); returns its manifest."""
-    ckpt, spec = load_awq_source(source)
+    ckpt, spec = load_gpu_source(source)
     limits = _clamp_to_model({**limits, "images": limits.get("images", 1) if vision != "none" else 0},
                              spec["max_position_embeddings"], target)  # fmt: skip
     recipe = recipe_from_checkpoint(ckpt)
@@ -225,7 +232,7 @@ def _dry_run(source: Path, target: Target, vision: str, limits: dict, from_bundl
         recipe, group, max_pos = json.loads((source / m["recipe"]).read_text()), m["quantization"]["group_size"], m["llm"]["max_position_embeddings"]
         limits = m["limits"] if m["target"] == target.name else {"images": m["limits"]["images"]}
     else:
-        ckpt, spec = load_awq_source(source)
+        ckpt, spec = load_gpu_source(source)
         recipe, group, max_pos = recipe_from_checkpoint(ckpt), spec["group_size"], spec["max_position_embeddings"]
         limits = {**limits, "images": limits.get("images", 1) if vision != "none" else 0}
     limits = _clamp_to_model(limits, max_pos, target)

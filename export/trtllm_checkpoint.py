@@ -26,6 +26,7 @@ from vila_edge.quant.int4 import unpack_awq_gemm
 
 CONFIG, WEIGHTS = "config.json", "rank0.safetensors"
 QUANT_ALGO = "W4A16_AWQ"
+GROUP_SIZES = (64, 128)  # the CUTLASS fine-grained (scale + zero) int4 GEMM's
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # TensorRT-LLM module -> (HF parent, HF linears stacked in this order along the output)
 LINEARS = {
@@ -89,7 +90,10 @@ def _rotary_scaling(rope: dict) -> dict | None:
 def trtllm_config(spec: dict) -> dict:
     """TensorRT-LLM's PretrainedConfig for the LLM of `llm_spec`, W4A16 AWQ with zero points, one GPU."""
     arch, group = spec["architecture"], spec["group_size"]
-    multiple = max(64, group)  # TensorRT-LLM pads a groupwise linear's in/out features to this
+    if group not in GROUP_SIZES:
+        raise UnsupportedError(f"AWQ group size {group}: TensorRT-LLM's int4 kernels take groups of "
+                               f"{' or '.join(map(str, GROUP_SIZES))}; re-quantize with --group-size 128")  # fmt: skip
+    multiple = group  # TensorRT-LLM pads a groupwise linear's in/out features to max(64, group)
     dims = {"hidden_size": spec["hidden"], "intermediate_size": spec["intermediate"],
             "q/k/v rows": (spec["heads"] + 2 * spec["kv_heads"]) * spec["head_dim"]}  # fmt: skip
     odd = {k: v for k, v in dims.items() if v % multiple}

@@ -42,7 +42,7 @@ def test_int4_rows_pack_as_modelopt_does():
     np.testing.assert_array_equal(unpack_int4_rows(pack_int4_rows(q)), q)
 
 
-@pytest.mark.parametrize("arch,group", [("llama", 32), ("qwen2", 64)])
+@pytest.mark.parametrize("arch,group", [("llama", 64), ("qwen2", 64)])
 def test_the_checkpoint_dequantises_to_the_awq_weights(arch, group, awq):
     """Every HF weight comes back: the int4 values and fp16 scales bit for bit, the zero point within fp16's rounding
     of (8 - z)·scale, so q·scale + zero equals the AWQ dequantisation to ~1e-3 of the weights' range."""
@@ -107,6 +107,14 @@ def test_config_fields():
 
     with pytest.raises(UnsupportedError, match="multiples of 128"):
         trtllm_config({**spec, "intermediate": 6900})
+    with pytest.raises(UnsupportedError, match="groups of 64 or 128"):
+        trtllm_config({**spec, "group_size": 32})
+
+
+def test_a_group_size_tensorrt_llm_cannot_run_is_refused_before_writing(awq, tmp_path, cli):
+    for dry in ((), ("--dry-run",)):
+        code, _, err = cli("build-engine", awq("llama", 32), "-o", tmp_path / "e", "--target", "orin", *dry)
+        assert code == 1 and "re-quantize with --group-size 128" in err and not list(tmp_path.iterdir())
 
 
 # ---- the bundle ---------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ def bundle(awq, tmp_path_factory):
     from conftest import run_cli
 
     out = tmp_path_factory.mktemp("bundles") / "vila-orin"
-    code, _, err = run_cli("build-engine", awq("llama", 32), "-o", out, "--target", "orin", "--conv-mode", "vicuna_v1")
+    code, _, err = run_cli("build-engine", awq("llama", 64), "-o", out, "--target", "orin", "--conv-mode", "vicuna_v1")
     assert code == 3, err
     return out, err
 
@@ -135,11 +143,12 @@ def test_without_tensorrt_build_engine_leaves_a_complete_bundle_and_exits_3(bund
     assert header["transformer.layers.0.attention.qkv.weight"]["dtype"] == "I8"
     assert header["transformer.layers.0.attention.qkv.weights_scaling_factor"]["dtype"] == "F16"
     config = json.loads((out / "trtllm_checkpoint/config.json").read_text())
-    assert config["quantization"]["quant_algo"] == "W4A16_AWQ" and config["quantization"]["group_size"] == 32
+    assert config["quantization"]["quant_algo"] == "W4A16_AWQ" and config["quantization"]["group_size"] == 64
 
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "bundle" and m["target"] == "orin" and m["text"]["conv_mode"] == "vicuna_v1"
     assert m["limits"] == {"max_batch": 1, "max_input_len": 511, "max_seq_len": 512, "max_multimodal_len": 9, "images": 1}
+    assert m["quantization"]["group_size"] == 64 and m["llm"]["architecture_trtllm"] == "LlamaForCausalLM"
     assert m["vision"]["precision"] == "int8" and m["vision"]["onnx"] == "vision/vision_w8a8.onnx"
     assert m["source"]["fingerprint"] and m["memory_plan"]["total_gb"] < m["memory_plan"]["usable_gb"]
     assert json.loads((out / "recipe.json").read_text())["tokens_per_image"] == 9
@@ -177,28 +186,28 @@ def test_a_bundle_is_not_an_engine_yet(bundle, cli):
 
 
 def test_fp16_vision_and_text_only_bundles(awq, tmp_path, cli):
-    code, _, err = cli("build-engine", awq("llama", 32), "-o", tmp_path / "fp16", "--target", "rtx4090", "--vision", "fp16")
+    code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "fp16", "--target", "rtx4090", "--vision", "fp16")
     assert code == 3, err
     m = json.loads((tmp_path / "fp16/manifest.json").read_text())
     assert m["vision"]["precision"] == "fp16" and (tmp_path / "fp16" / m["vision"]["onnx"]).name == "vision_fp32.onnx"
     assert "JetPack" not in err and "pip install tensorrt_llm" in err
-    code, _, err = cli("build-engine", awq("llama", 32), "-o", tmp_path / "text", "--target", "orin-nano", "--vision", "none")
+    code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "text", "--target", "orin-nano", "--vision", "none")
     m = json.loads((tmp_path / "text/manifest.json").read_text())
     assert code == 3 and m["vision"] is None and m["limits"]["max_multimodal_len"] == 0
-    code, _, err = cli("build-engine", awq("llama", 32), "-o", tmp_path / "cpu", "--target", "cpu", "--vision", "fp16")
+    code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "cpu", "--target", "cpu", "--vision", "fp16")
     assert code == 2 and "--vision w8a8|fp32|none" in err
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(awq, tmp_path, cli):
-    code, out, _ = cli("build-engine", awq("llama", 32), "-o", tmp_path / "e", "--target", "orin-nano", "--dry-run")
+    code, out, _ = cli("build-engine", awq("llama", 64), "-o", tmp_path / "e", "--target", "orin-nano", "--dry-run")
     assert code == 0 and "fits" in out and "would run: trtllm-build" in out and "exit 3" in out
     assert "--max_seq_len 512" in out  # the target's 1536, shortened to the model's 512 positions
-    code, out, _ = cli("build-engine", awq("llama", 32), "-o", tmp_path / "e", "--target", "orin-nano", "--dry-run",
+    code, out, _ = cli("build-engine", awq("llama", 64), "-o", tmp_path / "e", "--target", "orin-nano", "--dry-run",
                        "--max-batch", 100000)  # fmt: skip
     assert code == 1 and "does NOT fit" in out
-    code, _, err = cli("build-engine", awq("llama", 32), "-o", tmp_path / "e", "--target", "orin-nano", "--max-batch", 100000)
+    code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "e", "--target", "orin-nano", "--max-batch", 100000)
     assert code == 1 and "would not fit" in err and "does NOT fit" in err
-    code, _, err = cli("build-engine", awq("llama", 32), "-o", tmp_path / "e", "--target", "orin", "--max-seq-len", 4096)
+    code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "e", "--target", "orin", "--max-seq-len", 4096)
     assert code == 2 and "512 positions" in err
     assert not list(tmp_path.iterdir())
 
