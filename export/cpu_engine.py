@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vila_edge import __version__
 from vila_edge.atomic import atomic_dir, current_umask
@@ -123,7 +124,7 @@ def llm_tensors(state: dict[str, np.ndarray], spec: dict, lm_head: str = "int8")
 
     embed = state["model.embed_tokens.weight"].astype(np.float16)
     tensors = {"embed": embed, "norm": f32("model.norm.weight")}
-    for i in range(spec["layers"]):
+    for i in tqdm(range(spec["layers"]), desc="cpu engine weights", unit="layer", leave=False):
         src, dst = f"model.layers.{i}", f"layers.{i}"
         linears = {
             "qkv": q4(f"{src}.self_attn", ["q_proj", "k_proj", "v_proj"], spec["qkv_bias"]),

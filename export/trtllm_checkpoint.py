@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vila_edge.atomic import current_umask
 from vila_edge.checkpoint import Checkpoint
@@ -146,7 +147,7 @@ def trtllm_tensors(state: dict[str, np.ndarray], spec: dict) -> dict[str, np.nda
         "transformer.ln_f.weight": f16("model.norm.weight"),
         "lm_head.weight": f16("lm_head.weight") if "lm_head.weight" in state else embed.copy(),
     }
-    for i in range(spec["layers"]):
+    for i in tqdm(range(spec["layers"]), desc="TensorRT-LLM checkpoint", unit="layer", leave=False):
         src, dst = f"model.layers.{i}", f"transformer.layers.{i}"
         for module, (parent, parts) in LINEARS.items():
             names = [f"{src}.{parent}.{p}" for p in parts]

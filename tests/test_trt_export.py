@@ -22,7 +22,7 @@ from vila_edge.export.trtllm_checkpoint import (
 )
 from vila_edge.quant.awq_format import dequantize_state
 from vila_edge.quant.int4 import unpack_awq_gemm
-from vila_edge.runtime.trt import check_engine, engine_mismatches, fake_prompt, l4t_release
+from vila_edge.runtime.trt import check_engine, engine_mismatches, fake_prompt, l4t_release, table_prompt
 from vila_edge.safetensors_header import read_header
 
 ORIN_ENV = {"tensorrt": "10.3.0", "tensorrt_llm": "0.12.0", "cuda": "12.6", "gpu": "Orin", "sm": 87, "l4t": "36.4.0"}
@@ -225,6 +225,19 @@ def test_image_blocks_become_ids_past_the_vocabulary():
     assert fake_prompt([1, 2], 0, 196, 100, []).tolist() == [1, 2]
 
 
+def test_the_prompt_table_holds_the_image_rows_in_order_within_the_engines_limits():
+    embeds = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    limits = {"images": 2, "max_multimodal_len": 6, "max_input_len": 12}
+    p = table_prompt([1, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX, 2], embeds, 100, [], limits)
+    assert p.ids.tolist() == [1, 100, 101, 102, 103, 104, 105, 2] and len(p) == 8
+    np.testing.assert_array_equal(p.table[4], embeds[1, 1])  # row k is fake id vocab + k
+    assert table_prompt([1, 2], None, 100, [], limits).table is None
+    with pytest.raises(Exception, match="built for 1 .* --images 2"):
+        table_prompt([1, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX], embeds, 100, [], {**limits, "images": 1, "max_multimodal_len": 3})
+    with pytest.raises(Exception, match="takes 7 .*--max-input-len"):
+        table_prompt([1, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX, 2], embeds, 100, [], {**limits, "max_input_len": 7})
+
+
 def test_engines_from_another_gpu_or_library_version_are_refused():
     assert engine_mismatches(ORIN_ENV, ORIN_ENV | {"gpu": "Orin (nvgpu)", "cuda": "12.6.1"}) == []
     diffs = engine_mismatches(ORIN_ENV, {"tensorrt": "10.7.0", "tensorrt_llm": "0.12.0", "sm": 89})
@@ -245,6 +258,8 @@ def test_a_gpu_engine_here_says_what_is_missing(bundle, copy_of, cli):
     assert code == 1 and "TensorRT engine for orin" in err and "tensorrt does not import" in err and "Traceback" not in err
     code, _, err = cli("caption", engine, "--prompt", "hi", "--backend", "cpu")
     assert code == 2 and "trt engine" in err
+    code, _, err = cli("bench", engine)
+    assert code == 1 and "TensorRT engine" in err and "Traceback" not in err
 
 
 def test_l4t_release_is_read_from_nv_tegra_release():

@@ -305,7 +305,12 @@ def cmd_build_engine(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import BenchSettings, format_text, run_bench
+    from .errors import UnsupportedError
     from .runtime.cpu import CpuEngine
+
+    if engine_backend(args.engine) == "trt":
+        raise UnsupportedError(f"{args.engine} is a TensorRT engine; bench measures cpu engines in vila-edge {__version__} "
+                               "(TensorRT engines: issue #7)")  # fmt: skip
 
     engine = CpuEngine(args.engine, threads=args.threads, kernels=args.kernels)
     if args.images and engine.vision is None:

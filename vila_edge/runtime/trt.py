@@ -107,6 +107,21 @@ def fake_prompt(ids: list[int], n_images: int, tokens_per_image: int, vocab_size
     return np.concatenate(splice_parts(ids, blocks if n_images else None, as_ids, image_end_ids)).astype(np.int32)
 
 
+def table_prompt(ids: list[int], image_embeds: np.ndarray | None, vocab_size: int, image_end_ids: list[int],
+                 limits: dict) -> "TablePrompt":  # fmt: skip
+    """Prompt ids with image markers + [N, T, H] image blocks -> what TensorRT-LLM takes; refuses what the
+    engine's limits cannot hold, naming the build-engine option that raises them."""
+    n, t = (0, 0) if image_embeds is None else image_embeds.shape[:2]
+    if n * t > limits["max_multimodal_len"]:
+        raise UsageError(f"{n} image(s) need {n * t} prompt-table rows; this engine was built for {limits['images']} "
+                         f"({limits['max_multimodal_len']} rows): rebuild it with build-engine --images {n}")  # fmt: skip
+    fake = fake_prompt(ids, n, t, vocab_size, image_end_ids)
+    if len(fake) > limits["max_input_len"]:
+        raise UsageError(f"the prompt is {len(fake)} tokens with its images; this engine takes {limits['max_input_len']} "
+                         "(build-engine --max-input-len)")  # fmt: skip
+    return TablePrompt(fake, None if image_embeds is None else image_embeds.reshape(n * t, -1))
+
+
 # ---- running ----------------------------------------------------------------------------------
 
 
@@ -200,10 +215,8 @@ class TrtEngine:
             raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
         return self.vision(pixels)
 
-    def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> TablePrompt:
-        n, t = (0, 0) if image_embeds is None else image_embeds.shape[:2]
-        fake = fake_prompt(ids, n, t, self.vocab_size, self.image_end_ids)
-        return TablePrompt(fake, None if image_embeds is None else image_embeds.reshape(n * t, -1))
+    def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> "TablePrompt":
+        return table_prompt(ids, image_embeds, self.vocab_size, self.image_end_ids, self.manifest["limits"])
 
     def generate_tokens(self, inputs: TablePrompt, params):
         import torch
