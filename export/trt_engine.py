@@ -70,14 +70,6 @@ exec vila-edge build-engine "$bundle" -o "$out" --target {target.name}
 """
 
 
-def _plan(recipe: dict, target: Target, group_size: int, limits: dict) -> Plan:
-    plan = memory_plan(recipe, target, group_size, limits.get("images", 1), limits.get("max_seq_len"),
-                       limits.get("max_batch"), limits.get("max_input_len"))  # fmt: skip
-    if not plan.fits:
-        raise DoesNotFitError(f"the engine would not fit:\n{format_plan(plan)}")
-    return plan
-
-
 def _clamp_to_model(limits: dict, max_positions: int, target: Target) -> dict:
     """The target's default lengths, shortened to what the model was trained for; explicit ones are checked."""
     seq = limits.get("max_seq_len")
@@ -96,13 +88,27 @@ def load_gpu_source(source: str | Path):
     return ckpt, spec
 
 
-def write_bundle(source: str | Path, folder: Path, target: Target, vision: str, conv_mode: str | None, limits: dict) -> dict:
+def source_plan(source: Path, from_bundle: bool, target: Target, vision: str, limits: dict) -> Plan:
+    """The memory plan, and so the engine limits, of a checkpoint or a bundle on a target. A bundle keeps its
+    limits on the target it was made for; on another it takes that target's defaults."""
+    if from_bundle:
+        m = read_bundle(source)
+        recipe = json.loads((source / m["recipe"]).read_text())
+        group, max_positions = m["quantization"]["group_size"], m["llm"]["max_position_embeddings"]
+        limits = m["limits"] if m["target"] == target.name else {"images": m["limits"]["images"]}
+    else:
+        ckpt, spec = load_gpu_source(source)
+        recipe, group, max_positions = recipe_from_checkpoint(ckpt), spec["group_size"], spec["max_position_embeddings"]
+        limits = {**limits, "images": limits.get("images", 1) if vision != "none" else 0}
+    limits = _clamp_to_model(limits, max_positions, target)
+    return memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
+                       limits.get("max_input_len"))  # fmt: skip
+
+
+def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_mode: str | None, plan: Plan) -> dict:
     """The portable bundle into `folder` (which exists and is empty); returns its manifest."""
     ckpt, spec = load_gpu_source(source)
-    limits = _clamp_to_model({**limits, "images": limits.get("images", 1) if vision != "none" else 0},
-                             spec["max_position_embeddings"], target)  # fmt: skip
     recipe = recipe_from_checkpoint(ckpt)
-    plan = _plan(recipe, target, spec["group_size"], limits)
     front = write_front(ckpt, source, conv_mode, folder)
     config = write_trtllm_checkpoint(ckpt, spec, read_llm_state(ckpt), folder / CHECKPOINT_DIR)
     vision_spec = None
@@ -149,17 +155,11 @@ def _run_trtllm_build(command: list[str], log: Path, target: Target) -> None:
         raise CheckpointError(f"trtllm-build failed (exit {done.returncode}); the end of its log:\n{tail}")
 
 
-def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, overwrite: bool) -> dict:
+def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits: dict, overwrite: bool) -> dict:
     """The engine folder from a bundle, on a machine with TensorRT, TensorRT-LLM and the target's GPU."""
     from .trt_vision import build_vision_plan
 
     m = read_bundle(bundle)
-    limits = m["limits"]
-    if m["target"] != target.name:  # same weights, another device: its own limits and plan
-        recipe = json.loads((bundle / m["recipe"]).read_text())
-        defaults = {"images": limits["images"]}
-        limits = _plan(recipe, target, m["quantization"]["group_size"],
-                       _clamp_to_model(defaults, m["llm"]["max_position_embeddings"], target)).limits  # fmt: skip
     with atomic_dir(out, overwrite) as tmp:
         command = trtllm_build_command(str(bundle / CHECKPOINT_DIR), str(tmp / LLM_DIR), limits)
         print(f"building the LLM engine: {' '.join(command)}", flush=True)
@@ -203,8 +203,11 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
     if from_bundle and (limits or vision != "w8a8" or conv_mode):
         raise UsageError(f"{source} is a bundle: its limits, vision and conv mode were set when it was made; "
                          "re-make it from the quantized checkpoint to change them")  # fmt: skip
+    plan = source_plan(source, from_bundle, target, vision, limits)
     if dry_run:
-        return _dry_run(source, target, vision, limits, from_bundle)
+        return _dry_run(plan, vision)
+    if not plan.fits:
+        raise DoesNotFitError(f"the engine would not fit:\n{format_plan(plan)}")
 
     env, missing = probe_environment()
     if env.get("sm") is not None and env["sm"] != target.sm:
@@ -213,31 +216,21 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
     if from_bundle:
         if missing:
             raise UnsupportedError(f"cannot build {source} here: {'; '.join(missing)}. Install {install_hint(target.jetson)}")
-        m = build_from_bundle(source, out, target, env, overwrite)
+        m = build_from_bundle(source, out, target, env, plan.limits, overwrite)
         return 0, _built_message(out, m)
     if missing:
         with atomic_dir(out, overwrite) as tmp:
-            write_bundle(source, tmp, target, vision, conv_mode, limits)
+            write_bundle(source, tmp, target, vision, conv_mode, plan)
         return EXIT_BUNDLE_ONLY, _bundle_message(out, target, missing)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.bundle-", dir=out.parent if out.parent.exists() else None) as tmp:
         bundle = Path(tmp)
-        write_bundle(source, bundle, target, vision, conv_mode, limits)
-        m = build_from_bundle(bundle, out, target, env, overwrite)
+        write_bundle(source, bundle, target, vision, conv_mode, plan)
+        m = build_from_bundle(bundle, out, target, env, plan.limits, overwrite)
     return 0, _built_message(out, m)
 
 
-def _dry_run(source: Path, target: Target, vision: str, limits: dict, from_bundle: bool) -> tuple[int, str]:
-    if from_bundle:
-        m = read_bundle(source)
-        recipe, group, max_pos = json.loads((source / m["recipe"]).read_text()), m["quantization"]["group_size"], m["llm"]["max_position_embeddings"]
-        limits = m["limits"] if m["target"] == target.name else {"images": m["limits"]["images"]}
-    else:
-        ckpt, spec = load_gpu_source(source)
-        recipe, group, max_pos = recipe_from_checkpoint(ckpt), spec["group_size"], spec["max_position_embeddings"]
-        limits = {**limits, "images": limits.get("images", 1) if vision != "none" else 0}
-    limits = _clamp_to_model(limits, max_pos, target)
-    plan = memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
-                       limits.get("max_input_len"))  # fmt: skip
+def _dry_run(plan: Plan, vision: str) -> tuple[int, str]:
+    target = plan.target
     _, missing = probe_environment()
     lines = [format_plan(plan), "", "would run: " + " ".join(trtllm_build_command(CHECKPOINT_DIR, LLM_DIR, plan.limits))]
     if vision != "none":

@@ -183,6 +183,8 @@ def test_a_bundle_is_not_an_engine_yet(bundle, cli):
     assert not (out.parent / "engine").exists()
     code, _, err = cli("build-engine", out, "-o", out.parent / "engine", "--target", "orin", "--max-seq-len", 256)
     assert code == 2 and "is a bundle" in err
+    code, plan, _ = cli("build-engine", out, "-o", out.parent / "engine", "--target", "orin-nano", "--dry-run")
+    assert code == 0 and "on orin-nano" in plan and "--max_seq_len 512 " in plan  # the same weights, another device
 
 
 def test_fp16_vision_and_text_only_bundles(awq, tmp_path, cli):

@@ -6,6 +6,7 @@ TensorRT engines run only where they were built: the same GPU architecture (SM) 
 TensorRT and TensorRT-LLM versions. The manifest records them; `check_engine` refuses the rest."""
 
 import importlib
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -36,8 +37,6 @@ def install_hint(jetson: bool) -> str:
 
 def l4t_release(text: str) -> str | None:
     """'# R36 (release), REVISION: 4.0, GCID: ...' (/etc/nv_tegra_release) -> '36.4.0'."""
-    import re
-
     m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
     return f"{m.group(1)}.{m.group(2)}" if m else None
 
