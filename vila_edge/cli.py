@@ -136,6 +136,8 @@ def cmd_caption(args) -> int:
     from .caption import Captioner
     from .media import load_image, load_video_frames
 
+    if args.stream is not None:
+        return _caption_source(args)
     ckpt, model, backend = _load_for_caption(args)
     if args.video:
         images = load_video_frames(args.video, args.num_frames or ckpt.num_video_frames)
@@ -180,6 +182,23 @@ def cmd_caption(args) -> int:
             "backend": backend,
         }
         print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _caption_source(args) -> int:
+    """Captions over a video file or an image folder, one line (text) or record (jsonl) per sampled frame."""
+    from .capture import caption_frames, open_source
+    from .caption import Captioner
+
+    source = open_source(args.stream, args.every)  # a missing or unreadable source fails before the model loads
+    ckpt, model, backend = _load_for_caption(args)
+    captioner = Captioner(ckpt, model, args.conv_mode)
+    params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, args.seed)
+    for record in caption_frames(captioner, source, args.prompt, params, args.window, args.max_captions):
+        if args.format == "jsonl":
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+        else:
+            print(f"[frame {record['frame_index']} @ {record['timestamp']:.2f} s] {record['text']}", flush=True)
     return 0
 
 
@@ -365,8 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("source", help="an engine folder (build-engine) or a VILA checkpoint folder")
     media = q.add_mutually_exclusive_group()
     media.add_argument("--image", nargs="+", metavar="PATH", help="one or more images, in prompt order")
-    media.add_argument("--video", metavar="PATH")
+    media.add_argument("--video", metavar="PATH", help="one question about N frames of a video (--num-frames)")
+    media.add_argument("--source", dest="stream", metavar="FILE|DIR", help="a caption per sampled frame of a video file or image folder")
     q.add_argument("--prompt", required=True, help="the question; <image> tags place the images, else they go first")
+    q.add_argument("--every", type=int, default=1, help="--source: caption every Nth frame (default 1)")
+    q.add_argument("--window", type=int, default=1, help="--source: the K most recent sampled frames in each prompt")
+    q.add_argument("--max-captions", type=int, help="--source: stop after this many captions")
     q.add_argument("--conv-mode", help="conversation template (default: the checkpoint's own)")
     q.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     q.add_argument("--temperature", type=float, default=d.temperature, help="0 is greedy")
