@@ -100,3 +100,5 @@ def test_an_unreadable_file_and_an_empty_folder(engine, cli, tmp_path):
     assert code != 0 and "no images" in err
     code, _, err = cli("caption", engine, "--source", tmp_path / "empty", "--prompt", "hi", "--every", 0)
     assert code == 2 and "--every 0" in err
+    code, _, err = cli("caption", engine, "--prompt", "hi", "--every", 5)
+    assert code == 2 and "sample a --source" in err

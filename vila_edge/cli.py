@@ -138,6 +138,8 @@ def cmd_caption(args) -> int:
 
     if args.stream is not None:
         return _caption_source(args)
+    if args.every != 1 or args.window != 1 or args.max_captions is not None:
+        raise UsageError("--every, --window and --max-captions sample a --source; with --image or --video drop them")
     ckpt, model, backend = _load_for_caption(args)
     if args.video:
         images = load_video_frames(args.video, args.num_frames or ckpt.num_video_frames)
