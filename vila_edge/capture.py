@@ -13,7 +13,7 @@ from typing import Iterator
 from PIL import Image
 
 from .errors import MediaError, UnsupportedError, UsageError
-from .media import load_image
+from .media import bgr_to_image, load_image, open_video
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -32,9 +32,7 @@ class VideoFile:
         import cv2
 
         self.name, self.every, self.dropped = str(path), every, 0
-        self.cap = cv2.VideoCapture(str(path))
-        if not self.cap.isOpened():
-            raise MediaError(f"{path}: OpenCV cannot open this video; check the file or re-encode it (e.g. H.264 MP4)")
+        self.cap = open_video(path)
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
 
     def __iter__(self) -> Iterator[Frame]:
@@ -48,7 +46,7 @@ class VideoFile:
                     if not ok:
                         raise MediaError(f"{self.name}: frame {index} cannot be decoded; re-encode the file")
                     t = index / self.fps if self.fps > 0 else self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
-                    yield Frame(index, t, Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+                    yield Frame(index, t, bgr_to_image(bgr))
                 index += 1
         finally:
             self.cap.release()

@@ -101,7 +101,8 @@ def frame_indices(frame_count: int, n: int) -> list[int | None]:
     return [None] * (n - frame_count) + list(range(frame_count))
 
 
-def _open_video(path: Path):
+def open_video(path: Path):
+    """An OpenCV capture of a video file; a MediaError where OpenCV cannot open it."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
@@ -110,8 +111,15 @@ def _open_video(path: Path):
     return cap
 
 
+def bgr_to_image(frame) -> Image.Image:
+    """An OpenCV frame (BGR uint8) as an RGB PIL image."""
+    import cv2
+
+    return Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+
+
 def _count_frames(path: Path) -> int:
-    cap, n = _open_video(path), 0
+    cap, n = open_video(path), 0
     while cap.grab():
         n += 1
     cap.release()
@@ -120,17 +128,15 @@ def _count_frames(path: Path) -> int:
 
 def _read_frames(path: Path, indices: list[int | None]) -> dict[int, Image.Image] | None:
     """Sequential read of the wanted frame indices (BGR -> RGB); None if the stream ends early."""
-    import cv2
-
     want = {i for i in indices if i is not None}
-    cap, frames, last = _open_video(path), {}, max(want, default=-1)
+    cap, frames, last = open_video(path), {}, max(want, default=-1)
     for i in range(last + 1):
         ok, frame = cap.read()
         if not ok:
             cap.release()
             return None
         if i in want:
-            frames[i] = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            frames[i] = bgr_to_image(frame)
     cap.release()
     return frames
 
@@ -144,7 +150,7 @@ def load_video_frames(path: str | Path, n: int) -> list[Image.Image]:
         raise MediaError(f"{path}: no such video file; check the path")
     if n < 1:
         raise MediaError(f"{path}: asked for {n} frames; pass --num-frames 1 or more")
-    cap = _open_video(path)
+    cap = open_video(path)
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     cap.release()
     frames = _read_frames(path, frame_indices(count, n)) if count > 0 else None
