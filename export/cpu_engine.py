@@ -109,14 +109,21 @@ def read_llm_state(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return state
 
 
+def stacked_awq(state: dict[str, np.ndarray], names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The AWQ linears `names` (e.g. q, k, v) unpacked and stacked along the output, in that order:
+    (q uint8 [N, K], scales float32 [N, K/G], zeros uint8 [N, K/G])."""
+    unpacked = [unpack_awq_gemm(*(torch.from_numpy(state[f"{n}.{s}"]) for s in ("qweight", "qzeros", "scales")))
+                for n in names]  # fmt: skip
+    q, scales, zeros = (torch.cat(t).numpy() for t in zip(*unpacked))
+    return q, scales, zeros
+
+
 def llm_tensors(state: dict[str, np.ndarray], spec: dict, lm_head: str = "int8") -> dict[str, np.ndarray]:
     """AutoAWQ-layout state dict -> the engine's tensors (see the module docstring)."""
     f32 = lambda name: state[name].astype(np.float32)  # noqa: E731
 
     def q4(prefix: str, parts: list[str], bias: bool = False) -> dict[str, np.ndarray]:
-        unpacked = [unpack_awq_gemm(*(torch.from_numpy(state[f"{prefix}.{p}.{s}"]) for s in ("qweight", "qzeros", "scales")))
-                    for p in parts]  # fmt: skip
-        q, scales, zeros = (torch.cat(t).numpy() for t in zip(*unpacked))
+        q, scales, zeros = stacked_awq(state, [f"{prefix}.{p}" for p in parts])
         out = {"q": pack_pairs(q), "scales": scales.astype(np.float16), "zeros": zeros}  # fp16 scales, exact
         if bias:
             out["bias"] = np.concatenate([f32(f"{prefix}.{p}.bias") for p in parts])

@@ -17,13 +17,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from vila_edge.atomic import current_umask
 from vila_edge.checkpoint import Checkpoint
 from vila_edge.errors import UnsupportedError
-from vila_edge.quant.int4 import unpack_awq_gemm
+
+from .cpu_engine import stacked_awq
 
 CONFIG, WEIGHTS = "config.json", "rank0.safetensors"
 QUANT_ALGO = "W4A16_AWQ"
@@ -151,10 +151,7 @@ def trtllm_tensors(state: dict[str, np.ndarray], spec: dict) -> dict[str, np.nda
         src, dst = f"model.layers.{i}", f"transformer.layers.{i}"
         for module, (parent, parts) in LINEARS.items():
             names = [f"{src}.{parent}.{p}" for p in parts]
-            unpacked = [unpack_awq_gemm(*(torch.from_numpy(state[f"{n}.{s}"]) for s in ("qweight", "qzeros", "scales")))
-                        for n in names]  # fmt: skip
-            q, scales, zeros = (torch.cat(t).numpy() for t in zip(*unpacked))
-            tensors |= {f"{dst}.{module}.{k}": v for k, v in trtllm_linear(q, scales, zeros).items()}
+            tensors |= {f"{dst}.{module}.{k}": v for k, v in trtllm_linear(*stacked_awq(state, names)).items()}
             if module == "attention.qkv" and spec["qkv_bias"]:
                 tensors[f"{dst}.{module}.bias"] = np.concatenate([f16(f"{n}.bias") for n in names])
         for tllm, hf in NORMS.items():
