@@ -107,6 +107,18 @@ class EngineInfo:
     def num_video_frames(self) -> int:
         return self.manifest["text"]["num_video_frames"]
 
+    def load_tokenizer(self) -> tuple[EngineTokenizer, list[int]]:
+        """(the engine's tokenizer, the ids of the family's image-end text spliced after each image block)."""
+        tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
+        end_text = self.family.image_end_text
+        return tokenizer, tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
+
+    def require_vision(self, vision):
+        """The engine's vision runner; a text-only engine says so."""
+        if vision is None:
+            raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
+        return vision
+
 
 class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
@@ -125,9 +137,7 @@ class CpuEngine:
         self.max_seq = max_seq or self.info.model_max_length
         self.threads = threads or default_threads()
         self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8")
-        self.tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
-        end_text = self.info.family.image_end_text
-        self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
+        self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
         self.vision = None
         if self.manifest.get("vision"):
             from .onnx_vision import OnnxVision
@@ -143,9 +153,7 @@ class CpuEngine:
         return self.llm.kernels
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        if self.vision is None:
-            raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
-        return self.vision(pixels)
+        return self.info.require_vision(self.vision)(pixels)
 
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.llm.embed(np.asarray(ids, dtype=np.int32))

@@ -19,7 +19,6 @@ from ..prompt import splice_parts
 from ..targets import TARGETS
 from .cpu import EngineInfo
 from .manifest import read_manifest
-from .tokenizer import EngineTokenizer
 
 GPU_TARGETS = tuple(name for name, t in TARGETS.items() if t.sm is not None)
 LIBRARIES = ("tensorrt", "tensorrt_llm")
@@ -187,9 +186,7 @@ class TrtEngine:
                                        f"TensorRT-LLM and the GPU: {'; '.join(missing)}. Install {install_hint(target.jetson)}")  # fmt: skip
         check_engine(self.root, self.manifest, env)
         self.info = EngineInfo(self.root, self.manifest)
-        self.tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
-        end_text = self.info.family.image_end_text
-        self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
+        self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
         limits = self.manifest["limits"]
         vision = self.manifest.get("vision")
         self.vision = TrtVision(self.root / vision["plan"], limits["max_batch"] * limits["images"]) if vision else None
@@ -210,9 +207,7 @@ class TrtEngine:
         return self.manifest["llm"]["vocab"]
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        if self.vision is None:
-            raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
-        return self.vision(pixels)
+        return self.info.require_vision(self.vision)(pixels)
 
     def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> "TablePrompt":
         return table_prompt(ids, image_embeds, self.vocab_size, self.image_end_ids, self.manifest["limits"])
