@@ -17,8 +17,8 @@ from pathlib import Path
 from vila_edge.atomic import atomic_dir
 from vila_edge.errors import CheckpointError, UnsupportedError, UsageError, VilaEdgeError
 from vila_edge.plan import Plan, format_plan, memory_plan, recipe_from_checkpoint
-from vila_edge.runtime.manifest import BUILD_SCRIPT, MANIFEST, is_engine, write_manifest
-from vila_edge.runtime.trt import install_hint, probe_environment
+from vila_edge.runtime.manifest import BUILD_SCRIPT, MANIFEST, is_engine, read_manifest, write_manifest
+from vila_edge.runtime.trt import GPU_TARGETS, install_hint, probe_environment
 from vila_edge.targets import Target, get_target
 
 from .cpu_engine import copy_vision, load_awq_source, read_llm_state, write_front
@@ -138,11 +138,7 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
 
 
 def read_bundle(folder: Path) -> dict:
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if manifest.get("kind") != "bundle":
-        raise UsageError(f"{folder}: already an engine (for {manifest.get('target')}); build-engine takes a quantized "
-                         "checkpoint or a bundle")  # fmt: skip
-    return manifest
+    return read_manifest(folder, GPU_TARGETS, kind="bundle")
 
 
 def _run_trtllm_build(command: list[str], log: Path, target: Target) -> None:

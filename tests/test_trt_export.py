@@ -273,3 +273,14 @@ def test_l4t_release_is_read_from_nv_tegra_release():
 def test_targets_only_a_gpu_can_build_are_not_mistaken_for_cpu(cli, tmp_path):
     code, _, err = cli("build-engine", tmp_path / "missing", "-o", tmp_path / "e", "--target", "h100")
     assert code != 0 and "Traceback" not in err and re.search("missing|not found|does not exist", err)
+
+
+def test_build_engine_takes_a_bundle_of_this_format_and_not_an_engine(bundle, copy_of, cli, tmp_path):
+    old = copy_of(bundle[0])
+    m = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps(m | {"format_version": 0}))
+    code, _, err = cli("build-engine", old, "-o", tmp_path / "e", "--target", "orin", "--dry-run")
+    assert code == 1 and "engine format 0" in err and "older format" in err
+    (old / "manifest.json").write_text(json.dumps(m | {"kind": "engine", "target": "cpu"}))
+    code, _, err = cli("build-engine", old, "-o", tmp_path / "e", "--target", "orin")
+    assert code == 2 and "already an engine (for cpu)" in err

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 
 MANIFEST = "manifest.json"
 FORMAT = "vila-edge-engine"
@@ -25,9 +25,9 @@ def is_engine(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def read_manifest(folder: str | Path, target: str | tuple[str, ...]) -> dict:
-    """The manifest of an engine built for `target` (or one of several) by this format version; else a
-    CheckpointError that says what differs and how to rebuild."""
+def read_manifest(folder: str | Path, target: str | tuple[str, ...], kind: str = "engine") -> dict:
+    """The manifest of an engine (or, with kind="bundle", a portable bundle) for `target` (or one of several)
+    written by this format version; else an error that says what differs and how to rebuild."""
     folder = Path(folder)
     path = folder / MANIFEST
     targets = (target,) if isinstance(target, str) else target
@@ -47,7 +47,10 @@ def read_manifest(folder: str | Path, target: str | tuple[str, ...]) -> dict:
             f"{folder}: engine format {version} (built by vila-edge {manifest.get('toolkit_version', '?')}) is {age} "
             f"format than this runtime reads ({FORMAT_VERSION}, vila-edge {__version__}); {rebuild}"
         )
-    if manifest.get("kind", "engine") == "bundle":
+    if kind == "bundle" and manifest.get("kind", "engine") != "bundle":
+        raise UsageError(f"{folder}: already an engine (for {manifest.get('target')}); build-engine takes a quantized "
+                         "checkpoint or a bundle")  # fmt: skip
+    if kind == "engine" and manifest.get("kind", "engine") == "bundle":
         raise CheckpointError(
             f"{folder}: a portable bundle for {manifest.get('target')}, not an engine yet; build the engine on the "
             f"device itself: sh {folder}/{BUILD_SCRIPT} (it runs vila-edge build-engine {folder} -o ENGINE --target {manifest.get('target')})"
