@@ -270,9 +270,10 @@ def test_l4t_release_is_read_from_nv_tegra_release():
     assert l4t_release("garbage") is None
 
 
-def test_targets_only_a_gpu_can_build_are_not_mistaken_for_cpu(cli, tmp_path):
-    code, _, err = cli("build-engine", tmp_path / "missing", "-o", tmp_path / "e", "--target", "h100")
-    assert code != 0 and "Traceback" not in err and re.search("missing|not found|does not exist", err)
+def test_a_missing_source_for_a_gpu_target_is_a_clear_error(cli, tmp_path):
+    code, _, err = cli("build-engine", tmp_path / "absent", "-o", tmp_path / "e", "--target", "h100")
+    assert code != 0 and "Traceback" not in err and re.search(r"absent: no such checkpoint folder", err)
+    assert not (tmp_path / "e").exists()
 
 
 def test_build_engine_takes_a_bundle_of_this_format_and_not_an_engine(bundle, copy_of, cli, tmp_path):
