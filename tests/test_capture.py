@@ -79,6 +79,11 @@ def test_an_image_folder_in_name_order(engine, cli, tmp_path):
                          "--max-captions", 2)  # fmt: skip
     assert code == 0, err
     assert out.splitlines()[0].startswith("[frame 0 @ 0.00 s] ") and len(out.splitlines()) == 2
+    args = ("--prompt", "Describe the image.", "--max-new-tokens", 4, "--format", "jsonl")
+    loop = records(cli("caption", engine, "--source", tmp_path, *args)[1])
+    single = {i: json.loads(cli("caption", engine, "--image", tmp_path / f"frame_{i}.png", *args)[1])["token_ids"] for i in (1, 2, 3)}
+    assert len({tuple(t) for t in single.values()}) == 3  # the images tell apart, so the order below is checked
+    assert [r["token_ids"] for r in loop] == [single[1], single[2], single[3]]
 
 
 @pytest.mark.parametrize("source,message", [
