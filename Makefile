@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench clean rtsp-server
 
 $(VENV)/.installed: setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,20 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed rtsp-server
 	$(PY) -m pytest -q tests
+
+# GStreamer's RTSP server for tests/test_rtsp.py, from Debian's packages, run by Debian's python3. Installed
+# where make runs as root with apt-get; elsewhere those tests skip and say what to install.
+RTSP_PACKAGES := gstreamer1.0-rtsp gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(RTSP_PACKAGES)
+rtsp-server:
+	@/usr/bin/python3 tests/rtsp_server.py --check 2>/dev/null || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing the RTSP test server: $(RTSP_PACKAGES)"; \
+		$(APT_INSTALL) >/dev/null || { apt-get update -q >/dev/null && $(APT_INSTALL) >/dev/null; }; \
+	else echo "note: the RTSP tests will skip; install (as root): apt-get install $(RTSP_PACKAGES)"; fi
 
 VLE := $(VENV)/bin/vila-edge
 CKPT := $(DEMO)/vila-demo

@@ -1,7 +1,10 @@
 """`caption ENGINE --source`: a generated video file and an image folder through the loop, sampled
-deterministically; bad sources fail without a traceback."""
+deterministically or played in real time (dropping frames); --record and --alert; a 2,000-frame soak;
+bad sources fail without a traceback. RTSP: test_rtsp.py."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,8 +91,8 @@ def test_an_image_folder_in_name_order(engine, cli, tmp_path):
 
 @pytest.mark.parametrize("source,message", [
     ("missing.mp4", "no such video file or folder"),
-    ("0", "live sources"),
-    ("rtsp://127.0.0.1:8554/live", "live sources"),
+    ("7", "camera 7 cannot be opened"),
+    ("/dev/video9", "camera /dev/video9 cannot be opened"),
 ])  # fmt: skip
 def test_bad_sources_fail_clearly(source, message, engine, cli):
     code, _, err = cli("caption", engine, "--source", source, "--prompt", "hi")
@@ -107,3 +110,154 @@ def test_an_unreadable_file_and_an_empty_folder(engine, cli, tmp_path):
     assert code == 2 and "--every 0" in err
     code, _, err = cli("caption", engine, "--prompt", "hi", "--every", 5)
     assert code == 2 and "sample a --source" in err
+    code, _, err = cli("caption", engine, "--prompt", "hi", "--record", tmp_path / "x.mp4", "--alert", "cat")
+    assert code == 2 and "--record, --alert: these sample a --source" in err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--every", 5, "--fps", 2), "--every and --fps both choose"),
+    (("--fps", 0), "--fps 0"),
+    (("--alert", "(unclosed"), "not a regular expression"),
+    (("--record", "out.gif"), "write a .mp4 or .avi file"),
+])  # fmt: skip
+def test_contradictory_stream_options(extra, message, engine, clip, cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("caption", engine, "--source", clip, "--prompt", "hi", *extra)
+    assert code == 2 and message in err and out == ""
+
+
+def test_realtime_on_a_folder_is_refused(engine, cli, tmp_path):
+    write_sample_image(tmp_path / "a.png", size=32)
+    code, _, err = cli("caption", engine, "--source", tmp_path, "--prompt", "hi", "--realtime")
+    assert code == 2 and "--realtime plays a video file" in err
+
+
+def test_fps_samples_by_the_source_clock(engine, clip, cli):
+    """--fps 3 on a 30 fps file: a frame every 1/3 s of the file, i.e. every 10th."""
+    code, out, err = cli("caption", engine, "--source", clip, "--fps", 3, "--prompt", "hi", "--max-new-tokens", 1,
+                         "--format", "jsonl")  # fmt: skip
+    assert code == 0, err
+    assert [r["frame_index"] for r in records(out)] == list(range(0, 95, 10))
+
+
+def test_sampler_every_and_fps():
+    from vila_edge.capture import Sampler
+
+    every = Sampler(every=4)
+    assert [i for i in range(10) if every.take(i, i / 30)] == [0, 4, 8]
+    fps = Sampler(fps=2)  # irregular clock, as a live source has: the first frame in each half second
+    times = [0.0, 0.1, 0.45, 0.52, 0.9, 1.7, 1.8, 2.01]
+    assert [t for t in times if fps.take(0, t)] == [0.0, 0.52, 1.7, 2.01]
+
+
+@pytest.fixture(scope="module")
+def fast_clip(tmp_path_factory):
+    """120 frames at 240 fps: in real time a frame every 4 ms, faster than the model captions."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("clips") / "fast.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 240.0, (64, 48))
+    for i in range(120):
+        writer.write(np.full((48, 64, 3), 2 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def _captioner(engine):
+    from vila_edge.caption import Captioner
+    from vila_edge.runtime.cpu import CpuEngine
+
+    cpu = CpuEngine(engine)
+    return Captioner(cpu.info, cpu)
+
+
+def test_realtime_drops_the_frames_that_arrive_while_the_model_is_busy(engine, fast_clip):
+    """Every frame is sampled (--every 1) and each one is either captioned or dropped for a newer one:
+    captions + dropped = 120, the captions' frames in order, the last frame of the file captioned."""
+    from vila_edge.capture import caption_frames, open_source
+    from vila_edge.generate import SamplingParams
+
+    source = open_source(str(fast_clip), realtime=True)
+    got = list(caption_frames(_captioner(engine), source, "Describe the image.", SamplingParams(max_new_tokens=4)))
+    indices = [r["frame_index"] for r in got]
+    assert source.dropped > 0 and len(got) + source.dropped == source.sampled == 120
+    assert indices == sorted(set(indices)) and indices[-1] == 119
+    assert [r["dropped_frames"] for r in got] == sorted(r["dropped_frames"] for r in got)
+    assert got[-1]["dropped_frames"] == source.dropped
+    assert got[-1]["timestamp"] == pytest.approx(119 / 240, abs=1e-3)  # the file's clock, not the wall's
+
+
+def test_record_draws_the_latest_caption_and_saves_a_clip_per_alert(engine, clip, cli, tmp_path):
+    import cv2
+
+    out = tmp_path / "captioned.mp4"
+    code, stdout, err = cli("caption", engine, "--source", clip, "--every", 30, "--prompt", "Describe the image.",
+                            "--max-new-tokens", 6, "--format", "jsonl", "--record", out, "--alert", ".")  # fmt: skip
+    assert code == 0, err
+    got = records(stdout)
+    assert [r["frame_index"] for r in got] == [0, 30, 60, 90] and all(r["text"] for r in got)
+    # "." matches every caption; frame 30 comes within the first clip's 3 s tail, which it extends
+    assert all(r["alert"] for r in got) and {r["alert_clip"] for r in got} == {str(tmp_path / "captioned.alert-001.mp4")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captioned.alert-001.mp4", "captioned.mp4"]
+
+    recorded, source = cv2.VideoCapture(str(out)), cv2.VideoCapture(str(clip))
+    assert recorded.get(cv2.CAP_PROP_FRAME_COUNT) == 95
+    assert (recorded.get(cv2.CAP_PROP_FRAME_WIDTH), recorded.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (96, 64)
+    band = []  # the bottom rows, where the caption is drawn, against the same rows of the source
+    for _ in range(95):
+        ok1, a = recorded.read()
+        ok2, b = source.read()
+        assert ok1 and ok2
+        band.append(np.abs(a[-12:].astype(int) - b[-12:].astype(int)).mean())
+    assert min(band) > 10  # every frame carries a caption: frame 0 is written after its own
+    clip_frames = cv2.VideoCapture(str(tmp_path / "captioned.alert-001.mp4")).get(cv2.CAP_PROP_FRAME_COUNT)
+    assert clip_frames == 95  # frame 0, then 3 s (90 frames) after frame 90's alert, cut by the end of the file
+
+    code, _, err = cli("caption", engine, "--source", clip, "--prompt", "hi", "--record", out)
+    assert code == 2 and "exists" in err
+
+
+def test_no_alert_when_the_regex_does_not_match(engine, clip, cli, tmp_path):
+    out = tmp_path / "quiet.avi"
+    code, stdout, err = cli("caption", engine, "--source", clip, "--every", 40, "--prompt", "hi", "--max-new-tokens", 3,
+                            "--format", "jsonl", "--record", out, "--alert", "zqxj-never")  # fmt: skip
+    assert code == 0, err
+    assert all("alert" not in r and "alert_clip" not in r for r in records(stdout))
+    assert [p.name for p in tmp_path.iterdir()] == ["quiet.avi"]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
+def test_a_2000_frame_soak_keeps_memory_flat(engine, tmp_path):
+    """2,000 frames of 320x240 (225 KB each decoded) played in real time at 400 fps through the capture
+    thread, the recorder with alerts, and a window of 4: a leaked frame a step would add 450 MB."""
+    import cv2
+
+    from vila_edge.capture import caption_frames, open_source
+    from vila_edge.generate import SamplingParams
+    from vila_edge.record import Recorder
+
+    path = tmp_path / "soak.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 400.0, (320, 240))
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (240, 320, 3), np.uint8)
+    for i in range(2000):
+        writer.write(np.roll(noise, 4 * i, axis=1))
+    writer.release()
+
+    source = open_source(str(path), realtime=True)
+    recorder = Recorder(tmp_path / "soak.mp4", source.fps, alerts=True)
+    source.tap = recorder.write
+    rss = []
+    loop = caption_frames(_captioner(engine), source, "Describe the image.", SamplingParams(max_new_tokens=2),
+                          window=4, alert=re.compile("a"), recorder=recorder)  # fmt: skip
+    for record in loop:
+        rss.append((record["frame_index"], _rss_mb()))
+    recorder.close()
+    assert source.sampled == 2000 and rss[-1][0] == 1999
+    settled = [mb for index, mb in rss if index >= 400]  # after the window, the pre-roll and the allocator fill
+    assert max(settled) - min(settled) < 40, rss

@@ -1,37 +1,71 @@
 """`caption ENGINE --source SRC`: captions over a stream of frames, one record per sampled frame.
 
-Offline sources (a video file, a folder of images) are sampled deterministically: every Nth frame,
-in order, none dropped. A window of the K most recent sampled frames goes to the model as one
-multi-image prompt.
+Offline sources (a video file, a folder of images) are sampled deterministically: every Nth frame
+(or F per second of the file's clock), in order, none dropped. Live sources (a camera, an RTSP
+stream, or a file under --realtime) are read by their own thread, which keeps only the newest
+sampled frame: what arrives while the model is busy replaces the frame waiting, and is counted as
+dropped, so captions never lag behind the scene. A window of the K most recent sampled frames goes to
+the model as one multi-image prompt.
 """
 
+import math
+import os
+import re
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from PIL import Image
 
-from .errors import MediaError, UnsupportedError, UsageError
+from .errors import MediaError, UsageError
 from .media import bgr_to_image, load_image, open_video
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
+# Low latency over TCP (no UDP loss on Wi-Fi); a user's own OPENCV_FFMPEG_CAPTURE_OPTIONS wins.
+RTSP_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay|max_delay;500000"
+OPEN_TIMEOUT_S, READ_TIMEOUT_S = 5.0, 5.0
+Tap = Callable[[object, int, float], None]  # (BGR frame, index, timestamp): every decoded frame, for --record
 
 
 @dataclass
 class Frame:
     index: int  # the frame's number in its source (a folder: the image's position in name order)
-    timestamp: float  # seconds from the start of the source
+    timestamp: float  # seconds from the start of the source (live: of the capture)
     image: Image.Image
 
 
-class VideoFile:
-    """Every `every`-th frame of a video file, decoded in order (skipped frames are grabbed, not converted)."""
+class Sampler:
+    """Which frames are captioned: every Nth, or at most F per second of the source's clock."""
 
-    def __init__(self, path: Path, every: int):
+    def __init__(self, every: int = 1, fps: float | None = None):
+        if every < 1:
+            raise UsageError(f"--every {every}: sample every 1st frame or more")
+        if fps is not None and fps <= 0:
+            raise UsageError(f"--fps {fps}: give a positive rate, e.g. --fps 0.5 for a caption every 2 s")
+        self.every, self.fps, self.next_t = every, fps, 0.0
+
+    def take(self, index: int, timestamp: float) -> bool:
+        if self.fps is None:
+            return index % self.every == 0
+        if timestamp + 1e-6 < self.next_t:
+            return False
+        self.next_t = (math.floor(timestamp * self.fps + 1e-6) + 1) / self.fps  # the next 1/F slot
+        return True
+
+
+class VideoFile:
+    """The sampled frames of a video file, decoded in order (frames nobody needs are grabbed, not converted)."""
+
+    live = False
+
+    def __init__(self, path: Path, sampler: Sampler):
         import cv2
 
-        self.name, self.every, self.dropped = str(path), every, 0
+        self.name, self.sampler, self.dropped, self.tap = str(path), sampler, 0, None
         self.cap = open_video(path)
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
 
@@ -39,64 +73,228 @@ class VideoFile:
         import cv2
 
         index = 0
-        try:
-            while self.cap.grab():
-                if index % self.every == 0:
-                    ok, bgr = self.cap.retrieve()
-                    if not ok:
-                        raise MediaError(f"{self.name}: frame {index} cannot be decoded; re-encode the file")
-                    t = index / self.fps if self.fps > 0 else self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
+        while self.cap.grab():
+            t = index / self.fps if self.fps > 0 else self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            take = self.sampler.take(index, t)
+            if take or self.tap:
+                ok, bgr = self.cap.retrieve()
+                if not ok:
+                    raise MediaError(f"{self.name}: frame {index} cannot be decoded; re-encode the file")
+                if take:
                     yield Frame(index, t, bgr_to_image(bgr))
-                index += 1
-        finally:
-            self.cap.release()
+                if self.tap:  # after the caption of this frame, which the recording then shows
+                    self.tap(bgr, index, t)
+            index += 1
+
+    def close(self) -> None:
+        self.cap.release()
 
 
 class ImageFolder:
-    """Every `every`-th image of a folder, in name order; timestamps count one second per image."""
+    """The sampled images of a folder, in name order; timestamps count one second per image."""
 
-    def __init__(self, path: Path, every: int):
-        self.name, self.every, self.dropped = str(path), every, 0
+    live, fps = False, 1.0
+
+    def __init__(self, path: Path, sampler: Sampler):
+        self.name, self.sampler, self.dropped, self.tap = str(path), sampler, 0, None
         self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise MediaError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
 
     def __iter__(self) -> Iterator[Frame]:
-        for index in range(0, len(self.files), self.every):
-            yield Frame(index, float(index), load_image(self.files[index]))
+        import numpy as np
+
+        for index, file in enumerate(self.files):
+            take = self.sampler.take(index, float(index))
+            if take or self.tap:
+                image = load_image(file)
+                if take:
+                    yield Frame(index, float(index), image)
+                if self.tap:
+                    self.tap(np.ascontiguousarray(np.asarray(image)[:, :, ::-1]), index, float(index))
+
+    def close(self) -> None:
+        pass
 
 
-def open_source(spec: str, every: int = 1):
-    """A video file or an image folder; camera indices, /dev/video* and rtsp:// are live sources."""
-    if every < 1:
-        raise UsageError(f"--every {every}: sample every 1st frame or more")
-    if spec.isdigit() or spec.startswith(("/dev/video", "rtsp://", "rtsps://", "http://", "https://")):
-        raise UnsupportedError(f"{spec}: live sources (cameras, RTSP) are not available yet in this version; "
-                               "record a clip and pass the file, or a folder of frames")  # fmt: skip
+class LiveSource:
+    """A capture read by its own thread, keeping only the newest sampled frame.
+
+    A sampled frame replaced by a newer one before the model takes it is dropped and counted. A network
+    stream that stops is reopened with back-off (0.5 s doubling to 8 s) for up to `reconnect_s`; a
+    camera that stops, or a file at its end, ends the stream.
+    """
+
+    live = True
+
+    def __init__(self, name: str, connect: Callable, sampler: Sampler, *, pace: bool = False,
+                 reconnect_s: float = 0.0, log: Callable[[str], None] | None = None):  # fmt: skip
+        import cv2
+
+        self.name, self.connect, self.sampler, self.pace, self.reconnect_s = name, connect, sampler, pace, reconnect_s
+        self.log = log or (lambda message: None)
+        self.cap = connect()  # fails here, before the model loads, if the source cannot be opened
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
+        if not 0 < self.fps < 1000:
+            self.fps = 30.0  # cameras and streams that report nothing (or 90000, the RTP clock)
+        self.tap: Tap | None = None
+        self.dropped = self.sampled = self.reconnects = 0
+        self.error: Exception | None = None
+        self._pending: tuple | None = None
+        self._finished = False
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"capture {name}", daemon=True)
+
+    def __iter__(self) -> Iterator[Frame]:
+        if not self._thread.is_alive() and not self._finished:
+            self._thread.start()
+        while True:
+            with self._cond:
+                while self._pending is None and not self._finished:
+                    self._cond.wait(0.2)  # a timeout keeps Ctrl-C responsive
+                if self._pending is None:
+                    break
+                (index, t, bgr), self._pending = self._pending, None
+            yield Frame(index, t, bgr_to_image(bgr))
+        if self.error:
+            raise self.error
+
+    def _read(self) -> None:
+        index, start = 0, time.monotonic()
+        try:
+            while not self._stop.is_set():
+                ok, bgr = self.cap.read()
+                if not ok:
+                    if not self.reconnect_s or not self._reconnect():
+                        break
+                    continue
+                if self.pace:  # a file played at its own rate; its timestamps are the file's
+                    t = index / self.fps
+                    time.sleep(max(0.0, start + t - time.monotonic()))
+                else:
+                    t = time.monotonic() - start
+                if self.tap:
+                    self.tap(bgr, index, t)
+                if self.sampler.take(index, t):
+                    with self._cond:
+                        self.dropped += self._pending is not None
+                        self.sampled += 1
+                        self._pending = (index, t, bgr)
+                        self._cond.notify()
+                index += 1
+        except Exception as e:  # surfaces in the consumer's thread, as the error of the stream
+            self.error = e
+        finally:
+            with self._cond:
+                self._finished = True
+                self._cond.notify()
+
+    def _reconnect(self) -> bool:
+        self.cap.release()
+        deadline, delay = time.monotonic() + self.reconnect_s, 0.5
+        while not self._stop.is_set():
+            self.log(f"{self.name}: stream lost; reconnecting in {delay:g} s")
+            if self._stop.wait(min(delay, max(0.0, deadline - time.monotonic()))):
+                return False
+            try:
+                self.cap = self.connect()
+            except MediaError:
+                if time.monotonic() >= deadline:
+                    self.error = MediaError(f"{self.name}: the stream stopped and did not come back within "
+                                            f"{self.reconnect_s:g} s (--reconnect-timeout)")  # fmt: skip
+                    return False
+                delay = min(2 * delay, 8.0)
+                continue
+            self.reconnects += 1
+            self.log(f"{self.name}: reconnected")
+            return True
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=OPEN_TIMEOUT_S + READ_TIMEOUT_S)
+        self.cap.release()
+
+
+def open_camera(spec: str):
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own warnings; ours says what to do
+    cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+    if not cap.isOpened():
+        raise MediaError(f"camera {spec} cannot be opened: no such device, no permission, or another program "
+                         "holds it (v4l2-ctl --list-devices lists cameras)")  # fmt: skip
+    return cap
+
+
+def open_stream(url: str):
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", RTSP_OPTIONS)
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(OPEN_TIMEOUT_S * 1e3), cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(READ_TIMEOUT_S * 1e3)]
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
+    if not cap.isOpened():
+        raise MediaError(f"{url}: cannot connect to the stream (unreachable, refused, or not found on the server "
+                         f"within {OPEN_TIMEOUT_S:g} s); check the address with ffprobe {url}")  # fmt: skip
+    return cap
+
+
+def open_source(spec: str, every: int = 1, fps: float | None = None, realtime: bool = False,
+                reconnect_s: float = 30.0, log: Callable[[str], None] | None = None):  # fmt: skip
+    """A camera (index or /dev/videoN), a network stream, a video file or an image folder."""
+    sampler = Sampler(every, fps)
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        return LiveSource(f"camera {spec}", lambda: open_camera(spec), sampler, log=log)
+    if spec.startswith(STREAM_SCHEMES):
+        return LiveSource(spec, lambda: open_stream(spec), sampler, reconnect_s=reconnect_s, log=log)
     path = Path(spec)
     if not path.exists():
         raise MediaError(f"{spec}: no such video file or folder; check the path")
-    return ImageFolder(path, every) if path.is_dir() else VideoFile(path, every)
+    if path.is_dir():
+        if realtime:
+            raise UsageError("--realtime plays a video file at its frame rate; a folder has none")
+        return ImageFolder(path, sampler)
+    if realtime:
+        return LiveSource(str(path), lambda: open_video(path), sampler, pace=True, log=log)
+    return VideoFile(path, sampler)
 
 
-def caption_frames(captioner, source, question: str, params, window: int = 1, max_captions: int | None = None):
-    """One record per sampled frame: the caption of it and the window - 1 sampled frames before it."""
+def caption_frames(captioner, source, question: str, params, window: int = 1, max_captions: int | None = None,
+                   alert: re.Pattern | None = None, recorder=None):  # fmt: skip
+    """One record per sampled frame: the caption of it and the window - 1 sampled frames before it.
+    The source is closed at the end, on an error, and when the consumer stops early (Ctrl-C)."""
     if window < 1:
         raise UsageError(f"--window {window}: at least 1 frame")
     recent: deque[Frame] = deque(maxlen=window)
-    for n, frame in enumerate(source, start=1):
-        recent.append(frame)
-        answer = captioner([f.image for f in recent], question, params)
-        yield {
-            "source": source.name,
-            "frame_index": frame.index,
-            "timestamp": round(frame.timestamp, 3),
-            "frames": [f.index for f in recent],
-            "text": answer.text,
-            "token_ids": answer.token_ids,
-            "ttft_s": round(answer.ttft_s, 4),
-            "decode_tok_s": round(answer.decode_tok_s, 2),
-            "dropped_frames": source.dropped,
-        }
-        if max_captions and n >= max_captions:
-            break
+    try:
+        for n, frame in enumerate(source, start=1):
+            recent.append(frame)
+            answer = captioner([f.image for f in recent], question, params)
+            record = {
+                "source": source.name,
+                "frame_index": frame.index,
+                "timestamp": round(frame.timestamp, 3),
+                "frames": [f.index for f in recent],
+                "text": answer.text,
+                "token_ids": answer.token_ids,
+                "ttft_s": round(answer.ttft_s, 4),
+                "decode_tok_s": round(answer.decode_tok_s, 2),
+                "dropped_frames": source.dropped,
+            }
+            if getattr(source, "reconnects", 0):
+                record["reconnects"] = source.reconnects
+            match = alert.search(answer.text) if alert else None
+            if match:
+                record["alert"] = match.group(0)
+            if recorder:
+                clip = recorder.caption(answer.text, alert=bool(match), frame_index=frame.index)
+                if clip:
+                    record["alert_clip"] = str(clip)
+            yield record
+            if max_captions and n >= max_captions:
+                break
+    finally:
+        source.close()

@@ -138,8 +138,12 @@ def cmd_caption(args) -> int:
 
     if args.stream is not None:
         return _caption_source(args)
-    if args.every != 1 or args.window != 1 or args.max_captions is not None:
-        raise UsageError("--every, --window and --max-captions sample a --source; with --image or --video drop them")
+    stream_only = {"--every": args.every != 1, "--fps": args.fps is not None, "--window": args.window != 1,
+                   "--max-captions": args.max_captions is not None, "--realtime": args.realtime,
+                   "--record": args.record is not None, "--alert": args.alert is not None}  # fmt: skip
+    if any(stream_only.values()):
+        given = ", ".join(flag for flag, on in stream_only.items() if on)
+        raise UsageError(f"{given}: these sample a --source; with --image or --video drop them")
     ckpt, model, backend = _load_for_caption(args)
     if args.video:
         images = load_video_frames(args.video, args.num_frames or ckpt.num_video_frames)
@@ -188,19 +192,44 @@ def cmd_caption(args) -> int:
 
 
 def _caption_source(args) -> int:
-    """Captions over a video file or an image folder, one line (text) or record (jsonl) per sampled frame."""
-    from .capture import caption_frames, open_source
-    from .caption import Captioner
+    """Captions over a camera, stream, video file or image folder, one line (text) or record (jsonl) per
+    sampled frame, until the source ends, --max-captions, or Ctrl-C."""
+    from contextlib import closing
 
-    source = open_source(args.stream, args.every)  # a missing or unreadable source fails before the model loads
-    ckpt, model, backend = _load_for_caption(args)
-    captioner = Captioner(ckpt, model, args.conv_mode)
-    params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, args.seed)
-    for record in caption_frames(captioner, source, args.prompt, params, args.window, args.max_captions):
-        if args.format == "jsonl":
-            print(json.dumps(record, ensure_ascii=False), flush=True)
-        else:
-            print(f"[frame {record['frame_index']} @ {record['timestamp']:.2f} s] {record['text']}", flush=True)
+    from .caption import Captioner
+    from .capture import caption_frames, open_source
+    from .record import Recorder
+
+    if args.every != 1 and args.fps is not None:
+        raise UsageError("--every and --fps both choose the frames; give one")
+    try:
+        alert = re.compile(args.alert, re.IGNORECASE) if args.alert is not None else None
+    except re.error as e:
+        raise UsageError(f"--alert {args.alert!r}: not a regular expression ({e})") from None
+    log = lambda message: print(f"vila-edge caption: {message}", file=sys.stderr, flush=True)  # noqa: E731
+    # a missing file, a camera that cannot be opened or an unreachable stream fails before the model loads
+    source = open_source(args.stream, args.every, args.fps, args.realtime, args.reconnect_timeout, log)
+    recorder = None
+    try:
+        if args.record:
+            recorder = Recorder(args.record, source.fps, alerts=alert is not None)
+            source.tap = recorder.write
+        ckpt, model, backend = _load_for_caption(args)
+        captioner = Captioner(ckpt, model, args.conv_mode)
+        params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, args.seed)
+        loop = caption_frames(captioner, source, args.prompt, params, args.window, args.max_captions, alert, recorder)
+        with closing(loop):
+            for record in loop:
+                if args.format == "jsonl":
+                    print(json.dumps(record, ensure_ascii=False), flush=True)
+                else:
+                    flag = f"ALERT ({record['alert']}) " if "alert" in record else ""
+                    print(f"[frame {record['frame_index']} @ {record['timestamp']:.2f} s] {flag}{record['text']}", flush=True)
+    finally:
+        source.close()
+        if recorder:
+            recorder.close()
+            log(f"recorded {recorder.path}" + (f" and {recorder.clips} alert clip(s)" if recorder.clips else ""))
     return 0
 
 
@@ -387,11 +416,21 @@ def build_parser() -> argparse.ArgumentParser:
     media = q.add_mutually_exclusive_group()
     media.add_argument("--image", nargs="+", metavar="PATH", help="one or more images, in prompt order")
     media.add_argument("--video", metavar="PATH", help="one question about N frames of a video (--num-frames)")
-    media.add_argument("--source", dest="stream", metavar="FILE|DIR", help="a caption per sampled frame of a video file or image folder")
+    media.add_argument("--source", dest="stream", metavar="SRC",
+                       help="a caption per sampled frame of a camera (0, /dev/video0), a stream (rtsp://...), "
+                       "a video file or an image folder")  # fmt: skip
     q.add_argument("--prompt", required=True, help="the question; <image> tags place the images, else they go first")
     q.add_argument("--every", type=int, default=1, help="--source: caption every Nth frame (default 1)")
     q.add_argument("--window", type=int, default=1, help="--source: the K most recent sampled frames in each prompt")
     q.add_argument("--max-captions", type=int, help="--source: stop after this many captions")
+    q.add_argument("--fps", type=float, help="--source: caption at most F frames per second of the source (instead of --every)")
+    q.add_argument("--realtime", action="store_true", help="--source FILE: play the file at its frame rate, dropping "
+                   "frames that arrive while the model is busy, as a camera would")  # fmt: skip
+    q.add_argument("--record", metavar="OUT.mp4", help="--source: save the video with the latest caption drawn over it "
+                   "(and with --alert a clip around each alert, OUT.alert-001.mp4, ...)")  # fmt: skip
+    q.add_argument("--alert", metavar="REGEX", help="--source: mark captions matching REGEX (case-insensitive)")
+    q.add_argument("--reconnect-timeout", type=float, default=30.0, metavar="S",
+                   help="--source rtsp://...: how long to keep reconnecting to a lost stream (default 30 s)")
     q.add_argument("--conv-mode", help="conversation template (default: the checkpoint's own)")
     q.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     q.add_argument("--temperature", type=float, default=d.temperature, help="0 is greedy")

@@ -1,0 +1,147 @@
+"""Live RTSP through the loop, against a real server on 127.0.0.1: GStreamer's rtsp-server
+(tests/rtsp_server.py, installed by `make test`), including the server restarting mid-stream."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SERVER = Path(__file__).with_name("rtsp_server.py")
+URL = "rtsp://127.0.0.1:8554/live"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _server_missing() -> str | None:
+    try:
+        check = subprocess.run([SYSTEM_PYTHON, SERVER, "--check"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{SYSTEM_PYTHON}: {e}"
+    return None if check.returncode == 0 else (check.stderr.strip().splitlines() or ["?"])[-1]
+
+
+missing = _server_missing()
+pytestmark = pytest.mark.skipif(missing is not None, reason=f"GStreamer RTSP server not installed ({missing}); make rtsp-server")
+
+
+class Server:
+    """tests/rtsp_server.py in a process of its own, which a test can stop and start again."""
+
+    def __init__(self):
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, SERVER, "--port", "8554"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            self.proc.kill()
+            pytest.fail(f"the RTSP server did not start: {self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def engine(awq, tmp_path_factory):
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("rtsp") / "cpu"
+    code, _, err = run_cli("build-engine", awq("llama", 32), "-o", out, "--target", "cpu", "--conv-mode", "vicuna_v1")
+    assert code == 0, err
+    return out
+
+
+def test_captions_from_an_rtsp_stream(server, engine, cli):
+    code, out, err = cli("caption", engine, "--source", URL, "--every", 10, "--max-captions", 2,
+                         "--prompt", "Describe the image.", "--max-new-tokens", 3, "--format", "jsonl")  # fmt: skip
+    assert code == 0, err
+    got = [json.loads(line) for line in out.splitlines()]
+    assert len(got) == 2 and all(r["source"] == URL and r["token_ids"] for r in got)
+    assert all(r["frame_index"] % 10 == 0 for r in got) and got[0]["frame_index"] < got[1]["frame_index"]
+    assert got[0]["timestamp"] < got[1]["timestamp"]
+
+
+def test_the_stream_comes_back_after_the_server_restarts(server, engine):
+    """The server is stopped after two captions and started again 1.5 s later: the loop reconnects
+    by itself and goes on, its frame numbers and clock carrying on from before."""
+    from vila_edge.caption import Captioner
+    from vila_edge.capture import caption_frames, open_source
+    from vila_edge.generate import SamplingParams
+    from vila_edge.runtime.cpu import CpuEngine
+
+    cpu = CpuEngine(engine)
+    log: list[str] = []
+    source = open_source(URL, every=5, reconnect_s=20, log=log.append)
+    loop = caption_frames(Captioner(cpu.info, cpu), source, "Describe the image.", SamplingParams(max_new_tokens=2))
+    got = [next(loop), next(loop)]
+    server.stop()
+    time.sleep(1.5)
+    server.start()
+    got += [next(loop) for _ in range(3)]
+    loop.close()
+    assert not source._thread.is_alive()  # closing the loop stops the capture thread
+    indices = [r["frame_index"] for r in got]
+    assert indices == sorted(indices) and len(set(indices)) == 5
+    assert got[-1]["reconnects"] == 1 and "reconnects" not in got[0]
+    assert any("stream lost" in m for m in log) and any("reconnected" in m for m in log)
+
+
+def test_a_stream_that_does_not_come_back_ends_with_an_error(server, engine):
+    from vila_edge.capture import open_source
+    from vila_edge.errors import MediaError
+
+    source = open_source(URL, reconnect_s=2, log=lambda m: None)
+    frames = iter(source)
+    next(frames)
+    server.stop()
+    t0 = time.monotonic()
+    with pytest.raises(MediaError, match="did not come back within 2 s"):
+        for _ in frames:
+            pass
+    assert time.monotonic() - t0 < 15
+    source.close()
+
+
+@pytest.mark.parametrize("url", ["rtsp://127.0.0.1:8555/live", "rtsp://127.0.0.1:8554/nothing-here"])
+def test_an_unreachable_stream_fails_clearly(url, server, engine, cli):
+    t0 = time.monotonic()
+    code, out, err = cli("caption", engine, "--source", url, "--prompt", "hi")
+    assert code == 1 and out == "" and "cannot connect to the stream" in err and "Traceback" not in err
+    assert time.monotonic() - t0 < 15
+
+
+def test_the_cli_stops_cleanly_on_ctrl_c(server, engine, tmp_path):
+    """SIGINT to a running `vila-edge caption --source rtsp://...`: exit 130, the JSONL lines so far
+    intact, and the --record file finalised (a playable video, no partial file left)."""
+    import signal
+
+    import cv2
+
+    out = tmp_path / "live.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "vila_edge.cli", "caption", str(engine), "--source", URL,
+                             "--prompt", "Describe the image.", "--max-new-tokens", "2", "--format", "jsonl",
+                             "--record", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = proc.stdout.readline()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    lines = [first] + rest.splitlines()
+    assert all(json.loads(line)["source"] == URL for line in lines if line.strip())
+    cap = cv2.VideoCapture(str(out))
+    assert cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 10
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]
