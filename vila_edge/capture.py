@@ -166,9 +166,12 @@ class LiveSource:
             while not self._stop.is_set():
                 ok, bgr = self.cap.read()
                 if not ok:
-                    if not self.reconnect_s or not self._reconnect():
-                        break
-                    continue
+                    if self.reconnect_s and self._reconnect():
+                        continue
+                    if not (self.pace or self.error or self._stop.is_set()):  # a file ends; a camera should not
+                        self.error = MediaError(f"{self.name} stopped delivering frames (unplugged, or taken by "
+                                                "another program?)")  # fmt: skip
+                    break
                 if self.pace:  # a file played at its own rate; its timestamps are the file's
                     t = index / self.fps
                     time.sleep(max(0.0, start + t - time.monotonic()))
@@ -223,6 +226,7 @@ def open_camera(spec: str):
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own warnings; ours says what to do
     cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
+    cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # V4L2 queues 4 frames by default: up to 4 frames of lag
     if not cap.isOpened():
         raise MediaError(f"camera {spec} cannot be opened: no such device, no permission, or another program "
                          "holds it (v4l2-ctl --list-devices lists cameras)")  # fmt: skip
@@ -232,10 +236,17 @@ def open_camera(spec: str):
 def open_stream(url: str):
     import cv2
 
-    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", RTSP_OPTIONS)
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(OPEN_TIMEOUT_S * 1e3), cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(READ_TIMEOUT_S * 1e3)]
-    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
+    # OpenCV reads the options from the environment at open; set them for this open only, since
+    # nobuffer/low_delay on a file that is opened later cut it short (seen: an AVI ending at frame 79 of 120)
+    user = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = user if user is not None else RTSP_OPTIONS
+    try:
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, timeouts)
+    finally:
+        if user is None:
+            del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
     if not cap.isOpened():
         raise MediaError(f"{url}: cannot connect to the stream (unreachable, refused, or not found on the server "
                          f"within {OPEN_TIMEOUT_S:g} s); check the address with ffprobe {url}")  # fmt: skip
