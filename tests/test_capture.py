@@ -93,6 +93,7 @@ def test_an_image_folder_in_name_order(engine, cli, tmp_path):
     ("missing.mp4", "no such video file or folder"),
     ("7", "camera 7 cannot be opened"),
     ("/dev/video9", "camera /dev/video9 cannot be opened"),
+    ("videotestsrc ! videoconvert ! appsink", "built without GStreamer"),  # PyPI's OpenCV, as installed here
 ])  # fmt: skip
 def test_bad_sources_fail_clearly(source, message, engine, cli):
     code, _, err = cli("caption", engine, "--source", source, "--prompt", "hi")

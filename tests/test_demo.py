@@ -43,3 +43,16 @@ def test_demo_captions_an_image(demo, cli, tmp_path):
 def test_demo_checkpoint_refuses_to_overwrite(demo, cli):
     code, _, err = cli("demo-checkpoint", demo)
     assert code == 2 and "already exists" in err
+
+
+def test_the_demo_clip_pans_and_changes_scene(tmp_path):
+    import cv2
+    import numpy as np
+
+    from vila_edge.demo import write_sample_clip
+
+    cap = cv2.VideoCapture(str(write_sample_clip(tmp_path / "clip.mp4", seconds=2, fps=5, size=64)))
+    assert (cap.get(cv2.CAP_PROP_FPS), cap.get(cv2.CAP_PROP_FRAME_COUNT)) == (5, 10)
+    frames = [cap.read()[1].astype(int) for _ in range(10)]
+    step = lambda a, b: np.abs(frames[a] - frames[b]).mean()  # noqa: E731
+    assert 0 < step(0, 1) < step(4, 5)  # a pan within a second, a new scene at the next

@@ -233,6 +233,19 @@ def open_camera(spec: str):
     return cap
 
 
+def open_pipeline(pipeline: str):
+    """A GStreamer pipeline ending in appsink (a Jetson CSI camera: nvarguscamerasrc ! ... ! appsink)."""
+    import cv2
+
+    if not re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()):
+        raise MediaError("this OpenCV is built without GStreamer (PyPI's opencv-python is); use JetPack's "
+                         "python3-opencv for a GStreamer pipeline, or give a camera index or /dev/videoN")  # fmt: skip
+    cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+    if not cap.isOpened():
+        raise MediaError(f"GStreamer pipeline cannot start: {pipeline}; try it with gst-launch-1.0 (ending in fakesink)")
+    return cap
+
+
 def open_stream(url: str):
     import cv2
 
@@ -255,10 +268,12 @@ def open_stream(url: str):
 
 def open_source(spec: str, every: int = 1, fps: float | None = None, realtime: bool = False,
                 reconnect_s: float = 30.0, log: Callable[[str], None] | None = None):  # fmt: skip
-    """A camera (index or /dev/videoN), a network stream, a video file or an image folder."""
+    """A camera (index, /dev/videoN or a GStreamer pipeline), a network stream, a video file or an image folder."""
     sampler = Sampler(every, fps)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return LiveSource(f"camera {spec}", lambda: open_camera(spec), sampler, log=log)
+    if " ! " in spec:
+        return LiveSource("GStreamer pipeline", lambda: open_pipeline(spec), sampler, log=log)
     if spec.startswith(STREAM_SCHEMES):
         return LiveSource(spec, lambda: open_stream(spec), sampler, reconnect_s=reconnect_s, log=log)
     path = Path(spec)

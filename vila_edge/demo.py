@@ -106,3 +106,19 @@ def draw_scene(size: int = 480, seed: int | None = None):
     roof = [(0.22 + hx, 0.45 + hy), (0.375 + hx, 0.32 + hy), (0.53 + hx, 0.45 + hy)]
     d.polygon([(x * size, y * size) for x, y in roof], fill=tint((110, 60, 40)))
     return image
+
+
+def write_sample_clip(path: str | Path, seconds: int = 6, fps: int = 10, size: int = 320) -> Path:
+    """A video of drawn scenes for the live-captioning demo: a new scene each second, panning slowly."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.suffix.lower() == ".mp4" else "MJPG"))
+    writer = cv2.VideoWriter(str(path), fourcc, float(fps), (size, size))
+    for second in range(seconds):
+        scene = np.asarray(draw_scene(size, seed=second))[:, :, ::-1]
+        for i in range(fps):
+            writer.write(np.ascontiguousarray(np.roll(scene, 2 * i, axis=1)))
+    writer.release()
+    return path
