@@ -41,7 +41,7 @@ public:
         remaining_.store(n_ - 1);
         publish();
         fn(0);
-        while (remaining_.load(std::memory_order_acquire)) VILA_PAUSE();
+        for (int spins = 1; remaining_.load(std::memory_order_acquire); ++spins) relax(spins);
     }
 
     // f(begin, end) over [0, n) in size() contiguous chunks whose bounds are multiples of `align`.
@@ -56,6 +56,16 @@ public:
 
 private:
     static constexpr int kSpins = 1 << 17;  // about a millisecond of pause instructions
+
+    // A pause, and every 256th time a yield: when more threads are runnable than there are cores (a
+    // capture thread beside the engine), the thread being waited for may be queued behind the spinner
+    // on its core, and pausing alone would hold it off for a whole time slice per job.
+    static void relax(int spins) {
+        if (spins % 256 == 0)
+            std::this_thread::yield();
+        else
+            VILA_PAUSE();
+    }
 
     void publish() {
         epoch_.fetch_add(1);
@@ -72,7 +82,7 @@ private:
             uint64_t e;
             while ((e = epoch_.load(std::memory_order_acquire)) == seen) {
                 if (++spins < kSpins) {
-                    VILA_PAUSE();
+                    relax(spins);
                     continue;
                 }
                 std::unique_lock<std::mutex> lock(mutex_);
