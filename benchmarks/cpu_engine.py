@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from vila_edge import _runtime
+from vila_edge.bandwidth import ceiling_tok_s, kv_bytes, safetensors_bytes_per_token
 from vila_edge.corpus import stdlib_docs
 from vila_edge.demo import build_demo_checkpoint
 from vila_edge.export.cpu_engine import build_cpu_engine, write_llm
@@ -190,11 +191,6 @@ def engine_dir(group: int) -> Path:
     return out
 
 
-def kv_bytes(spec: dict, context: float, item_bytes: int) -> float:
-    """K and V of every layer read once per decoded token."""
-    return 2 * spec["layers"] * spec["kv_heads"] * spec["head_dim"] * item_bytes * context
-
-
 def our_weights(path: Path, spec: dict, context: float) -> dict:
     """From the engine file: bits per linear weight, and bytes a decoded token reads (all weights but one
     embedding row, plus the fp32 KV cache)."""
@@ -205,12 +201,11 @@ def our_weights(path: Path, spec: dict, context: float) -> dict:
                         for name in header if name.startswith("layers.") and name.endswith(".scales"))  # fmt: skip
     head = [name for name in size if name.startswith("lm_head")]
     head_params = spec["vocab"] * spec["hidden"]
-    per_token = sum(size.values()) - size["embed"] + 2 * spec["hidden"] + kv_bytes(spec, context, 4)
     return {
         "file_mb": round(sum(size.values()) / 2**20, 1),
         "linear_bpw": round(8 * linear_bytes / linear_params, 3),
         "lm_head_bpw": round(8 * sum(size[n] for n in head) / head_params, 3),
-        "bytes_per_token": int(per_token),
+        "bytes_per_token": safetensors_bytes_per_token(path, spec, context),
     }
 
 
@@ -233,7 +228,7 @@ def gguf_weights(path: Path, spec: dict, context: float) -> dict:
 
 def ceiling(result: dict, gb_s: float) -> None:
     """Adds the decode speed the bandwidth allows, and the measured fraction of it."""
-    limit = gb_s * 1e9 / result["weights"]["bytes_per_token"]
+    limit = ceiling_tok_s(gb_s, result["weights"]["bytes_per_token"])
     result["decode"]["bandwidth_ceiling_tok_s"] = round(limit, 1)
     result["decode"]["fraction_of_ceiling"] = round(result["decode"]["tok_s"] / limit, 3)
 

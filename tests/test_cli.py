@@ -1,15 +1,3 @@
-import pytest
-
-from vila_edge.cli import NOT_YET
-
-
-@pytest.mark.parametrize("verb", list(NOT_YET))
-def test_verbs_of_open_issues_say_so_and_exit_2(cli, verb):
-    code, out, err = cli(verb, "anything", "--flag")
-    assert code == 2 and out == ""
-    assert err.count("\n") == 1 and "not available yet" in err
-
-
 def test_caption_text_mode_streams_the_answer(tiny, cli):
     code, out, err = cli("caption", tiny(), "--prompt", "Say something.", "--conv-mode", "vicuna_v1",
                          "--max-new-tokens", 5)  # fmt: skip

@@ -3,6 +3,7 @@ torch reference on the same dequantised weights, torch-free captioning, and ever
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -276,14 +277,63 @@ def test_engine_captions_like_the_torch_backend_with_torch_unimportable(arch, en
     assert answer["token_ids"] == reference["token_ids"] and answer["prompt_tokens"] == reference["prompt_tokens"]
 
 
-def test_bench_reports_its_fields_without_torch(engines):
-    run = caption_without_torch("bench", engines["qwen2"][1], "--prompt-len", 40, "--gen-len", 4, "--images", 1,
-                                "--repeat", 2, "--warmup", 0, "--threads", 1, "--format", "json")  # fmt: skip
+def test_bench_reports_its_fields_without_torch(engines, tmp_path, cli):
+    from vila_edge.safetensors_header import read_header
+
+    engine, out = engines["qwen2"][1], tmp_path / "results" / "qwen2-cpu.json"
+    run = caption_without_torch("bench", engine, "--prompt-len", 40, "--gen-len", 4, "--images", 1, "--repeat", 2,
+                                "--warmup", 0, "--threads", 1, "--format", "json", "-o", out)  # fmt: skip
     assert run.returncode == 0, run.stderr
     r = json.loads(run.stdout)
-    for key in ("ttft_s", "prefill_tok_s", "decode_tok_s", "vision_ms", "peak_rss_mb", "threads", "cpu", "model"):
-        assert r[key] is not None, key
+    assert json.loads(out.read_text()) == r and f"wrote {out}" in run.stderr
+    for key in ("ttft_s", "ttft_median_s", "ttft_p90_s", "vision_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb",
+                "bandwidth_gb_s", "bytes_per_token_mb", "decode_ceiling_tok_s", "decode_pct_of_ceiling", "weights_mb"):  # fmt: skip
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["format"] == "vila-edge-bench" and r["target"] == "cpu" and r["backend"] == "cpu"
+    assert r["model"] and r["weights"] == "AWQ int4 g64" and r["precision"].startswith("w4a8 g64, lm_head fp16")
     assert r["text_tokens"] == 40 and r["prompt_tokens"] > 40 and r["threads"] == 1 and r["gen_len"] == 4
+    assert r["decode_tokens"] == 3 and len(r["runs"]) == 2 and r["kernels"] == _runtime.best_kernels()
+    assert r["bandwidth_source"] == "measured" and r["gpu_memory_mb"] is None
+    # the ceiling: every weight but the embedding table, one row of it, the fp32 KV cache at the mean decode context
+    header, llm = read_header(Path(engine) / "llm.safetensors"), json.loads((Path(engine) / "manifest.json").read_text())["llm"]
+    sizes = {name: t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items()}
+    kv = 2 * llm["layers"] * llm["kv_heads"] * llm["head_dim"] * 4 * (r["prompt_tokens"] + 4 / 2)
+    per_token = sum(sizes.values()) - sizes["embed"] + 2 * llm["hidden"] + kv
+    assert r["bytes_per_token_mb"] == round(per_token / 1e6, 3)
+    assert r["decode_ceiling_tok_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / per_token, abs=0.05)
+    assert r["decode_pct_of_ceiling"] == pytest.approx(100 * r["decode_tok_s"] / r["decode_ceiling_tok_s"], rel=0.01)
+    device = r["device"]
+    assert device["cpu"] == {"model": _runtime.cpu_name(), "logical_cpus": os.cpu_count(), "arch": platform.machine()}
+    assert r["cpu"].startswith(_runtime.cpu_name())
+    assert device["jetson"] is None and "not a Jetson" in device["jetson_note"]  # this machine is no Jetson
+    # bench-table reads it: one row, one column
+    code, table, err = cli("bench-table", out.parent)
+    assert code == 0, err
+    assert f"| {r['model']} | AWQ int4 g64 | {r['decode_tok_s']:.1f} |" in table
+    assert f"| cpu: {_runtime.cpu_name()} (1 threads) |" in table
+
+
+def test_bench_takes_a_given_bandwidth_and_prints_the_ceiling(engines, cli):
+    args = ("bench", engines["llama"][1], "--prompt-len", 140, "--gen-len", 3, "--repeat", 1, "--threads", 1)
+    code, out, err = cli(*args, "--bandwidth-gb-s", 50, "--format", "json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["bandwidth_gb_s"] == 50 and r["bandwidth_source"] == "given" and r["images"] == 0 and r["vision_ms"] is None
+    assert r["decode_ceiling_tok_s"] == pytest.approx(50e9 / (r["bytes_per_token_mb"] * 1e6), rel=1e-3)
+    code, out, err = cli(*args, "--bandwidth-gb-s", 50)
+    assert code == 0, err
+    assert "% of the bandwidth ceiling" in out and "= 50.0 GB/s (given)" in out and "TTFT" in out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--gen-len", 0), "--gen-len must be at least 1"),
+    (("--bandwidth-gb-s", 0), "--bandwidth-gb-s above 0"),
+    (("--warmup", -1), "--warmup must be 0 or more"),
+])  # fmt: skip
+def test_bench_refuses_bad_settings_before_loading(flags, message, engines, cli, tmp_path):
+    code, out, err = cli("bench", engines["llama"][1], *flags, "-o", tmp_path / "r.json")
+    assert code == 2 and out == "" and message in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
 
 
 # ---- refusals -----------------------------------------------------------------------------------

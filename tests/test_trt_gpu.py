@@ -66,3 +66,22 @@ def test_the_trt_backend_answers_as_the_reference_does(gpu_engine, cli, tmp_path
         assert code == 0, err
         got, want = json.loads(got), json.loads(want)
         assert got["backend"].startswith("trt") and got["token_ids"][:1] == want["token_ids"][:1]
+
+
+def test_bench_times_the_trt_token_stream_against_the_target_bandwidth(gpu_engine, cli, tmp_path):
+    from vila_edge.targets import TARGETS
+
+    _, out, env = gpu_engine
+    code, stdout, err = cli("bench", out, "--prompt-len", 160, "--gen-len", 8, "--images", 1, "--repeat", 2,
+                            "--format", "json", "-o", tmp_path / "trt.json")  # fmt: skip
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert json.loads((tmp_path / "trt.json").read_text()) == r
+    target = TARGETS[TARGET_BY_SM[env["sm"]]]
+    assert r["backend"] == "trt" and r["target"] == target.name and r["precision"].startswith("w4a16")
+    assert r["bandwidth_source"] == "target" and r["bandwidth_gb_s"] in (target.bandwidth_gb_s, target.super_bandwidth_gb_s)
+    assert r["ttft_s"] > 0 and r["prefill_tok_s"] > 0 and r["vision_ms"] > 0 and r["bytes_per_token_mb"] > 0
+    assert 0 <= r["decode_tokens"] <= 7 and (r["decode_tokens"] == 0 or r["decode_pct_of_ceiling"] > 0)  # EOS may stop it
+    assert r["device"]["gpu"] is None or r["device"]["gpu"]["name"] == env["gpu"]  # Jetson's nvidia-smi may not list it
+    code, _, err = cli("bench", out, "--threads", 2)
+    assert code == 2 and "--threads and --kernels set the cpu engine" in err

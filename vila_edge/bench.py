@@ -1,5 +1,7 @@
-"""`vila-edge bench ENGINE`: TTFT, vision, prefill and decode speed of an engine, as llama-bench
-measures them (synthetic prompt of real text, a warm-up, fixed lengths, no early stop). No torch."""
+"""`vila-edge bench ENGINE`: TTFT, vision, prefill and decode speed of a cpu or TensorRT engine, as
+llama-bench measures them (synthetic prompt of real text, a warm-up, fixed lengths, no early stop on the
+cpu engine), with decode as a share of the memory-bandwidth ceiling and what the device was. No torch
+on the cpu path."""
 
 import os
 import platform
@@ -12,8 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
+from .bandwidth import choose_bandwidth, decode_ceiling, engine_bytes_per_token
 from .caption import Captioner
+from .device import JetsonMonitor, describe_device, process_gpu_memory_mb
 from .errors import UsageError
+from .generate import SamplingParams, sampled_tokens
+from .targets import get_target
+
+RESULT_FORMAT, RESULT_VERSION = "vila-edge-bench", 1  # what bench-table accepts
 
 
 @dataclass
@@ -50,8 +58,51 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run_bench(engine, settings: BenchSettings) -> dict:
-    """engine: a CpuEngine (or any backend with encode_images / splice / reset / prefill / decode)."""
+def timed_run(engine, ids: list[int], pixels: np.ndarray | None, gen_len: int, monitor: JetsonMonitor) -> dict:
+    """One prompt, greedy: vision, then the token stream (our sampler over the cpu engine's logits, or
+    TensorRT-LLM's own stream). TTFT is the first token; decode is the rest, power sampled meanwhile."""
+    t0 = time.perf_counter()
+    embeds = engine.encode_images(pixels) if pixels is not None else None
+    t1 = time.perf_counter()
+    inputs = engine.splice(ids, embeds)
+    params = SamplingParams(temperature=0.0, max_new_tokens=gen_len)
+    own = getattr(engine, "generate_tokens", None)
+    stream = own(inputs, params) if own else sampled_tokens(engine, inputs, params)
+    stamps = []
+    for _ in zip(range(gen_len), stream):  # range first: no decode step past gen_len
+        stamps.append(time.perf_counter())
+        if len(stamps) == 1:
+            monitor.start()
+    monitor.stop()
+    stream.close()
+    return {"vision_s": t1 - t0, "ttft_s": stamps[0] - t0, "prefill_s": stamps[0] - t1,
+            "decode_s": stamps[-1] - stamps[0], "decode_tokens": len(stamps) - 1, "prompt_tokens": len(inputs)}  # fmt: skip
+
+
+def weight_precision(manifest: dict) -> str:
+    """The LLM's weight quantization, e.g. 'AWQ int4 g128': what a table row compares across devices."""
+    q = manifest["quantization"]
+    return f"{q.get('method', 'awq').upper()} int{q.get('w_bit', 4)} g{q['group_size']}"
+
+
+def precision(manifest: dict) -> str:
+    """Everything the engine runs at, e.g. 'w4a8 g64, lm_head int8, vision w8a8'."""
+    q = manifest["quantization"]
+    acts = "a8" if manifest["target"] == "cpu" else "a16"  # the cpu engine quantizes activations to int8 on the fly
+    vision = (manifest.get("vision") or {}).get("precision", "none")
+    return f"w{q.get('w_bit', 4)}{acts} g{q['group_size']}, lm_head {q['lm_head']}, vision {vision}"
+
+
+def weights_mb(engine) -> float:
+    memory = engine.manifest.get("memory") or {}
+    if "weights_mb" in memory:
+        return memory["weights_mb"]
+    files = (engine.root / engine.manifest["llm"]["engine_dir"]).glob("*.engine")
+    return round(sum(f.stat().st_size for f in files) / 2**20, 1)
+
+
+def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = None) -> dict:
+    """engine: a CpuEngine or a TrtEngine. The result is one JSON-able record (bench-table reads them)."""
     from .demo import draw_scene
 
     captioner = Captioner(engine.info, engine)
@@ -59,48 +110,58 @@ def run_bench(engine, settings: BenchSettings) -> dict:
     pixels = None
     if settings.images:
         pixels = captioner.pixels([draw_scene(480, seed=i) for i in range(settings.images)])
-    runs = []
-    for i in range(settings.warmup + settings.repeat):
-        t0 = time.perf_counter()
-        embeds = engine.encode_images(pixels) if pixels is not None else None
-        t1 = time.perf_counter()
-        inputs = engine.splice(ids, embeds)
-        engine.reset()
-        token = int(np.argmax(engine.prefill(inputs)))
-        t2 = time.perf_counter()
-        for _ in range(settings.gen_len - 1):
-            token = int(np.argmax(engine.decode(token)))
-        t3 = time.perf_counter()
-        if i >= settings.warmup:
-            runs.append({"vision_s": t1 - t0, "ttft_s": t2 - t0, "prefill_s": t2 - t1, "decode_s": t3 - t2,
-                         "prompt_tokens": len(inputs)})  # fmt: skip
+    manifest, threads = engine.manifest, getattr(engine, "threads", None)
+    with JetsonMonitor() as monitor:
+        runs = []
+        for i in range(settings.warmup + settings.repeat):
+            run = timed_run(engine, ids, pixels, settings.gen_len, monitor)
+            if i < settings.warmup:
+                monitor.samples.clear()
+            else:
+                runs.append(run)
+        decode_s, decoded = sum(r["decode_s"] for r in runs), sum(r["decode_tokens"] for r in runs)
+        device = describe_device(monitor, decode_s, decoded)
+        nvpmodel = monitor.nvpmodel
+    target = get_target(manifest["target"])
+    bandwidth = choose_bandwidth(target, bandwidth_gb_s, threads or os.cpu_count(), nvpmodel)
     ttft = [r["ttft_s"] for r in runs]
     prefill_tok_s = [r["prompt_tokens"] / r["prefill_s"] for r in runs]
-    decode_tok_s = [(settings.gen_len - 1) / r["decode_s"] for r in runs if r["decode_s"] > 0]
-    manifest = engine.manifest
+    decode_tok_s = [r["decode_tokens"] / r["decode_s"] for r in runs if r["decode_tokens"] and r["decode_s"] > 0]
+    decode = statistics.median(decode_tok_s) if decode_tok_s else None
+    context = runs[0]["prompt_tokens"] + settings.gen_len / 2  # the mean cache length while decoding
+    per_token = engine_bytes_per_token(engine.root, manifest, context)
     return {
+        "format": RESULT_FORMAT,
+        "format_version": RESULT_VERSION,
         "model": manifest["source"]["name"],
         "engine": str(engine.root),
-        "target": manifest["target"],
-        "precision": f"w4a8 g{manifest['quantization']['group_size']}, lm_head {manifest['quantization']['lm_head']}, "
-        f"vision {(manifest.get('vision') or {}).get('precision', 'none')}",
+        "target": target.name,
+        "backend": "cpu" if target.name == "cpu" else "trt",
+        "weights": weight_precision(manifest),
+        "precision": precision(manifest),
         "prompt_tokens": runs[0]["prompt_tokens"],
         "text_tokens": settings.prompt_len,
         "images": settings.images,
         "gen_len": settings.gen_len,
+        "decode_tokens": min(r["decode_tokens"] for r in runs),
         "repeat": settings.repeat,
         "warmup": settings.warmup,
+        "threads": threads,
+        "kernels": getattr(engine, "kernels", None),
         "ttft_s": statistics.mean(ttft),
         "ttft_median_s": statistics.median(ttft),
         "ttft_p90_s": _percentile(ttft, 90),
         "vision_ms": 1e3 * statistics.mean(r["vision_s"] for r in runs) / settings.images if settings.images else None,
         "prefill_tok_s": statistics.median(prefill_tok_s),
-        "decode_tok_s": statistics.median(decode_tok_s) if decode_tok_s else None,
+        "decode_tok_s": decode,
+        **bandwidth,
+        **decode_ceiling(decode, bandwidth["bandwidth_gb_s"], per_token),
         "peak_rss_mb": peak_rss_mb(),
-        "threads": engine.threads,
-        "kernels": engine.kernels,
+        "gpu_memory_mb": process_gpu_memory_mb() if target.sm is not None else None,
+        "weights_mb": weights_mb(engine),
         "cpu": cpu_description(),
-        "weights_mb": manifest["memory"]["weights_mb"],
+        "device": device,
+        "runs": [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in runs],
         "vila_edge": __version__,
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -118,12 +179,38 @@ def cpu_description() -> str:
     return f"{_runtime.cpu_name()} ({os.cpu_count()} logical CPUs, {platform.machine()})"
 
 
+def device_line(r: dict) -> str:
+    d = r.get("device") or {}
+    parts = [r["cpu"]]
+    if d.get("gpu"):
+        parts.append(d["gpu"]["name"])
+    if d.get("jetson"):
+        j = d["jetson"]
+        parts.append(f"{j['board']}, nvpmodel {j['nvpmodel']}, jetson_clocks {'on' if j['jetson_clocks'] else 'off'}")
+    return "; ".join(parts)
+
+
 def format_text(r: dict) -> str:
     vision = f", vision {r['vision_ms']:.1f} ms/image" if r["vision_ms"] is not None else ""
-    return (
-        f"{r['model']} [{r['precision']}] on {r['cpu']}, {r['threads']} threads, {r['kernels']} kernels\n"
-        f"  prompt {r['prompt_tokens']} tokens ({r['images']} image{'' if r['images'] == 1 else 's'}){vision}\n"
-        f"  TTFT {r['ttft_s'] * 1e3:.1f} ms (median {r['ttft_median_s'] * 1e3:.1f}, p90 {r['ttft_p90_s'] * 1e3:.1f})\n"
-        f"  prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s over {r['gen_len']} tokens\n"
-        f"  peak RSS {r['peak_rss_mb']:.0f} MB"
-    )
+    runner = f"{r['threads']} threads, {r['kernels']} kernels" if r["backend"] == "cpu" else "TensorRT"
+    lines = [
+        f"{r['model']} [{r['precision']}], {r['target']} engine ({runner})",
+        f"  on {device_line(r)}",
+        f"  prompt {r['prompt_tokens']} tokens ({r['images']} image{'' if r['images'] == 1 else 's'}){vision}",
+        f"  TTFT {r['ttft_s'] * 1e3:.1f} ms (median {r['ttft_median_s'] * 1e3:.1f}, p90 {r['ttft_p90_s'] * 1e3:.1f})",
+    ]
+    if r["decode_tok_s"] is None:
+        lines.append(f"  prefill {r['prefill_tok_s']:.1f} tok/s; no decode (--gen-len 1)")
+    else:
+        lines += [
+            f"  prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s over {r['decode_tokens']} tokens",
+            f"  decode at {r['decode_pct_of_ceiling']:.0f}% of the bandwidth ceiling, {r['decode_ceiling_tok_s']:.1f} tok/s "
+            f"= {r['bandwidth_gb_s']} GB/s ({r['bandwidth_source']}) / {r['bytes_per_token_mb']:.1f} MB per token",
+        ]
+    gpu = f", GPU {r['gpu_memory_mb']:.0f} MB" if r.get("gpu_memory_mb") is not None else ""
+    lines.append(f"  peak RSS {r['peak_rss_mb']:.0f} MB{gpu}")
+    jetson = (r.get("device") or {}).get("jetson")
+    if jetson and jetson["power_total_mw"] is not None:
+        energy = f", {jetson['energy_per_token_mj']:.1f} mJ per token" if jetson["energy_per_token_mj"] else ""
+        lines.append(f"  power {jetson['power_total_mw'] / 1e3:.2f} W while decoding{energy}")
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""`vila-edge`: inspect, demo-checkpoint, caption, quantize, eval-ppl, build-engine, bench, plan (bench-table comes later)."""
+"""`vila-edge`: inspect, demo-checkpoint, caption, quantize, eval-ppl, build-engine, bench, bench-table, plan."""
 
 import argparse
 import json
@@ -11,9 +11,6 @@ from . import __version__
 from .errors import UsageError, VilaEdgeError
 from .generate import SamplingParams
 from .targets import TARGETS
-
-# Verbs whose issue is still open: they say so and exit 2, never fake output.
-NOT_YET = {"bench-table": "the published benchmark table (issue #7)"}
 
 
 def _count(shapes: dict) -> int:
@@ -354,23 +351,49 @@ def cmd_build_engine(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from .atomic import write_text_atomic
     from .bench import BenchSettings, format_text, run_bench
-    from .errors import UnsupportedError
-    from .runtime.cpu import CpuEngine
 
-    if engine_backend(args.engine) == "trt":
-        raise UnsupportedError(f"{args.engine} is a TensorRT engine; bench measures cpu engines in vila-edge {__version__} "
-                               "(TensorRT engines: issue #7)")  # fmt: skip
-
-    engine = CpuEngine(args.engine, threads=args.threads, kernels=args.kernels)
-    if args.images and engine.vision is None:
-        raise UsageError(f"{args.engine}: built without vision (--vision none); bench it with --images 0")
     for name in ("prompt_len", "gen_len", "repeat"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0 or (args.bandwidth_gb_s is not None and args.bandwidth_gb_s <= 0):
+        raise UsageError("--warmup must be 0 or more, --bandwidth-gb-s above 0")
+    if engine_backend(args.engine) == "trt":
+        from .runtime.trt import TrtEngine
+
+        if args.threads or args.kernels:
+            raise UsageError(f"{args.engine} is a TensorRT engine; --threads and --kernels set the cpu engine: drop them")
+        engine = TrtEngine(args.engine)
+    else:
+        from .runtime.cpu import CpuEngine
+
+        engine = CpuEngine(args.engine, threads=args.threads, kernels=args.kernels)
+    if args.images and engine.vision is None:
+        raise UsageError(f"{args.engine}: built without vision (--vision none); bench it with --images 0")
     settings = BenchSettings(args.prompt_len, args.gen_len, args.images, args.repeat, args.warmup)
-    result = run_bench(engine, settings)
+    result = run_bench(engine, settings, args.bandwidth_gb_s)
+    if args.out:
+        write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.format == "json" else format_text(result))
+    return 0
+
+
+def cmd_bench_table(args) -> int:
+    from .atomic import write_text_atomic
+    from .bench_table import load_results, render_markdown, write_plot
+
+    results = load_results(args.results)
+    markdown = render_markdown(results)
+    if args.plot:  # first: a missing matplotlib stops before any file is written
+        bars = write_plot(results, args.plot)
+        print(f"wrote {args.plot} ({bars} bars)", file=sys.stderr)
+    if args.out:
+        write_text_atomic(args.out, markdown)
+        print(f"wrote {args.out} ({len(results)} results)", file=sys.stderr)
+    else:
+        print(markdown, end="")
     return 0
 
 
@@ -513,17 +536,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     q.set_defaults(func=cmd_build_engine)
 
-    q = sub.add_parser("bench", help="TTFT, vision, prefill and decode speed of an engine")
-    q.add_argument("engine", help="an engine folder from build-engine")
+    q = sub.add_parser("bench", help="TTFT, vision, prefill and decode speed of an engine, and decode's share of "
+                                     "the memory-bandwidth ceiling")  # fmt: skip
+    q.add_argument("engine", help="an engine folder from build-engine (cpu, or a TensorRT engine on its GPU)")
     q.add_argument("--prompt-len", type=int, default=128, help="text tokens in the prompt (images add theirs)")
-    q.add_argument("--gen-len", type=int, default=64, help="tokens generated (no early stop)")
+    q.add_argument("--gen-len", type=int, default=64, help="tokens generated (no early stop on the cpu engine)")
     q.add_argument("--images", type=int, default=0, help="images in the prompt")
     q.add_argument("--repeat", type=int, default=3)
     q.add_argument("--warmup", type=int, default=1)
-    q.add_argument("--threads", type=int, help="default: the cores, at most 8")
-    q.add_argument("--kernels", help="force a kernel table (see caption --kernels)")
+    q.add_argument("--threads", type=int, help="cpu engine: default the cores, at most 8")
+    q.add_argument("--kernels", help="cpu engine: force a kernel table (see caption --kernels)")
+    q.add_argument("--bandwidth-gb-s", type=float, metavar="GB_S",
+                   help="memory bandwidth for the decode ceiling (default: measured on cpu, the target's peak on GPUs)")
+    q.add_argument("-o", "--out", metavar="FILE", help="also write the result JSON here (bench-table reads it)")
     q.add_argument("--format", choices=("text", "json"), default="text")
     q.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("bench-table", help="bench result JSONs -> markdown tables (decode tok/s, TTFT) and a plot")
+    q.add_argument("results", nargs="+", metavar="RESULT", help="bench -o files, or folders of them")
+    q.add_argument("-o", "--out", metavar="FILE", help="the markdown file to write (default: print it)")
+    q.add_argument("--plot", metavar="PNG", help="also draw decode tok/s as a grouped bar chart")
+    q.set_defaults(func=cmd_bench_table)
 
     q = sub.add_parser("plan", help="will a model fit a target? weights, KV cache, vision, activations, runtime")
     q.add_argument("--recipe", required=True, help="a recipes/ name (vila1.5-3b, vila1.5-13b, ...) or a .json path")
@@ -534,17 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=int, default=128, help="AWQ group size")
     q.add_argument("--format", choices=("text", "json"), default="text")
     q.set_defaults(func=cmd_plan)
-
-    for verb, what in NOT_YET.items():
-        q = sub.add_parser(verb, help=f"{what}: not available yet", add_help=False)
-        q.add_argument("rest", nargs=argparse.REMAINDER)
-        q.set_defaults(func=lambda args, what=what, verb=verb: _not_yet(verb, what))
     return p
-
-
-def _not_yet(verb: str, what: str) -> int:
-    print(f"vila-edge {verb}: {what} is not available yet in vila-edge {__version__}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,77 @@
+"""Batch-1 decode is memory-bound: each token reads every weight once, plus the KV cache. So
+decode tok/s <= bandwidth / bytes per token; this module gives both sides of that ceiling.
+MB and GB are decimal (1e6, 1e9), as bandwidth figures are."""
+
+from pathlib import Path
+
+from .safetensors_header import read_header
+from .targets import Target
+
+READ_MB, READ_REPEAT = 1024, 5  # the buffer _runtime.read_bandwidth streams: far beyond any CPU cache
+SUPER_MODES = ("25W",)  # Orin Nano nvpmodel modes that raise the memory clock (besides MAXN_SUPER)
+
+
+def kv_bytes(spec: dict, context: float, item_bytes: int) -> float:
+    """K and V of every layer, read once per decoded token at `context` cached positions."""
+    return 2 * spec["layers"] * spec["kv_heads"] * spec["head_dim"] * item_bytes * context
+
+
+def safetensors_bytes_per_token(path: Path, spec: dict, context: float, kv_item_bytes: int = 4) -> int:
+    """A cpu engine's llm.safetensors: every tensor but the embedding table, one row of it, and the
+    (fp32) KV cache."""
+    header = read_header(path)
+    size = {name: t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items()}
+    embed_row = size["embed"] // header["embed"]["shape"][0]
+    return int(sum(size.values()) - size["embed"] + embed_row + kv_bytes(spec, context, kv_item_bytes))
+
+
+def trt_bytes_per_token(engine_dir: Path, spec: dict, context: float) -> int:
+    """A TensorRT-LLM engine: its serialized engine files (the weights, plus a little kernel code) less the
+    fp16 embedding table, one row of it, and the fp16 KV cache. An estimate: the files are not weights alone."""
+    files = sum(f.stat().st_size for f in Path(engine_dir).glob("*.engine"))
+    table = 2 * spec["vocab"] * spec["hidden"]
+    return int(files - table + 2 * spec["hidden"] + kv_bytes(spec, context, 2))
+
+
+def engine_bytes_per_token(root: Path, manifest: dict, context: float) -> int:
+    spec = manifest["llm"]
+    if manifest["target"] == "cpu":
+        return safetensors_bytes_per_token(Path(root) / spec["file"], spec, context)
+    return trt_bytes_per_token(Path(root) / spec["engine_dir"], spec, context)
+
+
+def is_super_mode(nvpmodel: str | None) -> bool:
+    return bool(nvpmodel) and ("SUPER" in nvpmodel.upper() or nvpmodel.upper() in SUPER_MODES)
+
+
+def choose_bandwidth(target: Target, given: float | None, threads: int, nvpmodel: str | None = None) -> dict:
+    """{bandwidth_gb_s, bandwidth_source, bandwidth_note}: given on the command line; measured on the cpu
+    target (streaming reads on the bench's threads); else the target's peak figure."""
+    if given:
+        return {"bandwidth_gb_s": given, "bandwidth_source": "given", "bandwidth_note": "--bandwidth-gb-s"}
+    if not target.bandwidth_gb_s:
+        from . import _runtime
+
+        gb_s = _runtime.read_bandwidth(READ_MB, threads, READ_REPEAT)
+        return {"bandwidth_gb_s": round(gb_s, 2), "bandwidth_source": "measured",
+                "bandwidth_note": f"read_bandwidth: {READ_MB} MB read {READ_REPEAT} times on {threads} threads"}  # fmt: skip
+    note = f"{target.description} peak"
+    if target.super_bandwidth_gb_s:
+        if is_super_mode(nvpmodel):
+            return {"bandwidth_gb_s": target.super_bandwidth_gb_s, "bandwidth_source": "target",
+                    "bandwidth_note": f"{note} in Super mode (nvpmodel {nvpmodel})"}  # fmt: skip
+        note += f"; {target.super_bandwidth_gb_s} GB/s in Super mode (JetPack 6.1+, 25W or MAXN_SUPER)"
+    return {"bandwidth_gb_s": target.bandwidth_gb_s, "bandwidth_source": "target", "bandwidth_note": note}
+
+
+def ceiling_tok_s(gb_s: float, bytes_per_token: float) -> float:
+    return gb_s * 1e9 / bytes_per_token
+
+
+def decode_ceiling(decode_tok_s: float | None, gb_s: float, bytes_per_token: int) -> dict:
+    limit = ceiling_tok_s(gb_s, bytes_per_token)
+    return {
+        "bytes_per_token_mb": round(bytes_per_token / 1e6, 3),
+        "decode_ceiling_tok_s": round(limit, 1),
+        "decode_pct_of_ceiling": round(100 * decode_tok_s / limit, 1) if decode_tok_s else None,
+    }
