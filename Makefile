@@ -59,13 +59,27 @@ demo: $(VENV)/.installed
 	$(VLE) build-engine $(DEMO)/vila-demo-awq -o $(DEMO)/vila-demo-cpu --target cpu --overwrite
 	$(VLE) caption $(DEMO)/vila-demo-cpu --prompt "What is the capital of France?" --temperature 0 --max-new-tokens 32
 	$(VLE) caption $(DEMO)/vila-demo-cpu --image $(DEMO)/scene.png --prompt "Describe the image." --max-new-tokens 32
-	$(VLE) bench $(DEMO)/vila-demo-cpu --prompt-len 128 --gen-len 64 --images 1
 	@echo "== 8. Jetson Orin Nano: the memory plan, then the portable bundle (TensorRT-LLM checkpoint, vision ONNX,"
 	@echo "      build.sh); without TensorRT here build-engine stops there and exits 3, which is expected"
 	$(VLE) build-engine $(DEMO)/vila-demo-awq -o $(DEMO)/vila-demo-orin-nano --target orin-nano --dry-run
 	$(VLE) build-engine $(DEMO)/vila-demo-awq -o $(DEMO)/vila-demo-orin-nano --target orin-nano --overwrite; \
 		code=$$?; test $$code -eq 0 -o $$code -eq 3
 	$(VLE) plan --recipe vila1.5-3b --target orin-nano
+	@echo "== 9. live captioning of a generated clip: first sampled (every 20th frame, deterministic), then played in"
+	@echo "      real time as a camera would be (frames arriving while the model is busy are dropped and counted),"
+	@echo "      recorded with the latest caption drawn over it, a clip saved around each caption naming a person or a house"
+	$(PY) -c "from vila_edge.demo import write_sample_clip as w; w('$(DEMO)/clip.mp4')"
+	$(VLE) caption $(DEMO)/vila-demo-cpu --source $(DEMO)/clip.mp4 --every 20 --prompt "Describe the image." \
+		--max-new-tokens 24 --format jsonl
+	rm -f $(DEMO)/clip-captioned*.mp4
+	$(VLE) caption $(DEMO)/vila-demo-cpu --source $(DEMO)/clip.mp4 --realtime --prompt "Describe the image." \
+		--max-new-tokens 24 --record $(DEMO)/clip-captioned.mp4 --alert "person|house"
+	@echo "== 10. the benchmark table for this machine: the demo engine benched at 1 and 2 threads (JSON results),"
+	@echo "      rendered with bench-table as markdown and a plot (benchmarks/results/ holds the published ones)"
+	for t in 1 2; do $(VLE) bench $(DEMO)/vila-demo-cpu --prompt-len 128 --gen-len 64 --images 1 --threads $$t \
+		-o $(DEMO)/results/bench-vila-demo-cpu-t$$t.json || exit 1; done
+	$(VLE) bench-table $(DEMO)/results -o $(DEMO)/table.md --plot $(DEMO)/table.png
+	cat $(DEMO)/table.md
 
 # CPU engine vs llama.cpp (llama-cpp-python, built from source: a few minutes) and PyTorch; see benchmarks/README.md.
 bench: $(VENV)/.installed

@@ -192,7 +192,8 @@ def device_line(r: dict) -> str:
 
 def format_text(r: dict) -> str:
     vision = f", vision {r['vision_ms']:.1f} ms/image" if r["vision_ms"] is not None else ""
-    runner = f"{r['threads']} threads, {r['kernels']} kernels" if r["backend"] == "cpu" else "TensorRT"
+    threads = f"{r['threads']} thread{'' if r['threads'] == 1 else 's'}"
+    runner = f"{threads}, {r['kernels']} kernels" if r["backend"] == "cpu" else "TensorRT"
     lines = [
         f"{r['model']} [{r['precision']}], {r['target']} engine ({runner})",
         f"  on {device_line(r)}",

@@ -68,7 +68,7 @@ def device_label(r: dict) -> str:
     target, device = r["target"], r["device"]
     known = TARGETS.get(target)
     if target == "cpu":
-        return f"cpu: {device['cpu']['model']} ({r['threads']} threads)"
+        return f"cpu: {device['cpu']['model']} ({r['threads']} thread{'' if r['threads'] == 1 else 's'})"
     if known is not None and known.jetson:
         mode = (device.get("jetson") or {}).get("nvpmodel")
         return f"{target}: {known.description}" + (f" ({mode})" if mode else "")
