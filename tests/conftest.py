@@ -69,6 +69,28 @@ def awq(tiny, tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def caption_engine(awq, tmp_path_factory):
+    """A cpu engine of the tiny Llama (AWQ g32, W8A8 vision) for the captioning loop's tests."""
+    out = tmp_path_factory.mktemp("caption-engine") / "cpu"
+    code, _, err = run_cli("build-engine", awq("llama", 32), "-o", out, "--target", "cpu", "--conv-mode", "vicuna_v1")
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="session")
+def captioner(caption_engine):
+    """captioner() -> a Captioner over a fresh CpuEngine of `caption_engine`, for caption_frames."""
+    from vila_edge.caption import Captioner
+    from vila_edge.runtime.cpu import CpuEngine
+
+    def make():
+        engine = CpuEngine(caption_engine)
+        return Captioner(engine.info, engine)
+
+    return make
+
+
 @pytest.fixture
 def copy_of(tmp_path):
     """A private copy of a checkpoint, to break."""

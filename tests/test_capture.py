@@ -12,14 +12,9 @@ import pytest
 from vila_edge.demo import write_sample_image
 
 
-@pytest.fixture(scope="module")
-def engine(awq, tmp_path_factory):
-    from conftest import run_cli
-
-    out = tmp_path_factory.mktemp("capture") / "cpu"
-    code, _, err = run_cli("build-engine", awq("llama", 32), "-o", out, "--target", "cpu", "--conv-mode", "vicuna_v1")
-    assert code == 0, err
-    return out
+@pytest.fixture
+def engine(caption_engine):
+    return caption_engine
 
 
 @pytest.fixture(scope="module")
@@ -164,22 +159,14 @@ def fast_clip(tmp_path_factory):
     return path
 
 
-def _captioner(engine):
-    from vila_edge.caption import Captioner
-    from vila_edge.runtime.cpu import CpuEngine
-
-    cpu = CpuEngine(engine)
-    return Captioner(cpu.info, cpu)
-
-
-def test_realtime_drops_the_frames_that_arrive_while_the_model_is_busy(engine, fast_clip):
+def test_realtime_drops_the_frames_that_arrive_while_the_model_is_busy(captioner, fast_clip):
     """Every frame is sampled (--every 1) and each one is either captioned or dropped for a newer one:
     captions + dropped = 120, the captions' frames in order, the last frame of the file captioned."""
     from vila_edge.capture import caption_frames, open_source
     from vila_edge.generate import SamplingParams
 
     source = open_source(str(fast_clip), realtime=True)
-    got = list(caption_frames(_captioner(engine), source, "Describe the image.", SamplingParams(max_new_tokens=4)))
+    got = list(caption_frames(captioner(), source, "Describe the image.", SamplingParams(max_new_tokens=4)))
     indices = [r["frame_index"] for r in got]
     assert source.dropped > 0 and len(got) + source.dropped == source.sampled == 120
     assert indices == sorted(set(indices)) and indices[-1] == 119
@@ -233,7 +220,7 @@ def _rss_mb() -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads RSS from /proc")
-def test_a_2000_frame_soak_keeps_memory_flat(engine, tmp_path):
+def test_a_2000_frame_soak_keeps_memory_flat(captioner, tmp_path):
     """2,000 frames of 320x240 (225 KB each decoded) played in real time at 400 fps through the capture
     thread, the recorder with alerts, and a window of 4: a leaked frame a step would add 450 MB."""
     import cv2
@@ -254,7 +241,7 @@ def test_a_2000_frame_soak_keeps_memory_flat(engine, tmp_path):
     recorder = Recorder(tmp_path / "soak.mp4", source.fps, alerts=True)
     source.tap = recorder.write
     rss = []
-    loop = caption_frames(_captioner(engine), source, "Describe the image.", SamplingParams(max_new_tokens=2),
+    loop = caption_frames(captioner(), source, "Describe the image.", SamplingParams(max_new_tokens=2),
                           window=4, alert=re.compile("a"), recorder=recorder)  # fmt: skip
     for record in loop:
         rss.append((record["frame_index"], _rss_mb()))

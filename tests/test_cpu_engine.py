@@ -310,7 +310,7 @@ def test_bench_reports_its_fields_without_torch(engines, tmp_path, cli):
     code, table, err = cli("bench-table", out.parent)
     assert code == 0, err
     assert f"| {r['model']} | AWQ int4 g64 | {r['decode_tok_s']:.1f} |" in table
-    assert f"| cpu: {_runtime.cpu_name()} (1 threads) |" in table
+    assert f"| cpu: {_runtime.cpu_name()} (1 thread) |" in table
 
 
 def test_bench_takes_a_given_bandwidth_and_prints_the_ceiling(engines, cli):

@@ -54,14 +54,9 @@ def server():
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def engine(awq, tmp_path_factory):
-    from conftest import run_cli
-
-    out = tmp_path_factory.mktemp("rtsp") / "cpu"
-    code, _, err = run_cli("build-engine", awq("llama", 32), "-o", out, "--target", "cpu", "--conv-mode", "vicuna_v1")
-    assert code == 0, err
-    return out
+@pytest.fixture
+def engine(caption_engine):
+    return caption_engine
 
 
 def test_captions_from_an_rtsp_stream(server, engine, cli):
@@ -74,21 +69,18 @@ def test_captions_from_an_rtsp_stream(server, engine, cli):
     assert got[0]["timestamp"] < got[1]["timestamp"]
 
 
-def test_the_stream_comes_back_after_the_server_restarts(server, engine, monkeypatch):
+def test_the_stream_comes_back_after_the_server_restarts(server, captioner, monkeypatch):
     """The server is stopped after two captions and started again 1.5 s later: the loop reconnects
     by itself and goes on, its frame numbers and clock carrying on from before."""
     import os
 
     monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)
-    from vila_edge.caption import Captioner
     from vila_edge.capture import caption_frames, open_source
     from vila_edge.generate import SamplingParams
-    from vila_edge.runtime.cpu import CpuEngine
 
-    cpu = CpuEngine(engine)
     log: list[str] = []
     source = open_source(URL, every=5, reconnect_s=20, log=log.append)
-    loop = caption_frames(Captioner(cpu.info, cpu), source, "Describe the image.", SamplingParams(max_new_tokens=2))
+    loop = caption_frames(captioner(), source, "Describe the image.", SamplingParams(max_new_tokens=2))
     got = [next(loop), next(loop)]
     server.stop()
     time.sleep(1.5)
@@ -104,7 +96,7 @@ def test_the_stream_comes_back_after_the_server_restarts(server, engine, monkeyp
     assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
 
 
-def test_a_stream_that_does_not_come_back_ends_with_an_error(server, engine):
+def test_a_stream_that_does_not_come_back_ends_with_an_error(server):
     from vila_edge.capture import open_source
     from vila_edge.errors import MediaError
 
