@@ -67,6 +67,7 @@ def test_captions_from_an_rtsp_stream(server, engine, cli):
     assert len(got) == 2 and all(r["source"] == URL and r["token_ids"] for r in got)
     assert all(r["frame_index"] % 10 == 0 for r in got) and got[0]["frame_index"] < got[1]["frame_index"]
     assert got[0]["timestamp"] < got[1]["timestamp"]
+    assert "2 captions; " in err and "dropped while the model was busy" in err  # the summary on stderr
 
 
 def test_the_stream_comes_back_after_the_server_restarts(server, captioner, monkeypatch):

@@ -206,7 +206,7 @@ def _caption_source(args) -> int:
     log = lambda message: print(f"vila-edge caption: {message}", file=sys.stderr, flush=True)  # noqa: E731
     # a missing file, a camera that cannot be opened or an unreachable stream fails before the model loads
     source = open_source(args.stream, args.every, args.fps, args.realtime, args.reconnect_timeout, log)
-    recorder = None
+    recorder, captions = None, 0
     try:
         if args.record:
             recorder = Recorder(args.record, source.fps, alerts=alert is not None)
@@ -216,7 +216,7 @@ def _caption_source(args) -> int:
         params = SamplingParams(args.temperature, args.top_p, args.max_new_tokens, args.seed)
         loop = caption_frames(captioner, source, args.prompt, params, args.window, args.max_captions, alert, recorder)
         with closing(loop):
-            for record in loop:
+            for captions, record in enumerate(loop, start=1):
                 if args.format == "jsonl":
                     print(json.dumps(record, ensure_ascii=False), flush=True)
                 else:
@@ -224,6 +224,9 @@ def _caption_source(args) -> int:
                     print(f"[frame {record['frame_index']} @ {record['timestamp']:.2f} s] {flag}{record['text']}", flush=True)
     finally:
         source.close()
+        if source.live and captions:
+            log(f"{captions} caption{'s' if captions != 1 else ''}; {source.dropped} sampled frame(s) dropped "
+                "while the model was busy" + (f"; {source.reconnects} reconnect(s)" if source.reconnects else ""))  # fmt: skip
         if recorder:
             recorder.close()
             log(f"recorded {recorder.path}" + (f" and {recorder.clips} alert clip(s)" if recorder.clips else ""))
