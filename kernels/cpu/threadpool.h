@@ -1,15 +1,16 @@
 // A persistent pool: workers spin briefly between jobs (a decode step launches about five jobs
 // per layer, too many for a condition-variable wake-up each), then sleep until the next one.
 //
-// parallel_for hands out chunks through one atomic counter instead of a fixed share per thread. When
+// parallel_for splits a job into chunks that threads claim, each starting with its own share. When
 // more threads are runnable than there are cores (a capture thread, a recorder, another program), a
 // worker may be descheduled for a whole time slice; with fixed shares every job would wait for it,
-// with claimed chunks the running threads finish its part and only a chunk already started waits.
+// with claimed chunks the running threads take over its share and only a chunk already started waits.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -27,7 +28,7 @@ namespace vila {
 
 class ThreadPool {
 public:
-    explicit ThreadPool(int n) : n_(n < 1 ? 1 : n) {
+    explicit ThreadPool(int n) : n_(n < 1 ? 1 : n), share_(new Share[n_]) {
         for (int t = 1; t < n_; ++t) workers_.emplace_back([this, t] { work(t); });
     }
     ~ThreadPool() {
@@ -44,12 +45,14 @@ public:
     void run(const std::function<void(int)>& fn) {
         if (n_ == 1) return fn(0);
         job_.store(&fn, std::memory_order_relaxed);
-        publish(n_ - 1, true);
+        publish(0, true);
         fn(0);
         wait_done(n_ - 1);
     }
 
     // f(begin, end) over [0, n) in chunks (about four per thread) whose bounds are multiples of `align`.
+    // Thread t first takes the chunks of its own share (the same rows every call, which stay in its
+    // caches), then helps with the others' that are left.
     template <class F>
     void parallel_for(int n, int align, F&& f) {
         const int units = (n + align - 1) / align;
@@ -63,15 +66,20 @@ public:
             if (b < n) f(b, e < n ? e : n);
         };
         job_.store(&chunk, std::memory_order_relaxed);
-        const uint64_t tag = publish(chunks, false);
-        claim(tag);
+        publish(chunks, false);
+        claim(0);
         wait_done(chunks);
     }
 
 private:
     static constexpr int kSpins = 1 << 17;  // about a millisecond of pause instructions
     static constexpr int kChunksPerThread = 4;
-    static constexpr uint64_t kPinned = uint64_t(1) << 31;  // run(): thread t runs fn(t), nobody claims
+    // Each thread's share of a job is one atomic word: a tag (which job), whether the job is pinned
+    // (run(): thread t runs fn(t)), the end of the share and the next chunk to claim. Claiming is one
+    // fetch_add, and everything the claimer needs comes back in the same word: a worker that wakes late,
+    // after its job finished and another was published, gets a chunk of the new job, never a mix.
+    static constexpr int kEndShift = 16, kTagShift = 32;
+    static constexpr uint64_t kNext = (uint64_t(1) << kEndShift) - 1, kPinned = uint64_t(1) << 31;
 
     // A pause, and every 256th time a yield, so that a thread queued behind the spinner on its core runs.
     static void relax(int spins) {
@@ -81,32 +89,34 @@ private:
             VILA_PAUSE();
     }
 
-    // The job is one atomic word: its tag (which job) above bit 32, the pinned flag, the next chunk.
-    // A worker claims a chunk by compare-exchange on it, so a worker that wakes late, after its job
-    // is finished and another published, can never run a chunk of the one it thinks it is in.
-    uint64_t publish(int count, bool pinned) {
-        count_.store(count, std::memory_order_relaxed);
+    void publish(int chunks, bool pinned) {
         done_.store(0, std::memory_order_relaxed);
-        const uint64_t tag = (next_.load(std::memory_order_relaxed) >> 32) + 1;
-        next_.store(tag << 32 | (pinned ? kPinned : 0), std::memory_order_release);
+        const uint64_t tag = ++tag_;
+        for (int t = n_ - 1; t >= 0; --t) {  // share 0 last: a worker woken by it finds every share set
+            const uint64_t b = uint64_t(chunks) * t / n_, e = uint64_t(chunks) * (t + 1) / n_;
+            share_[t].word.store(tag << kTagShift | (pinned ? kPinned : 0) | e << kEndShift | b, std::memory_order_release);
+        }
         if (sleeping_.load()) {  // taking the lock orders this after a sleeper's last check
             std::lock_guard<std::mutex> lock(mutex_);
         }
         wake_.notify_all();
-        return tag;
     }
 
-    // Chunks of job `tag` until none are left (or the job is no longer `tag`).
-    void claim(uint64_t tag) {
-        uint64_t v = next_.load(std::memory_order_acquire);
-        while (v >> 32 == tag && !(v & kPinned)) {
-            const int c = int(v & (kPinned - 1));
-            if (c >= count_.load(std::memory_order_relaxed)) return;
-            if (!next_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel)) continue;  // v reloaded
-            (*job_.load(std::memory_order_relaxed))(c);
-            done_.fetch_add(1, std::memory_order_release);
-            v = next_.load(std::memory_order_acquire);
+    // Chunks of the current job, own share first, until none are left. The job cannot finish while a
+    // claimed chunk is unreported, so job_ is still the claimed chunk's function when it is read.
+    void claim(int t) {
+        int ran = 0;
+        for (int k = 0; k < n_; ++k) {
+            std::atomic<uint64_t>& word = share_[(t + k) % n_].word;
+            for (;;) {
+                const uint64_t v = word.fetch_add(1, std::memory_order_acq_rel);
+                const int c = int(v & kNext), end = int((v & (kPinned - 1)) >> kEndShift);
+                if ((v & kPinned) || c >= end) break;
+                (*job_.load(std::memory_order_relaxed))(c);
+                ++ran;
+            }
         }
+        if (ran) done_.fetch_add(ran, std::memory_order_release);
     }
 
     void wait_done(int count) {
@@ -118,31 +128,35 @@ private:
         for (;;) {
             int spins = 0;
             uint64_t v;
-            while ((v = next_.load(std::memory_order_acquire)) >> 32 == seen) {
+            while ((v = share_[0].word.load(std::memory_order_acquire)) >> kTagShift == seen) {
                 if (++spins < kSpins) {
                     relax(spins);
                     continue;
                 }
                 std::unique_lock<std::mutex> lock(mutex_);
                 sleeping_.fetch_add(1);
-                wake_.wait(lock, [&] { return next_.load() >> 32 != seen; });
+                wake_.wait(lock, [&] { return share_[0].word.load() >> kTagShift != seen; });
                 sleeping_.fetch_sub(1);
             }
-            seen = v >> 32;
+            seen = v >> kTagShift;
             if (stop_) return;
             if (v & kPinned) {  // run() waits for every thread, so this job cannot have moved on
                 (*job_.load(std::memory_order_relaxed))(t);
                 done_.fetch_add(1, std::memory_order_release);
             } else {
-                claim(seen);
+                claim(t);
             }
         }
     }
 
     const int n_;
     std::vector<std::thread> workers_;
-    std::atomic<uint64_t> next_{0};
-    std::atomic<int> count_{0}, done_{0}, sleeping_{0};
+    struct alignas(64) Share {  // a cache line each: claims on one share do not slow the others
+        std::atomic<uint64_t> word{0};
+    };
+    std::unique_ptr<Share[]> share_;
+    uint64_t tag_ = 0;  // written by the calling thread only
+    std::atomic<int> done_{0}, sleeping_{0};
     std::atomic<bool> stop_{false};
     std::atomic<const std::function<void(int)>*> job_{nullptr};
     std::mutex mutex_;
