@@ -135,7 +135,7 @@ class LiveSource:
         self.log = log or (lambda message: None)
         self.cap = connect()  # fails here, before the model loads, if the source cannot be opened
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
-        if not 0 < self.fps < 1000:
+        if not 0 < self.fps <= 1000:
             self.fps = 30.0  # cameras and streams that report nothing (or 90000, the RTP clock)
         self.tap: Tap | None = None
         self.dropped = self.sampled = self.reconnects = 0
