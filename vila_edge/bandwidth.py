@@ -25,12 +25,16 @@ def safetensors_bytes_per_token(path: Path, spec: dict, context: float, kv_item_
     return int(sum(size.values()) - size["embed"] + embed_row + kv_bytes(spec, context, kv_item_bytes))
 
 
+def engine_files_bytes(engine_dir: Path) -> int:
+    """The size of a TensorRT-LLM engine's serialized rank files."""
+    return sum(f.stat().st_size for f in Path(engine_dir).glob("*.engine"))
+
+
 def trt_bytes_per_token(engine_dir: Path, spec: dict, context: float) -> int:
     """A TensorRT-LLM engine: its serialized engine files (the weights, plus a little kernel code) less the
     fp16 embedding table, one row of it, and the fp16 KV cache. An estimate: the files are not weights alone."""
-    files = sum(f.stat().st_size for f in Path(engine_dir).glob("*.engine"))
     table = 2 * spec["vocab"] * spec["hidden"]
-    return int(files - table + 2 * spec["hidden"] + kv_bytes(spec, context, 2))
+    return int(engine_files_bytes(engine_dir) - table + 2 * spec["hidden"] + kv_bytes(spec, context, 2))
 
 
 def engine_bytes_per_token(root: Path, manifest: dict, context: float) -> int:

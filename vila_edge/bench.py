@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
-from .bandwidth import choose_bandwidth, decode_ceiling, engine_bytes_per_token
+from .bandwidth import choose_bandwidth, decode_ceiling, engine_bytes_per_token, engine_files_bytes
 from .caption import Captioner
-from .device import JetsonMonitor, describe_device, process_gpu_memory_mb
+from .device import JetsonMonitor, cpu_description, describe_device, process_gpu_memory_mb
 from .errors import UsageError
 from .generate import SamplingParams, sampled_tokens
 from .targets import get_target
@@ -97,8 +97,7 @@ def weights_mb(engine) -> float:
     memory = engine.manifest.get("memory") or {}
     if "weights_mb" in memory:
         return memory["weights_mb"]
-    files = (engine.root / engine.manifest["llm"]["engine_dir"]).glob("*.engine")
-    return round(sum(f.stat().st_size for f in files) / 2**20, 1)
+    return round(engine_files_bytes(engine.root / engine.manifest["llm"]["engine_dir"]) / 2**20, 1)
 
 
 def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = None) -> dict:
@@ -171,12 +170,6 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
 def peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes on macOS, KiB on Linux
-
-
-def cpu_description() -> str:
-    from . import _runtime
-
-    return f"{_runtime.cpu_name()} ({os.cpu_count()} logical CPUs, {platform.machine()})"
 
 
 def device_line(r: dict) -> str:

@@ -19,6 +19,12 @@ def cpu_info() -> dict:
     return {"model": _runtime.cpu_name(), "logical_cpus": os.cpu_count(), "arch": platform.machine()}
 
 
+def cpu_description() -> str:
+    """The CPU as one line, e.g. 'AMD EPYC (2 logical CPUs, x86_64)'."""
+    cpu = cpu_info()
+    return f"{cpu['model']} ({cpu['logical_cpus']} logical CPUs, {cpu['arch']})"
+
+
 def _number(text: str) -> float | None:
     try:
         return float(text)

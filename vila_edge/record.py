@@ -22,6 +22,7 @@ class VideoOut:
 
     def __init__(self, path: Path, fps: float):
         self.path, self.fps, self.writer, self.size = path, fps, None, None
+        self.codec = CODECS[path.suffix.lower()]
         self.partial = path.with_name(f".{path.stem}.partial{path.suffix}")
 
     def write(self, bgr: np.ndarray) -> None:
@@ -29,10 +30,9 @@ class VideoOut:
 
         if self.writer is None:
             self.size = (bgr.shape[1], bgr.shape[0])
-            self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*CODECS[self.path.suffix.lower()]),
-                                          self.fps, self.size)  # fmt: skip
+            self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*self.codec), self.fps, self.size)
             if not self.writer.isOpened():
-                raise MediaError(f"{self.path}: OpenCV cannot write this video (codec {CODECS[self.path.suffix.lower()]})")
+                raise MediaError(f"{self.path}: OpenCV cannot write this video (codec {self.codec})")
         if (bgr.shape[1], bgr.shape[0]) != self.size:
             bgr = cv2.resize(bgr, self.size)
         self.writer.write(bgr)
