@@ -24,10 +24,11 @@ from vila_edge.checkpoint import load_checkpoint
 from vila_edge.corpus import write_stdlib_text
 from vila_edge.demo import build_demo_checkpoint, write_sample_image
 from vila_edge.model.vlm import load_tokenizer
-from vila_edge.quant.awq import AwqSettings, rtn_quantize
-from vila_edge.quant.calib import parse_calib
+from vila_edge.quant.awq import rtn_quantize
+from vila_edge.quant.options import parse_calib
 from vila_edge.quant.ppl import eval_tokens, gap_ratio, perplexity
-from vila_edge.quant.quantize import QuantizeOptions, load_fp_llm, quantize_checkpoint
+from vila_edge.commands.quantize import load_fp_llm, quantize_checkpoint
+from vila_edge.quant.options import AwqSettings, QuantizeOptions
 
 HERE = Path(__file__).parent
 

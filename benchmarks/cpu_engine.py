@@ -34,7 +34,8 @@ from vila_edge.bandwidth import ceiling_tok_s, kv_bytes, safetensors_bytes_per_t
 from vila_edge.corpus import stdlib_docs
 from vila_edge.demo import build_demo_checkpoint
 from vila_edge.export.cpu_engine import build_cpu_engine, write_llm
-from vila_edge.runtime.cpu import LLM_FILE, CpuEngine, open_llm
+from vila_edge.formats import CPU_LLM_FILE as LLM_FILE
+from vila_edge.runtime.cpu import CpuEngine, open_llm
 from vila_edge.safetensors_header import read_header
 
 HERE = Path(__file__).parent

@@ -23,18 +23,11 @@ from vila_edge.checkpoint import load_checkpoint
 from vila_edge.demo import build_demo_checkpoint
 from vila_edge.model.vlm import load_vision
 from vila_edge.quant.int8 import METHODS
-from vila_edge.quant.vision import (
-    DEFAULT_ALPHA,
-    DEFAULT_METHOD,
-    FP32_FILE,
-    HELD_OUT_SEED,
-    W8A8_FILE,
-    VisionQuantOptions,
-    cosine,
-    generated_images,
-    pixels_of,
-    quantize_vision,
-)
+from vila_edge.export.vision_w8a8 import HELD_OUT_SEED, cosine
+from vila_edge.export.vision_w8a8 import pixels_of, quantize_vision
+from vila_edge.quant.options import VisionQuantOptions
+from vila_edge.formats import VISION_FP32_FILE as FP32_FILE, VISION_W8A8_FILE as W8A8_FILE
+from vila_edge.scenes import generated_images
 from vila_edge.synthetic import write_projector, write_siglip_tower, write_top_config
 
 HERE = Path(__file__).parent
@@ -76,7 +69,7 @@ def median_ms(fn, warmup: int, repeat: int) -> float:
 def sweep(ckpt, work: Path, n_images: int) -> list[dict]:
     held_out = pixels_of(ckpt, generated_images(8, HELD_OUT_SEED))
     rows = []
-    configs = [(7, m, a) for m in METHODS for a in (0.3, 0.5, 0.7)] + [(8, DEFAULT_METHOD, DEFAULT_ALPHA)]
+    configs = [(7, m, a) for m in METHODS for a in (0.3, 0.5, 0.7)] + [(8, VisionQuantOptions.method, VisionQuantOptions.alpha)]
     for bits, method, alpha in configs:
         out = work / "sweep"
         opts = VisionQuantOptions(alpha=alpha, method=method, n_images=n_images, weight_bits=bits)
@@ -145,7 +138,7 @@ def main() -> None:
                     "onnxruntime": ort.__version__, "torch": torch.__version__},  # fmt: skip
         "note": "random towers: accuracy here says the pipeline is exact to int8 precision, not how a trained "
                 "SigLIP's outliers behave; calibrate on real frames (--calib-media) for a real checkpoint",
-        "defaults": {"method": DEFAULT_METHOD, "alpha": DEFAULT_ALPHA, "weight_bits": 7},
+        "defaults": {"method": VisionQuantOptions.method, "alpha": VisionQuantOptions.alpha, "weight_bits": VisionQuantOptions.weight_bits},
         "sweep": [] if args.skip_sweep else sweep(ckpt, work, args.calib_images),
         "latency": [latency(ckpt, work, "demo (hidden 256, 3 used layers)", args.calib_images, 20)],
     }

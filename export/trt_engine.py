@@ -15,24 +15,21 @@ import tempfile
 from pathlib import Path
 
 from vila_edge.atomic import atomic_dir
-from vila_edge.errors import CheckpointError, UnsupportedError, UsageError, VilaEdgeError
+from vila_edge.errors import CheckpointError, DoesNotFitError, UnsupportedError, UsageError
+from vila_edge.formats import BUILD_SCRIPT, MANIFEST_FILE, RECIPE_FILE, TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR
+from vila_edge.formats import VISION_CACHE_FILE, VISION_PLAN_FILE
 from vila_edge.plan import Plan, format_plan, memory_plan, recipe_from_checkpoint
-from vila_edge.runtime.manifest import BUILD_SCRIPT, MANIFEST, is_engine, read_manifest, write_manifest
-from vila_edge.runtime.trt import GPU_TARGETS, install_hint, probe_environment
-from vila_edge.targets import Target, get_target
+from vila_edge.runtime.manifest import is_engine, read_manifest, write_manifest
+from vila_edge.runtime.trt import install_hint, probe_environment
+from vila_edge.targets import GPU_TARGETS, Target, get_target
 
-from .cpu_engine import copy_vision, load_awq_source, read_llm_state, write_front
+from .options import BuildOptions
+from .common import copy_vision, load_awq_source, read_llm_state, write_front
 from .trtllm_checkpoint import QUANT_ALGO, trtllm_config, write_trtllm_checkpoint
 
-CHECKPOINT_DIR, LLM_DIR, RECIPE_FILE = "trtllm_checkpoint", "llm", "recipe.json"
-VISION_PLAN, VISION_CACHE = "vision/vision.plan", "vision/timing.cache"
 # --vision on a GPU target -> (the ONNX it starts from, the plan's precision)
 VISION_CHOICES = {"w8a8": ("w8a8", "int8"), "fp16": ("fp32", "fp16")}
 EXIT_BUNDLE_ONLY = 3
-
-
-class DoesNotFitError(VilaEdgeError):
-    """The memory plan says the engine would not fit the target."""
 
 
 def trtllm_build_command(checkpoint_dir: str, output_dir: str, limits: dict) -> list[str]:
@@ -50,7 +47,7 @@ def trtllm_build_command(checkpoint_dir: str, output_dir: str, limits: dict) -> 
 
 
 def build_script(target: Target, limits: dict) -> str:
-    command = " ".join(trtllm_build_command(CHECKPOINT_DIR, f"ENGINE/{LLM_DIR}", limits))
+    command = " ".join(trtllm_build_command(TRTLLM_CHECKPOINT_DIR, f"ENGINE/{TRTLLM_ENGINE_DIR}", limits))
     return f"""#!/bin/sh
 # Builds the TensorRT engines of this bundle. Run it on the {target.description} itself: a TensorRT
 # engine runs only on the GPU architecture (sm_{target.sm}) and the TensorRT / TensorRT-LLM versions that built it.
@@ -110,7 +107,7 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
     ckpt, spec = load_gpu_source(source)
     recipe = recipe_from_checkpoint(ckpt)
     front = write_front(ckpt, source, conv_mode, folder)
-    config = write_trtllm_checkpoint(ckpt, spec, read_llm_state(ckpt), folder / CHECKPOINT_DIR)
+    config = write_trtllm_checkpoint(ckpt, spec, read_llm_state(ckpt), folder / TRTLLM_CHECKPOINT_DIR)
     vision_spec = None
     if vision != "none":
         onnx_kind, precision = VISION_CHOICES[vision]
@@ -125,7 +122,7 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
         kind="bundle",
         quantization={"method": "awq", "w_bit": 4, "group_size": spec["group_size"], "zero_point": True,
                       "quant_algo": QUANT_ALGO, "lm_head": "fp16"},  # fmt: skip
-        llm={"checkpoint": CHECKPOINT_DIR, "architecture_trtllm": config["architecture"], **spec},
+        llm={"checkpoint": TRTLLM_CHECKPOINT_DIR, "architecture_trtllm": config["architecture"], **spec},
         vision=vision_spec,
         limits=plan.limits,
         memory_plan={"parts_gb": plan.parts_gb, "total_gb": round(plan.total_gb, 3), "usable_gb": target.usable_gb},
@@ -157,18 +154,18 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
 
     m = read_bundle(bundle)
     with atomic_dir(out, overwrite) as tmp:
-        command = trtllm_build_command(str(bundle / CHECKPOINT_DIR), str(tmp / LLM_DIR), limits)
+        command = trtllm_build_command(str(bundle / TRTLLM_CHECKPOINT_DIR), str(tmp / TRTLLM_ENGINE_DIR), limits)
         print(f"building the LLM engine: {' '.join(command)}", flush=True)
-        (tmp / LLM_DIR).mkdir()
-        _run_trtllm_build(command, tmp / LLM_DIR / "build.log", target)
+        (tmp / TRTLLM_ENGINE_DIR).mkdir()
+        _run_trtllm_build(command, tmp / TRTLLM_ENGINE_DIR / "build.log", target)
         vision = m["vision"]
         if vision:
             print(f"building the vision plan ({vision['precision']}) from {vision['onnx']}", flush=True)
             (tmp / "vision").mkdir()
-            built = build_vision_plan(bundle / vision["onnx"], tmp / VISION_PLAN, tmp / VISION_CACHE, vision["precision"],
+            built = build_vision_plan(bundle / vision["onnx"], tmp / VISION_PLAN_FILE, tmp / VISION_CACHE_FILE, vision["precision"],
                                       vision["image_size"], limits["max_batch"] * max(1, limits["images"]),
                                       int(target.workspace_gb * 2**30))  # fmt: skip
-            vision = {**vision, "plan": VISION_PLAN, "timing_cache": VISION_CACHE, "build": built}
+            vision = {**vision, "plan": VISION_PLAN_FILE, "timing_cache": VISION_CACHE_FILE, "build": built}
         shutil.copytree(bundle / m["text"]["tokenizer"], tmp / m["text"]["tokenizer"])
         keep = {k: m[k] for k in ("quantization", "text", "preprocessor", "image_aspect_ratio", "built_on")}
         return write_manifest(
@@ -176,7 +173,7 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
             target.name,
             source={**m["source"], "bundle": str(bundle.resolve())},
             built_with=env,
-            llm={**m["llm"], "engine_dir": LLM_DIR, "trtllm_build": command[1:]},
+            llm={**m["llm"], "engine_dir": TRTLLM_ENGINE_DIR, "trtllm_build": command[1:]},
             vision=vision,
             limits=limits,
             **keep,
@@ -186,11 +183,12 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
 # ---- build-engine -------------------------------------------------------------------------------
 
 
-def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, vision: str = "w8a8", conv_mode: str | None = None,
+def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, vision: str = BuildOptions.vision,
+                     conv_mode: str | None = None,
                      limits: dict | None = None, dry_run: bool = False, overwrite: bool = False) -> tuple[int, str]:  # fmt: skip
     """(exit code, what to tell the user): 0 engine built (or a dry run that fits), 3 bundle only."""
     target, source, out = get_target(target_name), Path(source), Path(out)
-    if target.sm is None:
+    if not target.is_gpu:
         raise UsageError("--target cpu is built by build_cpu_engine")
     if vision not in (*VISION_CHOICES, "none"):
         raise UsageError(f"--vision {vision}: a {target.name} engine takes --vision w8a8|fp16|none")
@@ -228,7 +226,7 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
 def _dry_run(plan: Plan, vision: str) -> tuple[int, str]:
     target = plan.target
     _, missing = probe_environment()
-    lines = [format_plan(plan), "", "would run: " + " ".join(trtllm_build_command(CHECKPOINT_DIR, LLM_DIR, plan.limits))]
+    lines = [format_plan(plan), "", "would run: " + " ".join(trtllm_build_command(TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, plan.limits))]
     if vision != "none":
         precision = VISION_CHOICES[vision][1]
         lines.append(f"and build the vision plan: {precision}, batch 1..{plan.max_batch * max(1, plan.images)}, "
@@ -241,7 +239,7 @@ def _dry_run(plan: Plan, vision: str) -> tuple[int, str]:
 def _bundle_message(out: Path, target: Target, missing: list[str]) -> str:
     return (
         f"wrote the portable bundle {out} (TensorRT-LLM checkpoint, vision ONNX, tokenizer, recipe, {BUILD_SCRIPT}, "
-        f"{MANIFEST}); the engine itself was not built: {'; '.join(missing)}.\n"
+        f"{MANIFEST_FILE}); the engine itself was not built: {'; '.join(missing)}.\n"
         f"TensorRT engines are built on the device that runs them. On the {target.description} (with "
         f"{install_hint(target.jetson)}, and vila-edge):\n"
         f"  1. copy the bundle:  scp -r {out} DEVICE:\n"

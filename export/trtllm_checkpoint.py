@@ -4,13 +4,12 @@ The weights keep our AWQ quantization exactly: asymmetric int4 with a zero point
 TensorRT-LLM's W4A16 kernel computes  w = q · scale + zero  with q signed (-8..7), so an AWQ
 group (q_u in 0..15, z) becomes  q = q_u - 8,  zero = (8 - z) · scale  (fp16).
 
-Tensors stay in the portable layout ModelOpt writes for W4A16_AWQ; `trtllm-build` interleaves
+Tensors stay in the portable layout ModelOpt writes for W4A16_AWQ (module names: `LlmArch.trtllm_linears`); `trtllm-build` interleaves
 them for the GPU it runs on (`preprocess_weights_for_mixed_gemm` depends on the SM), which is why
 this checkpoint can be made on a laptop and the engine cannot:
     <linear>.weight                  int8 [N/2, K]  rows 2j (low nibble) and 2j + 1 (high nibble)
     <linear>.weights_scaling_factor  fp16 [N, K/G]  (the loader transposes it)
     <linear>.zero                    fp16 [K/G, N]  (the loader keeps it as it is: the engine's shape)
-TensorRT-LLM's GatedMLP applies the activation to `fc`: fc is gate_proj, gate is up_proj.
 """
 
 import json
@@ -19,25 +18,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vila_edge.arch import get_llm, llm_for_trtllm_class
 from vila_edge.atomic import current_umask
 from vila_edge.checkpoint import Checkpoint
 from vila_edge.errors import UnsupportedError
+from vila_edge.formats import TRTLLM_CONFIG_FILE, TRTLLM_WEIGHTS_FILE
 
-from .cpu_engine import stacked_awq
+from .common import stacked_awq
 
-CONFIG, WEIGHTS = "config.json", "rank0.safetensors"
 QUANT_ALGO = "W4A16_AWQ"
 GROUP_SIZES = (64, 128)  # the CUTLASS fine-grained (scale + zero) int4 GEMM's
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-# TensorRT-LLM module -> (HF parent, HF linears stacked in this order along the output)
-LINEARS = {
-    "attention.qkv": ("self_attn", ("q_proj", "k_proj", "v_proj")),
-    "attention.dense": ("self_attn", ("o_proj",)),
-    "mlp.fc": ("mlp", ("gate_proj",)),
-    "mlp.gate": ("mlp", ("up_proj",)),
-    "mlp.proj": ("mlp", ("down_proj",)),
-}
-NORMS = {"input_layernorm": "input_layernorm", "post_layernorm": "post_attention_layernorm"}
 
 
 # ---- one linear -----------------------------------------------------------------------------------
@@ -90,7 +80,7 @@ def _rotary_scaling(rope: dict) -> dict | None:
 
 def trtllm_config(spec: dict) -> dict:
     """TensorRT-LLM's PretrainedConfig for the LLM of `llm_spec`, W4A16 AWQ with zero points, one GPU."""
-    arch, group = spec["architecture"], spec["group_size"]
+    arch, group = get_llm(spec["architecture"]), spec["group_size"]
     if group not in GROUP_SIZES:
         raise UnsupportedError(f"AWQ group size {group}: TensorRT-LLM's int4 kernels take groups of "
                                f"{' or '.join(map(str, GROUP_SIZES))}; re-quantize with --group-size 128")  # fmt: skip
@@ -102,7 +92,7 @@ def trtllm_config(spec: dict) -> dict:
         raise UnsupportedError(f"TensorRT-LLM pads int4 g{group} linears to multiples of {multiple}; "
                                f"{', '.join(f'{k} {v}' for k, v in odd.items())} would need padded weights")  # fmt: skip
     config = {
-        "architecture": ARCHITECTURES[arch],
+        "architecture": arch.trtllm_class,
         "dtype": "float16",
         "logits_dtype": "float32",
         "vocab_size": spec["vocab"],
@@ -133,15 +123,14 @@ def trtllm_config(spec: dict) -> dict:
             "exclude_modules": ["lm_head"],
         },
     }
-    if arch == "qwen2":
-        config["qwen_type"] = "qwen2"
-    return config
+    return config | arch.trtllm_config
 
 
 def trtllm_tensors(state: dict[str, np.ndarray], spec: dict) -> dict[str, np.ndarray]:
     """AutoAWQ-layout state dict -> rank0's tensors (see the module docstring)."""
     f16 = lambda name: state[name].astype(np.float16)  # noqa: E731
     embed = f16("model.embed_tokens.weight")
+    arch = get_llm(spec["architecture"])
     tensors = {
         "transformer.vocab_embedding.weight": embed,
         "transformer.ln_f.weight": f16("model.norm.weight"),
@@ -149,12 +138,12 @@ def trtllm_tensors(state: dict[str, np.ndarray], spec: dict) -> dict[str, np.nda
     }
     for i in tqdm(range(spec["layers"]), desc="TensorRT-LLM checkpoint", unit="layer", leave=False):
         src, dst = f"model.layers.{i}", f"transformer.layers.{i}"
-        for module, (parent, parts) in LINEARS.items():
+        for module, (parent, parts) in arch.trtllm_linears.items():
             names = [f"{src}.{parent}.{p}" for p in parts]
             tensors |= {f"{dst}.{module}.{k}": v for k, v in trtllm_linear(*stacked_awq(state, names)).items()}
             if module == "attention.qkv" and spec["qkv_bias"]:
                 tensors[f"{dst}.{module}.bias"] = np.concatenate([f16(f"{n}.bias") for n in names])
-        for tllm, hf in NORMS.items():
+        for tllm, hf in arch.trtllm_norms.items():
             tensors[f"{dst}.{tllm}.weight"] = f16(f"{src}.{hf}.weight")
     return tensors
 
@@ -165,6 +154,7 @@ def dequantize_checkpoint(tensors: dict[str, np.ndarray], config: dict) -> dict[
     hd = config["head_size"]
     q_rows, kv_rows = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
     f32 = lambda name: tensors[name].astype(np.float32)  # noqa: E731
+    arch = llm_for_trtllm_class(config["architecture"])
     out = {
         "model.embed_tokens.weight": f32("transformer.vocab_embedding.weight"),
         "model.norm.weight": f32("transformer.ln_f.weight"),
@@ -172,7 +162,7 @@ def dequantize_checkpoint(tensors: dict[str, np.ndarray], config: dict) -> dict[
     }
     for i in range(config["num_hidden_layers"]):
         src, dst = f"transformer.layers.{i}", f"model.layers.{i}"
-        for module, (parent, parts) in LINEARS.items():
+        for module, (parent, parts) in arch.trtllm_linears.items():
             w = dequantize_linear(*(tensors[f"{src}.{module}.{k}"] for k in ("weight", "weights_scaling_factor", "zero")))
             sizes = {"q_proj": q_rows, "k_proj": kv_rows, "v_proj": kv_rows}
             bounds = np.cumsum([sizes.get(p, w.shape[0]) for p in parts])[:-1]
@@ -181,7 +171,7 @@ def dequantize_checkpoint(tensors: dict[str, np.ndarray], config: dict) -> dict[
                 out[f"{dst}.{parent}.{p}.weight"] = rows
                 if b is not None:
                     out[f"{dst}.{parent}.{p}.bias"] = b.astype(np.float32)
-        for tllm, hf in NORMS.items():
+        for tllm, hf in arch.trtllm_norms.items():
             out[f"{dst}.{hf}.weight"] = f32(f"{src}.{tllm}.weight")
     return out
 
@@ -192,8 +182,8 @@ def write_trtllm_checkpoint(ckpt: Checkpoint, spec: dict, state: dict[str, np.nd
 
     config = trtllm_config(spec)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    path = out / WEIGHTS
+    (out / TRTLLM_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    path = out / TRTLLM_WEIGHTS_FILE
     save_file({k: np.ascontiguousarray(v) for k, v in trtllm_tensors(state, spec).items()}, str(path),
               metadata={"format": "pt", "source": ckpt.name})  # fmt: skip
     path.chmod(0o666 & ~current_umask())  # safetensors creates it private

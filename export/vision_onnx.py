@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import current_umask
-from ..runtime.onnx_vision import INPUT, OUTPUT
+from vila_edge.atomic import current_umask
+from vila_edge.runtime.onnx_vision import INPUT, OUTPUT
 
 OPSET = 17
 # onnx 1.23 writes IR 11+, which the ONNX Runtime CPU wheels of 2025-26 do not all read; IR 9 is opset 17's

@@ -11,8 +11,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qw
 
 from vila_edge.corpus import write_stdlib_text
 from vila_edge.demo import write_sample_image
-from vila_edge.quant.awq import AwqSettings, _Search, fold_scales, round_linear
-from vila_edge.quant.awq_format import RESULTS_FILE, apply_awq_results
+from vila_edge.quant.awq import _Search, fold_scales, round_linear
+from vila_edge.quant.options import AwqSettings
+from vila_edge.formats import AWQ_RESULTS_FILE as RESULTS_FILE
+from vila_edge.quant.awq import apply_awq_results
 from vila_edge.quant.mappings import scale_groups
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=300)
@@ -265,7 +267,7 @@ def test_already_quantized_source_is_refused(quantized, tmp_path, cli):
 
 
 def test_an_interrupted_run_leaves_nothing(tiny, tmp_path, cli, monkeypatch):
-    import vila_edge.quant.quantize as q
+    import vila_edge.commands.quantize as q
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt

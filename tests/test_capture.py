@@ -137,7 +137,7 @@ def test_fps_samples_by_the_source_clock(engine, clip, cli):
 
 
 def test_sampler_every_and_fps():
-    from vila_edge.capture import Sampler
+    from vila_edge.capture import FrameSampler as Sampler
 
     every = Sampler(every=4)
     assert [i for i in range(10) if every.take(i, i / 30)] == [0, 4, 8]

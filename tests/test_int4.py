@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vila_edge.quant.int4 import (
+from vila_edge.int4 import (
     AWQ_ORDER,
     dequantize_groups,
     pack_awq_gemm,

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from vila_edge.model.projector import Downsample, Projector, tokens_after
+from vila_edge.arch import tokens_after
+from vila_edge.model.projector import Downsample, Projector
 
 
 def flat_square_may24(x):

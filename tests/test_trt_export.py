@@ -12,7 +12,7 @@ import torch
 
 from vila_edge import IMAGE_TOKEN_INDEX
 from vila_edge.checkpoint import load_checkpoint
-from vila_edge.export.cpu_engine import llm_spec, read_llm_state
+from vila_edge.export.common import llm_spec, read_llm_state
 from vila_edge.export.trtllm_checkpoint import (
     dequantize_checkpoint,
     pack_int4_rows,
@@ -20,9 +20,10 @@ from vila_edge.export.trtllm_checkpoint import (
     trtllm_tensors,
     unpack_int4_rows,
 )
-from vila_edge.quant.awq_format import dequantize_state
-from vila_edge.quant.int4 import unpack_awq_gemm
-from vila_edge.runtime.trt import check_engine, engine_mismatches, fake_prompt, l4t_release, table_prompt
+from vila_edge.awq_checkpoint import dequantize_state
+from vila_edge.device import l4t_release
+from vila_edge.int4 import unpack_awq_gemm
+from vila_edge.runtime.trt import check_engine, engine_mismatches, fake_prompt, table_prompt
 from vila_edge.safetensors_header import read_header
 
 ORIN_ENV = {"tensorrt": "10.3.0", "tensorrt_llm": "0.12.0", "cuda": "12.6", "gpu": "Orin", "sm": 87, "l4t": "36.4.0"}

@@ -18,10 +18,10 @@ from .bandwidth import choose_bandwidth, decode_ceiling, engine_bytes_per_token,
 from .caption import Captioner
 from .device import JetsonMonitor, cpu_description, describe_device, process_gpu_memory_mb
 from .errors import UsageError
-from .generate import SamplingParams, sampled_tokens
+from .formats import BENCH_FORMAT, BENCH_FORMAT_VERSION
+from .generate import SamplingParams, token_stream
+from .scenes import draw_scene
 from .targets import get_target
-
-RESULT_FORMAT, RESULT_VERSION = "vila-edge-bench", 1  # what bench-table accepts
 
 
 @dataclass
@@ -31,6 +31,14 @@ class BenchSettings:
     images: int = 0
     repeat: int = 3
     warmup: int = 1
+
+    def check(self) -> None:
+        for name in ("prompt_len", "gen_len", "repeat"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("warmup", "images"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name} must be 0 or more")
 
 
 def prompt_ids(captioner: Captioner, n_text: int, n_images: int) -> list[int]:
@@ -66,8 +74,7 @@ def timed_run(engine, ids: list[int], pixels: np.ndarray | None, gen_len: int, m
     t1 = time.perf_counter()
     inputs = engine.splice(ids, embeds)
     params = SamplingParams(temperature=0.0, max_new_tokens=gen_len)
-    own = getattr(engine, "generate_tokens", None)
-    stream = own(inputs, params) if own else sampled_tokens(engine, inputs, params)
+    stream = token_stream(engine, inputs, params)
     stamps = []
     for _ in zip(range(gen_len), stream):  # range first: no decode step past gen_len
         stamps.append(time.perf_counter())
@@ -100,16 +107,13 @@ def weights_mb(engine) -> float:
     return round(engine_files_bytes(engine.root / engine.manifest["llm"]["engine_dir"]) / 2**20, 1)
 
 
-def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = None) -> dict:
-    """engine: a CpuEngine or a TrtEngine. The result is one JSON-able record (bench-table reads them)."""
-    from .demo import draw_scene
-
+def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | None]:
+    """(the timed runs after the warm-up, the device they ran on, the Jetson power mode or None)."""
     captioner = Captioner(engine.info, engine)
     ids = prompt_ids(captioner, settings.prompt_len, settings.images)
     pixels = None
     if settings.images:
         pixels = captioner.pixels([draw_scene(480, seed=i) for i in range(settings.images)])
-    manifest, threads = engine.manifest, getattr(engine, "threads", None)
     with JetsonMonitor() as monitor:
         runs = []
         for i in range(settings.warmup + settings.repeat):
@@ -119,23 +123,39 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
             else:
                 runs.append(run)
         decode_s, decoded = sum(r["decode_s"] for r in runs), sum(r["decode_tokens"] for r in runs)
-        device = describe_device(monitor, decode_s, decoded)
-        nvpmodel = monitor.nvpmodel
+        return runs, describe_device(monitor, decode_s, decoded), monitor.nvpmodel
+
+
+def speeds(runs: list[dict], images: int) -> dict:
+    """TTFT (mean, median, p90), vision per image, prefill and decode tok/s (medians) over the runs."""
+    ttft = [r["ttft_s"] for r in runs]
+    decode_tok_s = [r["decode_tokens"] / r["decode_s"] for r in runs if r["decode_tokens"] and r["decode_s"] > 0]
+    return {
+        "ttft_s": statistics.mean(ttft),
+        "ttft_median_s": statistics.median(ttft),
+        "ttft_p90_s": _percentile(ttft, 90),
+        "vision_ms": 1e3 * statistics.mean(r["vision_s"] for r in runs) / images if images else None,
+        "prefill_tok_s": statistics.median(r["prompt_tokens"] / r["prefill_s"] for r in runs),
+        "decode_tok_s": statistics.median(decode_tok_s) if decode_tok_s else None,
+    }
+
+
+def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = None) -> dict:
+    """engine: a CpuEngine or a TrtEngine. The result is one JSON-able record (bench-table reads them)."""
+    runs, device, nvpmodel = measure(engine, settings)
+    manifest, threads = engine.manifest, getattr(engine, "threads", None)
     target = get_target(manifest["target"])
     bandwidth = choose_bandwidth(target, bandwidth_gb_s, threads or os.cpu_count(), nvpmodel)
-    ttft = [r["ttft_s"] for r in runs]
-    prefill_tok_s = [r["prompt_tokens"] / r["prefill_s"] for r in runs]
-    decode_tok_s = [r["decode_tokens"] / r["decode_s"] for r in runs if r["decode_tokens"] and r["decode_s"] > 0]
-    decode = statistics.median(decode_tok_s) if decode_tok_s else None
+    speed = speeds(runs, settings.images)
     context = runs[0]["prompt_tokens"] + settings.gen_len / 2  # the mean cache length while decoding
     per_token = engine_bytes_per_token(engine.root, manifest, context)
     return {
-        "format": RESULT_FORMAT,
-        "format_version": RESULT_VERSION,
+        "format": BENCH_FORMAT,
+        "format_version": BENCH_FORMAT_VERSION,
         "model": manifest["source"]["name"],
         "engine": str(engine.root),
         "target": target.name,
-        "backend": "cpu" if target.name == "cpu" else "trt",
+        "backend": "trt" if target.is_gpu else "cpu",
         "weights": weight_precision(manifest),
         "precision": precision(manifest),
         "prompt_tokens": runs[0]["prompt_tokens"],
@@ -147,16 +167,11 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
         "warmup": settings.warmup,
         "threads": threads,
         "kernels": getattr(engine, "kernels", None),
-        "ttft_s": statistics.mean(ttft),
-        "ttft_median_s": statistics.median(ttft),
-        "ttft_p90_s": _percentile(ttft, 90),
-        "vision_ms": 1e3 * statistics.mean(r["vision_s"] for r in runs) / settings.images if settings.images else None,
-        "prefill_tok_s": statistics.median(prefill_tok_s),
-        "decode_tok_s": decode,
+        **speed,
         **bandwidth,
-        **decode_ceiling(decode, bandwidth["bandwidth_gb_s"], per_token),
+        **decode_ceiling(speed["decode_tok_s"], bandwidth["bandwidth_gb_s"], per_token),
         "peak_rss_mb": peak_rss_mb(),
-        "gpu_memory_mb": process_gpu_memory_mb() if target.sm is not None else None,
+        "gpu_memory_mb": process_gpu_memory_mb() if target.is_gpu else None,
         "weights_mb": weights_mb(engine),
         "cpu": cpu_description(),
         "device": device,

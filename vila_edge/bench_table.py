@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .atomic import atomic_file
-from .bench import RESULT_FORMAT, RESULT_VERSION
 from .errors import UnsupportedError, UsageError
+from .formats import BENCH_FORMAT, BENCH_FORMAT_VERSION
 from .targets import TARGETS
 
 REQUIRED = ("model", "weights", "precision", "target", "threads", "text_tokens", "images", "gen_len", "repeat", "warmup",
@@ -30,11 +30,11 @@ def _read(path: Path) -> dict | None:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(data, dict) or data.get("format") != RESULT_FORMAT:
+    if not isinstance(data, dict) or data.get("format") != BENCH_FORMAT:
         return None
-    if data.get("format_version") != RESULT_VERSION:
+    if data.get("format_version") != BENCH_FORMAT_VERSION:
         raise UsageError(f"{path}: bench result format {data.get('format_version')}, this bench-table reads "
-                         f"{RESULT_VERSION}; re-run vila-edge bench -o {path.name} with this version")  # fmt: skip
+                         f"{BENCH_FORMAT_VERSION}; re-run vila-edge bench -o {path.name} with this version")  # fmt: skip
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise UsageError(f"{path}: bench result without {', '.join(missing)}; re-run vila-edge bench -o {path.name}")

@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .checkpoint import Checkpoint
+from .backend import Backend, ModelInfo
 from .conversation import get_template, render, resolve_conv_mode, stop_strings
 from .errors import UsageError
 from .generate import SamplingParams, TextStream, generate
@@ -30,7 +30,7 @@ class Answer:
 class Captioner:
     """Holds a loaded model; answers questions with the checkpoint's conversation template."""
 
-    def __init__(self, ckpt: Checkpoint, model, conv_mode: str | None = None):
+    def __init__(self, ckpt: ModelInfo, model: Backend, conv_mode: str | None = None):
         self.ckpt, self.model = ckpt, model
         self.tokenizer = model.tokenizer
         self.conv_mode, self.conv_mode_source = resolve_conv_mode(ckpt, conv_mode, self.tokenizer)

@@ -14,16 +14,16 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
 from PIL import Image
 
 from .errors import MediaError, UsageError
+from .formats import IMAGE_SUFFIXES, is_image
 from .media import bgr_to_image, load_image, open_video
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 # Low latency over TCP (no UDP loss on Wi-Fi); a user's own OPENCV_FFMPEG_CAPTURE_OPTIONS wins.
 RTSP_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay|max_delay;500000"
@@ -38,7 +38,25 @@ class Frame:
     image: Image.Image
 
 
-class Sampler:
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How a --source is sampled, recorded and watched."""
+
+    every: int = 1
+    fps: float | None = None
+    window: int = 1
+    max_captions: int | None = None
+    realtime: bool = False
+    reconnect_timeout: float = 30.0
+    record: str | None = None  # OUT.mp4
+    alert: str | None = None  # a regular expression
+
+    def given(self) -> list[str]:
+        """The options set away from their defaults, as flags."""
+        return [f"--{f.name.replace('_', '-')}" for f in fields(self) if getattr(self, f.name) != f.default]
+
+
+class FrameSampler:
     """Which frames are captioned: every Nth, or at most F per second of the source's clock."""
 
     def __init__(self, every: int = 1, fps: float | None = None):
@@ -62,7 +80,7 @@ class VideoFile:
 
     live = False
 
-    def __init__(self, path: Path, sampler: Sampler):
+    def __init__(self, path: Path, sampler: FrameSampler):
         import cv2
 
         self.name, self.sampler, self.dropped, self.tap = str(path), sampler, 0, None
@@ -95,9 +113,9 @@ class ImageFolder:
 
     live, fps = False, 1.0
 
-    def __init__(self, path: Path, sampler: Sampler):
+    def __init__(self, path: Path, sampler: FrameSampler):
         self.name, self.sampler, self.dropped, self.tap = str(path), sampler, 0, None
-        self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(p for p in path.iterdir() if is_image(p))
         if not self.files:
             raise MediaError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
 
@@ -127,7 +145,7 @@ class LiveSource:
 
     live = True
 
-    def __init__(self, name: str, connect: Callable, sampler: Sampler, *, pace: bool = False,
+    def __init__(self, name: str, connect: Callable, sampler: FrameSampler, *, pace: bool = False,
                  reconnect_s: float = 0.0, log: Callable[[str], None] | None = None):  # fmt: skip
         import cv2
 
@@ -269,7 +287,7 @@ def open_stream(url: str):
 def open_source(spec: str, every: int = 1, fps: float | None = None, realtime: bool = False,
                 reconnect_s: float = 30.0, log: Callable[[str], None] | None = None):  # fmt: skip
     """A camera (index, /dev/videoN or a GStreamer pipeline), a network stream, a video file or an image folder."""
-    sampler = Sampler(every, fps)
+    sampler = FrameSampler(every, fps)
     if spec.isdigit() or spec.startswith("/dev/video"):
         return LiveSource(f"camera {spec}", lambda: open_camera(spec), sampler, log=log)
     if " ! " in spec:

@@ -7,31 +7,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CheckpointError, UnsupportedError
-from .projectors import PROJECTORS, tokens_after
+from .arch import FAMILIES, PROJECTORS, TEMPLATES, VISION_TOWERS, Family, get_llm, tokens_after, tower_kind
+from .errors import CheckpointError
+from .formats import CHECKPOINT_PARTS as SUBFOLDERS
+from .formats import PICKLE_SUFFIXES
 from .safetensors_header import read_header
-
-SUPPORTED_LLMS = ("llama", "qwen2")
-# Vision tower classes by the substring VILA dispatches on in `architectures`.
-VISION_TOWERS = {"siglip": "SiglipVisionModel", "clip": "CLIPVisionModel"}
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
-SUBFOLDERS = ("llm", "vision_tower", "mm_projector")
-
-
-@dataclass(frozen=True)
-class Family:
-    """What differs between VILA1.5 (and LLaVA-lineage) checkpoints and NVILA."""
-
-    name: str
-    image_text: str  # text each image or frame puts in the user turn
-    image_end_text: str  # text embedded after each image block (NVILA's end token)
-    downsample_order: str  # token order of a plain mlp_downsample projector
-
-
-FAMILIES = {
-    "vila1.5": Family("vila1.5", image_text="<image>\n", image_end_text="", downsample_order="column"),
-    "nvila": Family("nvila", image_text="<image>", image_end_text="\n", downsample_order="row"),
-}
 
 
 @dataclass
@@ -47,6 +27,16 @@ class Checkpoint:
     preprocessor: dict
     family: Family
     weights: dict[str, list[Path]] = field(repr=False)  # subfolder -> weight files
+
+    def recorded_conv_mode(self) -> tuple[str, str] | None:
+        """The template config.json names (ours, or the remote-code conversions' chat_template), or a *.jinja."""
+        for key in ("conv_mode", "chat_template"):
+            if self.config.get(key) in TEMPLATES:
+                return self.config[key], f"config.json {key}"
+        for jinja in sorted(self.root.glob("*.jinja")):
+            if jinja.stem in TEMPLATES:
+                return jinja.stem, jinja.name
+        return None
 
     def is_pickle(self, part: str) -> bool:
         """True where that subfolder's weights are pickle files (accepted with allow_pickle only)."""
@@ -71,8 +61,7 @@ class Checkpoint:
 
     @property
     def vision_kind(self) -> str:
-        archs = " ".join(self.vision_config.get("architectures") or [self.vision_config.get("model_type", "")])
-        return next((k for k in VISION_TOWERS if k in archs.lower()), archs or "unknown")
+        return tower_kind(self.vision_config)
 
     @property
     def select_layer(self) -> int:
@@ -113,8 +102,9 @@ class Checkpoint:
     def vision_tokens(self) -> int:
         """Tokens per image out of the tower after feature selection."""
         n = (self.image_size // self.vision_config["patch_size"]) ** 2
-        if self.vision_kind == "clip":
-            n += 1  # CLIP's CLS token
+        tower = VISION_TOWERS.get(self.vision_kind)
+        if tower is not None and tower.cls_token:
+            n += 1
         return n - 1 if self.select_feature == "patch" else n  # `patch` drops token 0
 
     @property
@@ -217,11 +207,7 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     )
     vision_config = vision_config.get("vision_config", vision_config)  # full SigLIP/CLIP configs nest it
 
-    llm_type = llm_config.get("model_type")
-    if llm_type not in SUPPORTED_LLMS:
-        raise UnsupportedError(
-            f"{llm_dir / 'config.json'}: LLM model_type {llm_type!r} is not supported; supported: {', '.join(SUPPORTED_LLMS)}"
-        )
+    get_llm(llm_config.get("model_type"), str(llm_dir / "config.json"))
     if not (llm_dir / "tokenizer_config.json").is_file() or not any(
         (llm_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")
     ):

@@ -3,12 +3,13 @@ the power mode, jetson_clocks and the power rails sampled while decoding. No tor
 
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
+from pathlib import Path
 
-from .runtime.trt import TEGRA_RELEASE, l4t_release
-
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 GPU_FIELDS = ("name", "memory.total", "memory.used", "driver_version")
 JTOP_INTERVAL_S = 0.5
 
@@ -23,6 +24,21 @@ def cpu_description() -> str:
     """The CPU as one line, e.g. 'AMD EPYC (2 logical CPUs, x86_64)'."""
     cpu = cpu_info()
     return f"{cpu['model']} ({cpu['logical_cpus']} logical CPUs, {cpu['arch']})"
+
+
+def l4t_release(text: str) -> str | None:
+    """'# R36 (release), REVISION: 4.0, GCID: ...' (/etc/nv_tegra_release) -> '36.4.0'."""
+    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def jetpack_release() -> str | None:
+    if not shutil.which("dpkg-query"):
+        return None
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return out.stdout.split("+")[0].strip() or None
 
 
 def _number(text: str) -> float | None:

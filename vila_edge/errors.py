@@ -23,3 +23,11 @@ class UsageError(VilaEdgeError):
     """Options that contradict each other or the checkpoint."""
 
     exit_code = 2
+
+
+class QuantizeError(VilaEdgeError):
+    """The AWQ search cannot go on (non-finite activations in the fp model)."""
+
+
+class DoesNotFitError(VilaEdgeError):
+    """The memory plan says the engine would not fit the target."""

@@ -1,7 +1,8 @@
 """Sampling, stop rules and the decode loop, shared by every backend (numpy only, no torch).
 
-A backend offers `reset()`, `prefill(inputs) -> logits [V]` and `decode(token_id) -> logits [V]`,
-or `generate_tokens(inputs, params)` when it samples on its own.
+A backend offers `reset()`, `prefill(inputs) -> logits [V]` and `decode(token_id) -> logits [V]`
+(backend.LogitsBackend), or `generate_tokens(inputs, params)` when it samples on its own
+(backend.SamplingBackend); `token_stream` gives either as one stream of tokens.
 """
 
 import time
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from .backend import SamplingBackend
 
 
 @dataclass
@@ -118,6 +121,13 @@ def sampled_tokens(backend, inputs, params: SamplingParams):
         token = sampler(backend.decode(token))
 
 
+def token_stream(backend, inputs, params: SamplingParams):
+    """The backend's tokens for a spliced prompt: its own sampler's, or ours over its logits."""
+    if isinstance(backend, SamplingBackend):
+        return backend.generate_tokens(inputs, params)
+    return sampled_tokens(backend, inputs, params)
+
+
 def generate(
     backend,
     inputs,
@@ -132,8 +142,7 @@ def generate(
     prefill/decode; the stop rules and the text stream stay here either way."""
     emit = on_text or (lambda s: None)
     t0 = time.perf_counter()
-    own = getattr(backend, "generate_tokens", None)
-    tokens = own(inputs, params) if own else sampled_tokens(backend, inputs, params)
+    tokens = token_stream(backend, inputs, params)
     t1, reason, n_generated = None, "length", 0
     try:
         for token in tokens:

@@ -6,8 +6,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import MediaError, UnsupportedError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+from .formats import IMAGE_SUFFIXES, is_image, is_video
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -161,3 +160,23 @@ def load_video_frames(path: str | Path, n: int) -> list[Image.Image]:
         frames = _read_frames(path, frame_indices(count, n))
     size = next(iter(frames.values())).size
     return [frames[i] if i is not None else Image.new("RGB", size) for i in frame_indices(count, n)]
+
+
+def media_files(path: Path) -> list[Path]:
+    """An image, a video, or a folder of images (sorted by name)."""
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if is_image(f))
+        if not files:
+            raise MediaError(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if not (is_image(path) or is_video(path)):
+        raise MediaError(f"{path}: not an image or a video by its extension; pass an image, a video or a folder")
+    return [path]
+
+
+def media_images(path: Path, n: int) -> list[Image.Image]:
+    """Up to n images: the files of a folder (or the one image), or n frames spread over a video."""
+    files = media_files(path)
+    if len(files) == 1 and is_video(files[0]):
+        return load_video_frames(files[0], n)
+    return [load_image(f) for f in files[:n]]

@@ -75,6 +75,12 @@ class Plan:
     images: int  # per prompt
     parts_gb: dict[str, float]
 
+    def to_json(self) -> dict:
+        return {"recipe": self.recipe, "target": self.target.name, "max_batch": self.max_batch,
+                "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
+                "max_multimodal_len": self.max_multimodal_len, "parts_gb": self.parts_gb,
+                "total_gb": round(self.total_gb, 3), "usable_gb": self.target.usable_gb, "fits": self.fits}  # fmt: skip
+
     @property
     def limits(self) -> dict:
         """The engine limits, as build-engine passes them to TensorRT-LLM and the manifest records them."""

@@ -11,6 +11,11 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 def read_header(path: Path) -> dict[str, dict]:
     """Tensor name -> {"dtype", "shape", "data_offsets"}; raises CheckpointError if unreadable or cut short."""
+    return read_header_and_metadata(path)[0]
+
+
+def read_header_and_metadata(path: Path) -> tuple[dict[str, dict], dict]:
+    """(read_header's tensors, the file's `__metadata__` strings)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -25,11 +30,13 @@ def read_header(path: Path) -> dict[str, dict]:
         raise CheckpointError(f"{path}: cannot read ({e.strerror}); check the path and permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: corrupt safetensors header; copy the file again from the source") from None
-    header.pop("__metadata__", None)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header; copy the file again from the source")
+    metadata = header.pop("__metadata__", None) or {}
     data_bytes = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + n + data_bytes > size:
         raise CheckpointError(
             f"{path}: truncated ({size} bytes, header promises {8 + n + data_bytes}); "
             "the download or copy was cut short, copy it again"
         )
-    return header
+    return header, metadata

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from .model.projector import PROJECTORS, Projector
+from .arch import PROJECTORS
+from .model.projector import Projector
 
 
 def write_siglip_tower(out: Path, seed: int, image_size: int, hidden: int, layers: int, heads: int,

@@ -1,5 +1,5 @@
 """Deployment targets as data: memory, bandwidth, GPU architecture and default engine limits.
-Figures from ../shared/reference/peers-and-limits.md §4 and tensorrt.md §3."""
+Figures from the vendors' data sheets (memory, bandwidth, SM) and TensorRT-LLM's Jetson notes (limits)."""
 
 from dataclasses import dataclass
 
@@ -23,6 +23,10 @@ class Target:
     super_bandwidth_gb_s: float | None = None  # Orin Nano "Super" mode (JetPack 6.1+, 25 W)
 
     @property
+    def is_gpu(self) -> bool:
+        return self.sm is not None
+
+    @property
     def usable_gb(self) -> float:
         return self.memory_gb - self.reserved_gb
 
@@ -30,16 +34,28 @@ class Target:
 TARGETS = {
     t.name: t
     for t in (
-        Target("orin", "Jetson AGX Orin 64 GB", 64, 204.8, 87, True, 2.0, 0.8, 1, 2048, 2560, 4.0),
-        Target("orin-32gb", "Jetson AGX Orin 32 GB", 32, 204.8, 87, True, 2.0, 0.8, 1, 2048, 2560, 4.0),
-        Target("orin-nx", "Jetson Orin NX 16 GB", 16, 102.4, 87, True, 1.5, 0.8, 1, 2048, 2560, 2.0),
-        Target("orin-nano", "Jetson Orin Nano 8 GB", 8, 68.0, 87, True, 1.5, 0.8, 1, 1024, 1536, 1.0, 102.0),
-        Target("rtx4090", "GeForce RTX 4090 24 GB", 24, 1008.0, 89, False, 0.5, 1.0, 1, 4096, 4608, 8.0),
-        Target("a100", "A100 80 GB SXM", 80, 2039.0, 80, False, 0.5, 1.0, 8, 4096, 4608, 16.0),
-        Target("h100", "H100 80 GB SXM", 80, 3350.0, 90, False, 0.5, 1.0, 8, 4096, 4608, 16.0),
-        Target("cpu", "a laptop or desktop CPU (the C++ engine)", 0, 0.0, None, False, 0.0, 0.0, 1, 4096, 4096, 0.0),
+        Target("orin", "Jetson AGX Orin 64 GB", memory_gb=64, bandwidth_gb_s=204.8, sm=87, jetson=True, reserved_gb=2.0,
+               runtime_gb=0.8, max_batch=1, max_input_len=2048, max_seq_len=2560, workspace_gb=4.0),
+        Target("orin-32gb", "Jetson AGX Orin 32 GB", memory_gb=32, bandwidth_gb_s=204.8, sm=87, jetson=True,
+               reserved_gb=2.0, runtime_gb=0.8, max_batch=1, max_input_len=2048, max_seq_len=2560, workspace_gb=4.0),
+        Target("orin-nx", "Jetson Orin NX 16 GB", memory_gb=16, bandwidth_gb_s=102.4, sm=87, jetson=True,
+               reserved_gb=1.5, runtime_gb=0.8, max_batch=1, max_input_len=2048, max_seq_len=2560, workspace_gb=2.0),
+        # The smallest Jetson: shorter default limits so the KV cache and activations fit beside a 3B model.
+        Target("orin-nano", "Jetson Orin Nano 8 GB", memory_gb=8, bandwidth_gb_s=68.0, sm=87, jetson=True,
+               reserved_gb=1.5, runtime_gb=0.8, max_batch=1, max_input_len=1024, max_seq_len=1536, workspace_gb=1.0,
+               super_bandwidth_gb_s=102.0),
+        Target("rtx4090", "GeForce RTX 4090 24 GB", memory_gb=24, bandwidth_gb_s=1008.0, sm=89, jetson=False,
+               reserved_gb=0.5, runtime_gb=1.0, max_batch=1, max_input_len=4096, max_seq_len=4608, workspace_gb=8.0),
+        Target("a100", "A100 80 GB SXM", memory_gb=80, bandwidth_gb_s=2039.0, sm=80, jetson=False, reserved_gb=0.5,
+               runtime_gb=1.0, max_batch=8, max_input_len=4096, max_seq_len=4608, workspace_gb=16.0),
+        Target("h100", "H100 80 GB SXM", memory_gb=80, bandwidth_gb_s=3350.0, sm=90, jetson=False, reserved_gb=0.5,
+               runtime_gb=1.0, max_batch=8, max_input_len=4096, max_seq_len=4608, workspace_gb=16.0),
+        # The C++ engine: no GPU, no memory plan; its cache is sized at run time (caption --max-seq).
+        Target("cpu", "a laptop or desktop CPU (the C++ engine)", memory_gb=0, bandwidth_gb_s=0.0, sm=None, jetson=False,
+               reserved_gb=0.0, runtime_gb=0.0, max_batch=1, max_input_len=4096, max_seq_len=4096, workspace_gb=0.0),
     )
 }
+GPU_TARGETS = tuple(name for name, t in TARGETS.items() if t.is_gpu)
 
 
 def get_target(name: str) -> Target:

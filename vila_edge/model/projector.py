@@ -7,9 +7,7 @@ that exact Sequential and loaded with strict key matching.
 import torch
 from torch import nn
 
-from ..projectors import ORDERS, PROJECTORS, ProjectorSpec, tokens_after
-
-__all__ = ["ORDERS", "PROJECTORS", "ProjectorSpec", "tokens_after", "Downsample", "Projector"]
+from ..arch import ORDERS, PROJECTORS
 
 
 class Downsample(nn.Module):

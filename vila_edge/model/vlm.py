@@ -6,11 +6,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, DynamicCache, SiglipVisionModel
 from transformers.utils import logging as hf_logging
 
-from ..checkpoint import VISION_TOWERS, Checkpoint
+from ..awq_checkpoint import is_awq, load_awq_llm
+from ..arch import ORDERS, get_tower
+from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError, UsageError
 from ..prompt import splice_parts
-from ..quant.awq_format import is_awq, load_awq_llm
-from .projector import ORDERS, Projector
+from .projector import Projector
 from .vision import VisionEncoder
 
 _TOWER_CLASSES = {"SiglipVisionModel": SiglipVisionModel, "CLIPVisionModel": CLIPVisionModel}
@@ -52,12 +53,7 @@ def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | Non
     """(VisionEncoder, Projector) on the CPU, eval mode: the image half of the model."""
     if ckpt.s2_scales:
         raise UnsupportedError(f"{ckpt.root}: S2 multi-scale vision towers are not supported yet")
-    tower_name = VISION_TOWERS.get(ckpt.vision_kind)
-    if tower_name is None:
-        raise UnsupportedError(
-            f"{ckpt.vision_dir}: vision tower {ckpt.vision_kind!r} is not supported yet; "
-            f"supported: {', '.join(VISION_TOWERS)}"
-        )
+    tower_name = get_tower(ckpt.vision_kind, str(ckpt.vision_dir)).hf_class
     hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
     tower = _TOWER_CLASSES[tower_name].from_pretrained(
         ckpt.vision_dir, dtype=dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
@@ -67,24 +63,21 @@ def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | Non
 
 
 class VilaModel:
-    """Images and prompt ids in, LLM logits out; the KV cache lives here between calls."""
+    """Images and prompt ids in, LLM logits out; the KV cache lives here between calls.
+
+    `vision`, when given, replaces the PyTorch tower + projector: a callable from pixels [N, 3, S, S]
+    float32 to image embeddings [N, T, H] (numpy), such as the W8A8 ONNX through ONNX Runtime."""
 
     def __init__(self, ckpt: Checkpoint, device: str = "cpu", dtype: str = "auto", projector_order: str | None = None,
-                 vision_backend: str = "torch"):  # fmt: skip
+                 vision=None):
         self.ckpt = ckpt
+        self.info = ckpt
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.onnx_vision = None
-        if vision_backend == "onnx":  # the exported tower + projector: its token order is baked in
-            from ..quant.vision import W8A8_FILE
-            from ..runtime.onnx_vision import OnnxVision
-
-            if projector_order:
-                raise UsageError("--projector-order cannot change an exported vision ONNX; use --backend torch")
-            self.onnx_vision = OnnxVision(ckpt.root / "vision" / W8A8_FILE)
-        else:
-            vision, projector = load_vision(ckpt, self.dtype, projector_order)
-            self.vision, self.projector = vision.to(self.device), projector.to(self.device)
+        self.vision_fn = vision
+        if vision is None:
+            tower, projector = load_vision(ckpt, self.dtype, projector_order)
+            self.vision, self.projector = tower.to(self.device), projector.to(self.device)
         self.tokenizer = load_tokenizer(ckpt)
         if is_awq(ckpt.llm_config):  # the reference runs int4 checkpoints on their dequantised weights
             self.llm = load_awq_llm(ckpt.llm_dir, self.dtype, ckpt.weights["llm"]).to(self.device)
@@ -103,8 +96,8 @@ class VilaModel:
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray) -> torch.Tensor:
         """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order."""
-        if self.onnx_vision is not None:
-            return torch.from_numpy(self.onnx_vision(pixels)).to(self.device, self.dtype)
+        if self.vision_fn is not None:
+            return torch.from_numpy(self.vision_fn(pixels)).to(self.device, self.dtype)
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         return self.projector(self.vision(x))
 

@@ -1,1 +1,2 @@
-"""Quantization: int4 group maths and packing (int4.py), AWQ scale groups (mappings.py); the search lands with `vila-edge quantize`."""
+"""Quantization maths and search: AWQ (scale + clip) on the LLM, calibration data, SmoothQuant and int8 Q/DQ for
+the vision tower, perplexity. The options and their defaults are in options.py."""

@@ -5,34 +5,33 @@ search alpha on a grid (s = mean|x|^alpha, or AutoAWQ's duo scaling) scoring the
 block's output; fold the chosen scales into the previous op; search a clip range per output
 row and group (q/k excluded); round to int4; feed the rounded layer's output to the next layer.
 Only one layer is on the compute device at a time; activations wait on the CPU.
+
+The objective of each scale group (llm-compressor's _compute_best_scale, llm-awq's auto_scale):
+
+    s* = argmin_s  || B(Q(W · diag(s)) · diag(s)^-1 · X) - B(W · X) ||²,    s = mean|X|^alpha,  alpha in [0, 1)
+
+W: the group's linears stacked (`ResolvedGroup.linears`), X: their captured input (`feats`), B: the
+inspected block (`ResolvedGroup.inspect`: self_attn, the MLP, or the linear itself), Q: int4 group
+round-to-nearest (`pseudo_quantize`). alpha steps over `AwqSettings.n_grid` values; alpha = 0 is RTN.
+The clip search then picks, per output row and group, the max |w| (down to `max_shrink` of it) that
+minimises || Q(clip(W)) X - W X ||² on `clip_tokens` sampled tokens.
 """
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import VilaEdgeError
-from .int4 import dequantize_groups, pack_awq_gemm, pseudo_quantize, quantize_groups
-from .mappings import SCALE_GROUPS, scale_groups
-
-
-class QuantizeError(VilaEdgeError):
-    """The search cannot go on (non-finite activations in the fp model)."""
-
-
-@dataclass(frozen=True)
-class AwqSettings:
-    group_size: int = 128
-    w_bit: int = 4
-    n_grid: int = 20
-    duo_scaling: bool = False
-    clip: bool = True
-    max_shrink: float = 0.5  # clip down to 50 % of the group's max |w| ...
-    clip_tokens: int = 512  # ... scored on this many sampled tokens
-    chunk_tokens: int = 4096  # tokens per forward pass during the search
+from ..awq_checkpoint import load_awq_results
+from ..errors import QuantizeError
+from ..int4 import dequantize_groups, pack_awq_gemm, pseudo_quantize, quantize_groups
+from ..arch import get_llm
+from .mappings import scale_groups
+from .options import AwqSettings
 
 
 @dataclass
@@ -144,7 +143,7 @@ class _Search:
         self.llm, self.model_type, self.cfg, self.device = llm, model_type, settings, device
         self.positions = _Positions(llm, device)
         # The linears that share an input site: the first linear of each group (q_proj for q/k/v).
-        self.sites = {lin: g.linears[0] for g in SCALE_GROUPS[model_type] for lin in g.linears}
+        self.sites = {lin: g.linears[0] for g in get_llm(model_type).scale_groups for lin in g.linears}
         self.result = AwqResult()
 
     def forward(self, module, chunks, kind) -> list[torch.Tensor]:
@@ -225,7 +224,7 @@ class _Search:
     @torch.no_grad()
     def search_clip(self, w: torch.Tensor, x: list[torch.Tensor]) -> torch.Tensor:
         """Per (output row, group) the max |w| in [50 %, 100 %] whose int4 output error is lowest."""
-        g, n_grid = self.cfg.group_size, 20
+        g, n_grid = self.cfg.group_size, self.cfg.n_grid
         n, k = w.shape
         x = torch.cat([c.reshape(-1, k) for c in x])
         x = x[:: max(1, len(x) // self.cfg.clip_tokens)][: self.cfg.clip_tokens].to(self.device)
@@ -249,57 +248,69 @@ class _Search:
             best_max[r : r + rows] = best
         return best_max
 
-    def layer(self, index: int, layer: nn.Module, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Search, fold, clip and round one decoder layer; returns its (rounded) outputs."""
-        cfg, prefix, times = self.cfg, f"model.layers.{index}", {}
-        t = time.perf_counter()
-        layer.to(self.device)
-        linears = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
-        feats, fp_out = self.capture(layer, chunks)
+    def rtn_loss(self, layer, linears: dict[str, nn.Linear], chunks, fp_out) -> float:
+        """The layer's output MSE with every linear rounded to int4 as it is (the baseline AWQ must beat)."""
         originals = {n: m.weight.detach().clone() for n, m in linears.items()}
         with torch.no_grad():
             for m in linears.values():
-                m.weight.copy_(pseudo_quantize(m.weight, cfg.group_size))
-        rtn_loss = self.loss(layer, chunks, fp_out, "layer")
+                m.weight.copy_(pseudo_quantize(m.weight, self.cfg.group_size))
+        loss = self.loss(layer, chunks, fp_out, "layer")
         with torch.no_grad():
             for n, m in linears.items():
                 m.weight.copy_(originals[n])
-        del originals
-        times["capture"] = time.perf_counter() - t
+        return loss
 
-        t = time.perf_counter()
+    def scale(self, prefix: str, layer, feats) -> dict[str, float]:
+        """Search every scale group on the fp weights (as llm-awq), then fold them all; returns the alphas."""
         alphas, chosen = {}, []
         for group in scale_groups(self.model_type, layer):
-            where = f"{prefix}.{group.group.prev}"
-            s, alpha = self.search_scale(where, group, feats[group.group.linears[0]])
-            alphas[group.group.prev] = alpha
+            s, alphas[group.group.prev] = self.search_scale(f"{prefix}.{group.group.prev}", group, feats[group.group.linears[0]])
             chosen.append((group, s))
-        for group, s in chosen:  # each search saw the fp weights (llm-awq); fold them all now
+        for group, s in chosen:
             fold_scales(group.prev, group.linears, s)
             site = group.group.linears[0]
             feats[site] = [c / s.cpu() for c in feats[site]]
             self.result.scales[f"{prefix}.{group.group.prev}"] = ([f"{prefix}.{n}" for n in group.group.linears], s.cpu())
-        times["scale"] = time.perf_counter() - t
+        return alphas
 
-        t = time.perf_counter()
-        if cfg.clip:
-            for name, lin in linears.items():
-                if is_clipped(name):
-                    max_val = self.search_clip(lin.weight.detach(), feats[self.sites[name]])
-                    apply_clip(lin, max_val)
-                    self.result.clips[f"{prefix}.{name}"] = max_val.cpu()
-        times["clip"] = time.perf_counter() - t
-        del feats
-
-        t = time.perf_counter()
+    def clip(self, prefix: str, linears: dict[str, nn.Linear], feats) -> None:
         for name, lin in linears.items():
-            self.result.packed[f"{prefix}.{name}"] = round_linear(lin, cfg.group_size)
-        out = self.forward(layer, chunks, "layer")
+            if is_clipped(name):
+                max_val = self.search_clip(lin.weight.detach(), feats[self.sites[name]])
+                apply_clip(lin, max_val)
+                self.result.clips[f"{prefix}.{name}"] = max_val.cpu()
+
+    def layer(self, index: int, layer: nn.Module, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Search, fold, clip and round one decoder layer; returns its (rounded) outputs."""
+        prefix, times, alphas = f"model.layers.{index}", {}, {}
+        with _timed(times, "capture"):
+            layer.to(self.device)
+            linears = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+            feats, fp_out = self.capture(layer, chunks)
+            rtn_loss = self.rtn_loss(layer, linears, chunks, fp_out)
+        with _timed(times, "scale"):
+            alphas = self.scale(prefix, layer, feats)
+        with _timed(times, "clip"):
+            if self.cfg.clip:
+                self.clip(prefix, linears, feats)
+        del feats
+        with _timed(times, "quantize"):
+            for name, lin in linears.items():
+                self.result.packed[f"{prefix}.{name}"] = round_linear(lin, self.cfg.group_size)
+            out = self.forward(layer, chunks, "layer")
+            layer.to("cpu")
         awq_loss = sum((o - f).pow(2).sum().item() for o, f in zip(out, fp_out)) / sum(f.numel() for f in fp_out)
-        layer.to("cpu")
-        times["quantize"] = time.perf_counter() - t
         self.result.layers.append(LayerReport(index, rtn_loss, awq_loss, alphas, times))
         return out
+
+
+@contextmanager
+def _timed(times: dict[str, float], stage: str):
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[stage] = time.perf_counter() - t
 
 
 def run_awq(llm, model_type: str, samples: list[torch.Tensor], settings: AwqSettings, device: str = "cpu",
@@ -326,12 +337,11 @@ def rtn_quantize(llm, group_size: int) -> None:
                 m.weight.copy_(pseudo_quantize(m.weight, group_size))
 
 
-def quantized_linears(llm) -> dict[str, nn.Linear]:
-    """Every Linear inside the decoder layers, by its full name (lm_head and embeddings stay fp16)."""
-    return {
-        f"model.layers.{i}.{n}": m
-        for i, layer in enumerate(llm.model.layers)
-        for n, m in layer.named_modules()
-        if isinstance(m, nn.Linear)
-    }
-
+def apply_awq_results(llm, path: Path) -> int:
+    """Fold the saved scales and clips into an fp llm (in place); returns the group size to round with."""
+    scales, clips, meta = load_awq_results(path)
+    for prev, (linears, s) in scales.items():
+        fold_scales(llm.get_submodule(prev), [llm.get_submodule(n) for n in linears], s)
+    for name, max_val in clips.items():
+        apply_clip(llm.get_submodule(name), max_val)
+    return int(meta["group_size"])

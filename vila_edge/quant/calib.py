@@ -7,16 +7,15 @@ tokens from the vision tower and projector, followed by the model's own answer.
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..errors import MediaError, UsageError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-TEXT_SUFFIXES = {".txt", ".jsonl", ".md"}
+from ..caption import Captioner
+from ..errors import QuantizeError, UsageError
+from ..generate import SamplingParams
 # Questions a captioning user asks; media samples cycle through them.
 MEDIA_QUESTIONS = (
     "Describe the image in detail.",
@@ -25,44 +24,6 @@ MEDIA_QUESTIONS = (
     "What objects can you see, and where are they?",
     "Is there anything unusual in this scene?",
 )
-
-
-@dataclass(frozen=True)
-class CalibSpec:
-    kind: str  # self | text | media
-    path: Path | None = None
-
-    def __str__(self) -> str:
-        return self.kind if self.path is None else f"{self.kind}:{self.path}"
-
-
-def parse_calib(spec: str) -> CalibSpec:
-    """`self`, `text:FILE` or `media:PATH`; the path is checked here, before any work."""
-    kind, _, path = spec.partition(":")
-    if kind == "self" and not path:
-        return CalibSpec("self")
-    if kind not in ("text", "media") or not path:
-        raise UsageError(f"--calib {spec!r}: expected self, text:FILE or media:PATH")
-    p = Path(path)
-    if not p.exists():
-        raise (MediaError if kind == "media" else UsageError)(f"--calib {spec}: {p} does not exist; check the path")
-    if kind == "text" and (not p.is_file() or p.suffix.lower() not in TEXT_SUFFIXES):
-        raise UsageError(f"--calib {spec}: expected a .txt or .jsonl file")
-    if kind == "media":
-        media_files(p)  # an empty folder or an unknown file type fails now
-    return CalibSpec(kind, p)
-
-
-def media_files(path: Path) -> list[Path]:
-    """An image, a video, or a folder of images (sorted)."""
-    if path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise MediaError(f"{path}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return files
-    if path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-        raise MediaError(f"{path}: not an image or a video by its extension; pass an image, a video or a folder")
-    return [path]
 
 
 # ---- text -------------------------------------------------------------------------------------
@@ -111,8 +72,6 @@ def text_token_blocks(tokenizer, docs: list[str], n_samples: int, seqlen: int, s
 def self_token_blocks(llm, tokenizer, n_samples: int, seqlen: int, seed: int, device: str, batch: int = 16):
     """Sequences sampled from the fp model (temperature 1, seeded), starting from BOS: data-free
     calibration whose statistics are the model's own (as LLM-QAT's self-generated data)."""
-    from .awq import QuantizeError
-
     torch.manual_seed(seed)
     start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else [tokenizer.eos_token_id]
     if not torch.isfinite(llm(torch.tensor([start], device=device)).logits).all():
@@ -121,48 +80,48 @@ def self_token_blocks(llm, tokenizer, n_samples: int, seqlen: int, seed: int, de
             "The LLM weights hold NaN/inf (a corrupted download?); check them, or calibrate with --calib text:FILE "
             "to find the first layer at fault"
         )
-    blocks = []
-    for i in range(0, n_samples, batch):
-        b = min(batch, n_samples - i)
-        prompt = torch.tensor([start] * b, device=device)
-        out = llm.generate(
-            prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-            max_new_tokens=seqlen - len(start), min_new_tokens=seqlen - len(start),  # EOS suppressed: full blocks
-            pad_token_id=tokenizer.eos_token_id,
-        )  # fmt: skip
-        blocks += out.cpu().tolist()
+    blocks, steps = [], seqlen - len(start)
+    with tqdm(total=-(-n_samples // batch) * steps, desc="self-calibration", unit="step", leave=False) as bar:
+        for i in range(0, n_samples, batch):
+            b = min(batch, n_samples - i)
+            prompt = torch.tensor([start] * b, device=device)
+            out = llm.generate(
+                prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=steps, min_new_tokens=steps,  # EOS suppressed: full blocks
+                pad_token_id=tokenizer.eos_token_id, stopping_criteria=StoppingCriteriaList([_Ticks(bar)]),
+            )  # fmt: skip
+            blocks += out.cpu().tolist()
     return blocks
+
+
+class _Ticks(StoppingCriteria):
+    """A stopping criterion that never stops: it moves the progress bar one decode step."""
+
+    def __init__(self, bar):
+        super().__init__()
+        self.bar = bar
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.bar.update(1)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 # ---- media ------------------------------------------------------------------------------------
 
 
-def media_images(path: Path, n: int) -> list:
-    """Up to n images: the files of a folder (or the one image), or n frames spread over a video."""
-    from ..media import load_image, load_video_frames
-
-    files = media_files(path)
-    if len(files) == 1 and files[0].suffix.lower() in VIDEO_SUFFIXES:
-        return load_video_frames(files[0], n)
-    return [load_image(f) for f in files[:n]]
-
-
-def media_embeds(vila, images: list, n_samples: int, seqlen: int, seed: int) -> list[torch.Tensor]:
-    """One captioning exchange per sample: the checkpoint's template, one image, a question, and the
-    model's own answer (sampled, seeded) filling the block up to seqlen tokens."""
-    from ..caption import Captioner
-    from ..generate import SamplingParams
-
-    captioner = Captioner(vila.ckpt, vila)
+def media_embeds(vila, images: list, n_samples: int, seqlen: int, seed: int, conv_mode: str | None = None):
+    """(one captioning exchange per sample, the conv mode they are in): the checkpoint's template (or conv_mode),
+    one image, a question, and the model's own answer (sampled, seeded) filling the block up to seqlen tokens."""
+    captioner = Captioner(vila.info, vila, conv_mode)
     samples = []
-    for i in range(n_samples):
+    for i in tqdm(range(n_samples), desc="media calibration", unit="sample", leave=False):
         image, question = images[i % len(images)], MEDIA_QUESTIONS[i % len(MEDIA_QUESTIONS)]
         prompt = captioner.prompt_ids(question, 1)
         room = max(16, seqlen - len(prompt) - vila.ckpt.tokens_per_image)
         answer = captioner([image], question, SamplingParams(temperature=0.7, max_new_tokens=room, seed=seed + i))
         pixels = captioner.pixels([image])
         samples.append(vila.splice(prompt + answer.token_ids, vila.encode_images(pixels)).float().cpu())
-    return samples
+    return samples, captioner.conv_mode
 
 
 def embed_blocks(llm, blocks: list[list[int]]) -> list[torch.Tensor]:

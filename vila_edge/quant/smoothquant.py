@@ -4,20 +4,20 @@ Per input channel j of the linears after a LayerNorm: s_j = max|x_j|^alpha / max
 The LayerNorm's weight and bias are divided by s, the linears' input columns multiplied by it:
 the fp function is unchanged, and activation outliers move into the weights, which are
 quantized per output channel and absorb them better than per-tensor int8 activations can.
+
+
+`pairs` are the tower's (LayerNorm, the linears it feeds) inside one encoder layer: `VisionTower.smooth_pairs`
+in arch.py.
 """
 
 import torch
 from torch import nn
 
-# (LayerNorm, the linears it feeds) inside one SigLIP/CLIP encoder layer.
-SMOOTH_PAIRS = (
-    ("layer_norm1", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    ("layer_norm2", ("mlp.fc1",)),
-)
+Pairs = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 @torch.inference_mode()
-def input_abs_max(layers: nn.ModuleList, run, batches) -> dict[str, torch.Tensor]:
+def input_abs_max(layers: nn.ModuleList, pairs: Pairs, run, batches) -> dict[str, torch.Tensor]:
     """Per-channel max |x| at the input of each smoothed group, over all calibration batches.
     run(batch) must push the batch through the encoder holding `layers`."""
     stats: dict[str, torch.Tensor] = {}
@@ -32,7 +32,7 @@ def input_abs_max(layers: nn.ModuleList, run, batches) -> dict[str, torch.Tensor
     handles = [
         layer.get_submodule(linears[0]).register_forward_hook(hook(f"{i}.{norm}"))
         for i, layer in enumerate(layers)
-        for norm, linears in SMOOTH_PAIRS
+        for norm, linears in pairs
     ]
     try:
         for batch in batches:
@@ -44,11 +44,11 @@ def input_abs_max(layers: nn.ModuleList, run, batches) -> dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def smooth_layers(layers: nn.ModuleList, act_max: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def smooth_layers(layers: nn.ModuleList, pairs: Pairs, act_max: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     """Fold the smoothing scales into every layer in place; returns them by `<layer>.<norm>`."""
     scales = {}
     for i, layer in enumerate(layers):
-        for norm_name, linear_names in SMOOTH_PAIRS:
+        for norm_name, linear_names in pairs:
             norm = layer.get_submodule(norm_name)
             linears = [layer.get_submodule(n) for n in linear_names]
             w_max = torch.cat([lin.weight.abs() for lin in linears]).amax(dim=0).float().clamp(min=1e-5)

@@ -3,27 +3,24 @@
 
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import FAMILIES, Family
 from ..errors import CheckpointError, UsageError
+from ..formats import CPU_LAYOUT, check_layout
 from ..prompt import splice_parts
-from ..safetensors_header import read_header
-from .manifest import read_manifest
-from .tokenizer import EngineTokenizer
-
-LLM_FILE = "llm.safetensors"
-LAYOUT = "q4-pair64/1"
-ROPE_TYPES = ("default", "linear", "llama3")
+from ..safetensors_header import read_header_and_metadata
+from .manifest import EngineInfo, read_manifest
 
 
 def rope_frequencies(llm: dict) -> tuple[np.ndarray, float]:
     """(inv_freq [head_dim / 2] float32, attention scale) as transformers computes them for the rope type."""
     rope, dim = llm["rope"], llm["head_dim"]
-    inv = 1.0 / (np.float32(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    # theta ** (i / dim) correctly rounded to float32, as torch's powf gives it; numpy's float32 pow is off by an
+    # ulp on some CPUs (its SIMD path differs between AVX2 and AVX-512 builds).
+    exponent = (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)).astype(np.float64)
+    inv = np.float32(1.0) / (np.float64(np.float32(rope["rope_theta"])) ** exponent).astype(np.float32)
     kind = rope["rope_type"]
     if kind == "linear":
         inv = inv / np.float32(rope["factor"])
@@ -57,7 +54,8 @@ def open_llm(path: Path, llm: dict, max_seq: int, threads: int, kernels: str = "
     except ImportError as e:
         raise CheckpointError(f"the C++ runtime is not built ({e}); reinstall vila-edge: pip install -e .") from None
 
-    header = read_header(path)  # refuses a truncated file with a message
+    header, metadata = read_header_and_metadata(path)  # refuses a truncated file with a message
+    check_layout(path, metadata, CPU_LAYOUT, f"rebuild it: vila-edge build-engine QUANTIZED -o {path.parent} --target cpu")
     with open(path, "rb") as f:
         data_start = 8 + int.from_bytes(f.read(8), "little")
     index = {k: (v["dtype"], v["shape"], *v["data_offsets"]) for k, v in header.items()}
@@ -74,52 +72,6 @@ def open_llm(path: Path, llm: dict, max_seq: int, threads: int, kernels: str = "
         raise CheckpointError(f"{path}: {e}; rebuild the engine") from None
 
 
-@dataclass
-class EngineInfo:
-    """The parts of a checkpoint the captioning front reads, from an engine's manifest."""
-
-    root: Path
-    manifest: dict
-    config: dict = field(init=False)
-    family: Family = field(init=False)
-
-    def __post_init__(self):
-        self.config = {"conv_mode": self.manifest["text"]["conv_mode"]}
-        self.family = FAMILIES[self.manifest["text"]["family"]]
-
-    @property
-    def name(self) -> str:
-        return self.manifest["source"]["name"]
-
-    @property
-    def preprocessor(self) -> dict:
-        return self.manifest["preprocessor"]
-
-    @property
-    def image_aspect_ratio(self) -> str:
-        return self.manifest["image_aspect_ratio"]
-
-    @property
-    def model_max_length(self) -> int:
-        return self.manifest["text"]["model_max_length"]
-
-    @property
-    def num_video_frames(self) -> int:
-        return self.manifest["text"]["num_video_frames"]
-
-    def load_tokenizer(self) -> tuple[EngineTokenizer, list[int]]:
-        """(the engine's tokenizer, the ids of the family's image-end text spliced after each image block)."""
-        tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
-        end_text = self.family.image_end_text
-        return tokenizer, tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
-
-    def require_vision(self, vision):
-        """The engine's vision runner; a text-only engine says so."""
-        if vision is None:
-            raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
-        return vision
-
-
 class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
 
@@ -129,9 +81,9 @@ class CpuEngine:
         self.manifest = read_manifest(self.root, "cpu")
         self.info = EngineInfo(self.root, self.manifest)
         llm = self.manifest["llm"]
-        if llm.get("layout") != LAYOUT:
+        if llm.get("layout") != CPU_LAYOUT:
             raise CheckpointError(
-                f"{self.root}: weight layout {llm.get('layout')!r}, this runtime reads {LAYOUT!r}; "
+                f"{self.root}: weight layout {llm.get('layout')!r}, this runtime reads {CPU_LAYOUT!r}; "
                 f"rebuild it: vila-edge build-engine QUANTIZED -o {self.root} --target cpu"
             )
         self.max_seq = max_seq or self.info.model_max_length

@@ -2,34 +2,33 @@
 refusals when an engine does not match the runtime that is asked to load it (no torch)."""
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..arch import FAMILIES, Family
 from ..errors import CheckpointError, UsageError
-
-MANIFEST = "manifest.json"
-FORMAT = "vila-edge-engine"
-FORMAT_VERSION = 1
-BUILD_SCRIPT = "build.sh"  # in a bundle: builds the engine on the device
+from ..formats import BUILD_SCRIPT, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST_FILE
+from .tokenizer import EngineTokenizer
 
 
 def write_manifest(folder: Path, target: str, kind: str = "engine", **fields) -> dict:
     """kind: "engine" (runs here) or "bundle" (a GPU target's portable inputs, built into an engine on the device)."""
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "target": target,
+    manifest = {"format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "kind": kind, "target": target,
                 "toolkit_version": __version__, **fields}  # fmt: skip
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
 def is_engine(path: str | Path) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    return (Path(path) / MANIFEST_FILE).is_file()
 
 
 def read_manifest(folder: str | Path, target: str | tuple[str, ...], kind: str = "engine") -> dict:
     """The manifest of an engine (or, with kind="bundle", a portable bundle) for `target` (or one of several)
     written by this format version; else an error that says what differs and how to rebuild."""
     folder = Path(folder)
-    path = folder / MANIFEST
+    path = folder / MANIFEST_FILE
     targets = (target,) if isinstance(target, str) else target
     rebuild = f"rebuild it: vila-edge build-engine QUANTIZED_CHECKPOINT -o {folder} --target {'|'.join(targets)}"
     try:
@@ -38,14 +37,14 @@ def read_manifest(folder: str | Path, target: str | tuple[str, ...], kind: str =
         raise CheckpointError(f"{path}: missing, so {folder} is not an engine folder; {rebuild}") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable ({e}); {rebuild}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != ENGINE_FORMAT:
         raise CheckpointError(f"{path}: not a vila-edge engine manifest; {rebuild}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        age = "an older" if isinstance(version, int) and version < FORMAT_VERSION else "a different"
+    if version != ENGINE_FORMAT_VERSION:
+        age = "an older" if isinstance(version, int) and version < ENGINE_FORMAT_VERSION else "a different"
         raise CheckpointError(
             f"{folder}: engine format {version} (built by vila-edge {manifest.get('toolkit_version', '?')}) is {age} "
-            f"format than this runtime reads ({FORMAT_VERSION}, vila-edge {__version__}); {rebuild}"
+            f"format than this runtime reads ({ENGINE_FORMAT_VERSION}, vila-edge {__version__}); {rebuild}"
         )
     if kind == "bundle" and manifest.get("kind", "engine") != "bundle":
         raise UsageError(f"{folder}: already an engine (for {manifest.get('target')}); build-engine takes a quantized "
@@ -61,3 +60,51 @@ def read_manifest(folder: str | Path, target: str | tuple[str, ...], kind: str =
             f"{folder}: engine built for target {manifest.get('target')!r}, but this backend runs {runs} engines; {rebuild}"
         )
     return manifest
+
+
+@dataclass
+class EngineInfo:
+    """The parts of a checkpoint the captioning front reads, from an engine's manifest."""
+
+    root: Path
+    manifest: dict
+    family: Family = field(init=False)
+
+    def __post_init__(self):
+        self.family = FAMILIES[self.manifest["text"]["family"]]
+
+    def recorded_conv_mode(self) -> tuple[str, str]:
+        """Resolved and recorded when the engine was built."""
+        return self.manifest["text"]["conv_mode"], f"{MANIFEST_FILE} (build-engine)"
+
+    @property
+    def name(self) -> str:
+        return self.manifest["source"]["name"]
+
+    @property
+    def preprocessor(self) -> dict:
+        return self.manifest["preprocessor"]
+
+    @property
+    def image_aspect_ratio(self) -> str:
+        return self.manifest["image_aspect_ratio"]
+
+    @property
+    def model_max_length(self) -> int:
+        return self.manifest["text"]["model_max_length"]
+
+    @property
+    def num_video_frames(self) -> int:
+        return self.manifest["text"]["num_video_frames"]
+
+    def load_tokenizer(self) -> tuple[EngineTokenizer, list[int]]:
+        """(the engine's tokenizer, the ids of the family's image-end text spliced after each image block)."""
+        tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
+        end_text = self.family.image_end_text
+        return tokenizer, tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
+
+    def require_vision(self, vision):
+        """The engine's vision runner; a text-only engine says so."""
+        if vision is None:
+            raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
+        return vision

@@ -6,23 +6,18 @@ TensorRT engines run only where they were built: the same GPU architecture (SM) 
 TensorRT and TensorRT-LLM versions. The manifest records them; `check_engine` refuses the rest."""
 
 import importlib
-import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..device import TEGRA_RELEASE, jetpack_release, l4t_release
 from ..errors import CheckpointError, UnsupportedError, UsageError
 from ..prompt import splice_parts
-from ..targets import TARGETS
-from .cpu import EngineInfo
-from .manifest import read_manifest
+from ..targets import GPU_TARGETS, TARGETS
+from .manifest import EngineInfo, read_manifest
 
-GPU_TARGETS = tuple(name for name, t in TARGETS.items() if t.sm is not None)
 LIBRARIES = ("tensorrt", "tensorrt_llm")
-TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 
 
 def install_hint(jetson: bool) -> str:
@@ -32,21 +27,6 @@ def install_hint(jetson: bool) -> str:
 
 
 # ---- what this machine builds and runs -----------------------------------------------------------
-
-
-def l4t_release(text: str) -> str | None:
-    """'# R36 (release), REVISION: 4.0, GCID: ...' (/etc/nv_tegra_release) -> '36.4.0'."""
-    m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-    return f"{m.group(1)}.{m.group(2)}" if m else None
-
-
-def jetpack_release() -> str | None:
-    if not shutil.which("dpkg-query"):
-        return None
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"], capture_output=True, text=True)
-    if out.returncode != 0:
-        return None
-    return out.stdout.split("+")[0].strip() or None
 
 
 def probe_environment() -> tuple[dict, list[str]]:

@@ -1,9 +1,9 @@
-"""What `vila-edge quantize` writes and reads back.
+"""The AWQ checkpoint `vila-edge quantize` writes, and the readers that take it back (below the model).
 
 - `llm/`: AutoAWQ GEMM layout (`<linear>.qweight/.qzeros/.scales`), everything else fp16, safetensors
   shards, and the `quantization_config` transformers and vLLM read;
 - `awq_results.safetensors`: the searched scales and clip ranges, so another layout can be
-  packed from the fp checkpoint without searching again (`apply_awq_results`).
+  packed from the fp checkpoint without searching again (`quant.awq.apply_awq_results`).
 """
 
 import json
@@ -14,11 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from .errors import CheckpointError
+from .formats import AWQ_RESULTS_FORMAT
 from .int4 import dequantize_groups, unpack_awq_gemm
 
-RESULTS_FILE = "awq_results.safetensors"
-RESULTS_FORMAT = "vila_edge.awq_results/1"
 GEMM_SUFFIXES = ("qweight", "qzeros", "scales")
 WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
 
@@ -140,7 +139,7 @@ def save_awq_results(path: Path, result, settings) -> None:
     tensors = {f"scale:{prev}": s.float().contiguous() for prev, (_, s) in result.scales.items()}
     tensors.update({f"clip:{linear}": m.float().contiguous() for linear, m in result.clips.items()})
     meta = {
-        "format": RESULTS_FORMAT,
+        "format": AWQ_RESULTS_FORMAT,
         "w_bit": str(settings.w_bit),
         "group_size": str(settings.group_size),
         "scaled_linears": json.dumps({prev: linears for prev, (linears, _) in result.scales.items()}),
@@ -152,7 +151,7 @@ def load_awq_results(path: Path) -> tuple[dict, dict, dict]:
     """-> (scales {prev: (linears, s)}, clips {linear: max_val}, metadata)."""
     with safe_open(path, "pt") as f:
         meta = f.metadata() or {}
-        if meta.get("format") != RESULTS_FORMAT:
+        if meta.get("format") != AWQ_RESULTS_FORMAT:
             raise CheckpointError(f"{path}: not a vila_edge AWQ results file (format {meta.get('format')!r})")
         linears = json.loads(meta["scaled_linears"])
         scales, clips = {}, {}
@@ -163,15 +162,3 @@ def load_awq_results(path: Path) -> tuple[dict, dict, dict]:
             else:
                 clips[name] = f.get_tensor(key)
     return scales, clips, meta
-
-
-def apply_awq_results(llm, path: Path) -> int:
-    """Fold the saved scales and clips into an fp llm (in place); returns the group size to round with."""
-    from .awq import apply_clip, fold_scales
-
-    scales, clips, meta = load_awq_results(path)
-    for prev, (linears, s) in scales.items():
-        fold_scales(llm.get_submodule(prev), [llm.get_submodule(n) for n in linears], s)
-    for name, max_val in clips.items():
-        apply_clip(llm.get_submodule(name), max_val)
-    return int(meta["group_size"])

@@ -1,0 +1,20 @@
+"""What `build-engine` can be asked for, with its defaults (the CLI builds its options from these). Plain data."""
+
+from dataclasses import dataclass
+
+VISION_CHOICES = ("w8a8", "fp16", "fp32", "none")  # cpu: w8a8|fp32 ONNX; GPU: w8a8 (int8 plan) or fp16
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    vision: str = "w8a8"
+    lm_head: str = "int8"  # the cpu target's: int8 rows, or fp16
+    conv_mode: str | None = None  # recorded in the manifest (default: the checkpoint's own)
+    images: int | None = None  # GPU: images per prompt the engine takes (default 1)
+    max_batch: int | None = None  # GPU: default the target's (1 on Jetson)
+    max_input_len: int | None = None  # GPU: prompt tokens, images included (default: the target's)
+    max_seq_len: int | None = None  # GPU: prompt + answer tokens (default: the target's, within the model's)
+
+    def limits(self) -> dict:
+        return {"images": self.images, "max_batch": self.max_batch, "max_input_len": self.max_input_len,
+                "max_seq_len": self.max_seq_len}  # fmt: skip

@@ -1,0 +1,178 @@
+"""W8A8 vision tower: SmoothQuant (in PyTorch) -> fp32 ONNX -> calibrated Q/DQ ONNX, with its accuracy measured.
+
+Three stages, each a function: `smooth_and_export` (SmoothQuant folded into the tower, fp32 ONNX),
+`calibrate` (activation ranges through ONNX Runtime), `evaluate` (cosine against fp32 PyTorch on
+held-out images, overall and layer by layer). Writes into a `vision/` folder: vision_fp32.onnx,
+vision_w8a8.onnx and calibration.json (the media used, the method, every activation range, the accuracy).
+"""
+
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vila_edge.arch import get_tower
+from vila_edge.errors import MediaError, UsageError
+from vila_edge.formats import VISION_FP32_FILE, VISION_RECORD_FILE, VISION_RECORD_FORMAT, VISION_W8A8_FILE
+from vila_edge.media import media_images, preprocess
+from vila_edge.model.vlm import load_vision
+from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, insert_qdq, quant_targets
+from vila_edge.quant.options import VisionQuantOptions
+from vila_edge.quant.smoothquant import input_abs_max, smooth_layers
+from vila_edge.runtime.onnx_vision import INPUT, OUTPUT, session
+from vila_edge.scenes import generated_images
+
+from .vision_onnx import export_vision_onnx, save_onnx
+
+HELD_OUT_SEED = 10_000  # generated held-out images never coincide with generated calibration ones
+
+
+def pixels_of(ckpt, images: list) -> np.ndarray:
+    return np.stack([preprocess(im, ckpt.preprocessor, ckpt.image_aspect_ratio) for im in images])
+
+
+def _with_outputs(model, names: list[str]) -> bytes:
+    """The model serialized with extra graph outputs (for calibration and the per-layer report)."""
+    import copy
+
+    from onnx import TensorProto, helper
+
+    m = copy.deepcopy(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
+    return m.SerializeToString()
+
+
+def layer_outputs(model) -> dict[int, str]:
+    """Encoder layer index -> its output tensor (the last node exported under `/vision/layers.i/`)."""
+    out = {}
+    for node in model.graph.node:
+        m = re.match(r"/vision/layers\.(\d+)/", node.name)
+        if m:
+            out[int(m.group(1))] = node.output[0]
+    return dict(sorted(out.items()))
+
+
+def _run(sess, pixels: np.ndarray, batch: int, names: list[str], desc: str | None = None):
+    starts = range(0, len(pixels), batch)
+    for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
+        yield dict(zip(names, sess.run(names, {INPUT: pixels[i : i + batch]})))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-sample cosine similarity of two [N, ...] arrays."""
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def calibration_images(opts: VisionQuantOptions) -> tuple[list, str]:
+    """(the images to calibrate on, where they came from): --calib-media, else drawn scenes with a warning."""
+    if opts.method not in METHODS:
+        raise UsageError(f"--vision-calib-method {opts.method!r}: expected one of {', '.join(METHODS)}")
+    if opts.media is None:
+        warnings.warn("no --calib-media: the vision tower is calibrated on generated images; "
+                      "real frames from your camera calibrate better")
+        return generated_images(opts.n_images, seed=0), "generated"
+    images = media_images(Path(opts.media), opts.n_images)
+    if not images:
+        raise MediaError(f"{opts.media}: no images to calibrate the vision tower on")
+    return images, str(opts.media)
+
+
+@dataclass
+class Smoothed:
+    """The fp32 ONNX of the smoothed tower + projector, and what smoothing and the reference gave."""
+
+    fp32: object  # onnx.ModelProto, weights loaded
+    reference: np.ndarray  # fp32 PyTorch image embeddings of the held-out images, before smoothing
+    smooth_scales: dict
+    n_layers: int
+
+
+def smooth_and_export(ckpt, calib: np.ndarray, held_out: np.ndarray, opts: VisionQuantOptions, out_dir: Path,
+                      log) -> Smoothed:
+    """SmoothQuant folded into the LayerNorms (ranges from the calibration images), then the fp32 ONNX."""
+    import onnx
+
+    vision, projector = load_vision(ckpt, torch.float32)
+    with torch.inference_mode():
+        reference = projector(vision(torch.from_numpy(held_out))).numpy()  # before smoothing: the true fp32
+    batches = [torch.from_numpy(calib[i : i + opts.batch]) for i in range(0, len(calib), opts.batch)]
+    pairs = get_tower(ckpt.vision_kind).smooth_pairs
+    act_max = input_abs_max(vision.layers, pairs, vision, tqdm(batches, desc="vision SmoothQuant", unit="batch", leave=False))
+    smooth = smooth_layers(vision.layers, pairs, act_max, opts.alpha)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
+    export_vision_onnx(vision, projector, int(calib.shape[-1]), out_dir / VISION_FP32_FILE)
+    fp32 = onnx.load(out_dir / VISION_FP32_FILE)  # (a big tower's weights sit in a .data file beside it: loaded too)
+    return Smoothed(fp32, reference, smooth, len(vision.layers))
+
+
+def calibrate(model, acts: list[str], calib: np.ndarray, opts: VisionQuantOptions, path: Path,
+              threads: int | None) -> dict[str, float]:
+    """The int8 threshold of every activation in `acts`, from ONNX Runtime runs over the calibration images."""
+    sess = session(path, threads, _with_outputs(model, acts))
+    observer = RangeObserver()
+    for values in _run(sess, calib, opts.batch, acts, "vision ranges"):
+        observer.observe_max(values)
+    if opts.method != "max":
+        for values in _run(sess, calib, opts.batch, acts, f"vision {opts.method} histograms"):
+            observer.observe_hist(values)
+    return {a: observer.threshold(a, opts.method) for a in acts}
+
+
+def evaluate(fp32, w8a8, reference: np.ndarray, held_out: np.ndarray, out_dir: Path, opts: VisionQuantOptions,
+             threads: int | None) -> dict:
+    """Cosine of the W8A8 embeddings against fp32 PyTorch, and of each encoder layer against the fp32 ONNX."""
+    layers = layer_outputs(fp32)
+    names = [OUTPUT] + list(layers.values())
+    got = {}
+    for tag, m, f in (("fp32", fp32, VISION_FP32_FILE), ("w8a8", w8a8, VISION_W8A8_FILE)):
+        parts = list(_run(session(out_dir / f, threads, _with_outputs(m, names)), held_out, opts.batch, names))
+        got[tag] = {n: np.concatenate([p[n] for p in parts]) for n in names}
+    cos = cosine(got["w8a8"][OUTPUT], reference)
+    return {
+        "held_out": {"images": len(held_out), "source": "generated", "cosine_mean": float(cos.mean()),
+                     "cosine_min": float(cos.min()),
+                     "fp32_onnx_max_abs_error": float(np.abs(got["fp32"][OUTPUT] - reference).max())},
+        "layers": [{"layer": i, "cosine": float(cosine(got["w8a8"][t], got["fp32"][t]).mean())} for i, t in layers.items()],
+    }
+
+
+def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, threads: int | None = None) -> dict:
+    """SmoothQuant + export + calibrate + Q/DQ + evaluate; returns (and writes) the calibration record."""
+    import onnx
+
+    images, source = calibration_images(opts)
+    calib = pixels_of(ckpt, images)
+    held_out = pixels_of(ckpt, generated_images(opts.held_out, seed=HELD_OUT_SEED))
+    smoothed = smooth_and_export(ckpt, calib, held_out, opts, out_dir, log)
+    model = onnx.load(out_dir / VISION_FP32_FILE)
+    fold_identities(model)
+    targets = quant_targets(model, opts.keep_float)
+    acts = sorted({t.activation for t in targets})
+    log(f"calibrating {len(acts)} activation ranges on {len(calib)} images ({opts.method})")
+    thresholds = calibrate(model, acts, calib, opts, out_dir / VISION_FP32_FILE, threads)
+    insert_qdq(model, targets, thresholds, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
+    save_onnx(model, out_dir / VISION_W8A8_FILE)
+    record = {
+        "format": VISION_RECORD_FORMAT,
+        "media": source,
+        "calibration_images": len(calib),
+        "method": opts.method,
+        "smooth_alpha": opts.alpha,
+        "weights": f"int8 symmetric per output channel, {opts.weight_bits}-bit range",
+        "activations": "int8 symmetric per tensor",
+        "quantized_nodes": len(targets),
+        "kept_float": list(opts.keep_float),
+        **evaluate(smoothed.fp32, model, smoothed.reference, held_out, out_dir, opts, threads),
+        "ranges": {a: thresholds[a] for a in acts},
+        "smooth_scales_max": {k: float(v.max()) for k, v in smoothed.smooth_scales.items()},
+    }
+    (out_dir / VISION_RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,67 @@
+"""What every backend offers the captioning front, named: the torch reference (model.vlm.VilaModel),
+the C++ cpu engine (runtime.cpu.CpuEngine) and TensorRT (runtime.trt.TrtEngine). Protocols only; no imports
+of any backend, so the front stays torch-free."""
+
+from pathlib import Path
+from typing import Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+from .arch import Family
+
+
+class ModelInfo(Protocol):
+    """What the front reads about a model, from a checkpoint (checkpoint.Checkpoint) or an engine's
+    manifest (runtime.manifest.EngineInfo)."""
+
+    root: Path
+    family: Family
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def preprocessor(self) -> dict: ...  # the image processor's preprocessor_config.json
+    @property
+    def image_aspect_ratio(self) -> str: ...
+    @property
+    def model_max_length(self) -> int: ...
+    @property
+    def num_video_frames(self) -> int: ...
+
+    def recorded_conv_mode(self) -> tuple[str, str] | None:
+        """(conv mode, where it is recorded) when the model names its own template."""
+
+
+class Backend(Protocol):
+    """Images and prompt ids in, tokens out."""
+
+    info: ModelInfo
+    tokenizer: object  # a transformers tokenizer or runtime.tokenizer.EngineTokenizer
+
+    def encode_images(self, pixels: np.ndarray):
+        """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order."""
+
+    def splice(self, ids: list[int], image_embeds):
+        """Prompt ids with IMAGE_TOKEN_INDEX markers + [N, T, H] image blocks -> the backend's prefill input."""
+
+
+@runtime_checkable
+class LogitsBackend(Backend, Protocol):
+    """A backend whose logits our sampler reads (torch, cpu): the KV cache lives inside it."""
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+
+    def prefill(self, inputs) -> np.ndarray:
+        """inputs [L, H] appended to the cache -> logits of the last position [V] float32."""
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """one token appended to the cache -> logits [V] float32."""
+
+
+@runtime_checkable
+class SamplingBackend(Backend, Protocol):
+    """A backend that samples on its own (TensorRT-LLM); the front still applies its stop rules."""
+
+    def generate_tokens(self, inputs, params) -> Iterator[int]:
+        """The sampled tokens, one at a time, until the caller stops reading or max_new_tokens."""

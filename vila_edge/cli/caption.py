@@ -1,0 +1,72 @@
+"""`vila-edge caption MODEL`: answer a question about images or a video, or caption a camera, stream or file."""
+
+import json
+import sys
+
+from ..capture import CaptureOptions
+from ..commands.backends import BACKENDS, BackendOptions
+from ..commands.caption import caption_media, caption_source, print_record, stderr_log
+from ..generate import SamplingParams
+from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_format, from_args
+
+SAMPLING = ("max_new_tokens", "temperature", "top_p", "seed")
+CAPTURE = ("every", "fps", "window", "max_captions", "realtime", "reconnect_timeout", "record", "alert")
+CPU_ENGINE = ("threads", "kernels", "max_seq", "activations")
+TORCH = ("dtype", "projector_order")
+
+
+def add_parser(sub) -> None:
+    q = sub.add_parser("caption", help="answer a question about images or a video, or caption a live source")
+    q.add_argument("model", help="an engine folder (build-engine) or a VILA checkpoint folder")
+    media = q.add_mutually_exclusive_group()
+    media.add_argument("--image", nargs="+", metavar="PATH", help="one or more images, in prompt order")
+    media.add_argument("--video", metavar="PATH", help="one question about N frames of a video (--num-frames)")
+    media.add_argument("--source", metavar="SRC", help="a caption per sampled frame of a camera (0, /dev/video0), "
+                       "a stream (rtsp://...), a video file or an image folder")  # fmt: skip
+    q.add_argument("--prompt", required=True, help="the question; <image> tags place the images, else they go first")
+    add_fields(q, CaptureOptions, *CAPTURE, record={"metavar": "OUT.mp4"}, alert={"metavar": "REGEX"},
+               reconnect_timeout={"metavar": "S"})  # fmt: skip
+    add_conv_mode(q)
+    add_fields(q, SamplingParams, *SAMPLING)
+    q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
+    add_fields(q, BackendOptions, "backend", *CPU_ENGINE, backend={"choices": BACKENDS},
+               activations={"choices": ("int8", "fp32")})  # fmt: skip
+    add_device(q)
+    add_fields(q, BackendOptions, *TORCH, dtype={"choices": ("auto", "float32", "float16", "bfloat16")},
+               projector_order={"choices": ("row", "column")})  # fmt: skip
+    add_allow_pickle(q)
+    add_format(q, "text", "jsonl")
+    q.set_defaults(run=run)
+
+
+def run(args) -> int:
+    params = from_args(SamplingParams, args, *SAMPLING)
+    backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "device", *TORCH, "allow_pickle")
+    capture = from_args(CaptureOptions, args, *CAPTURE)
+    if args.source is not None:
+        for record in caption_source(args.model, args.source, args.prompt, params, backend, args.conv_mode, capture,
+                                     stderr_log):  # fmt: skip
+            print_record(record, args.format)
+        return 0
+    text = args.format == "text"
+    record, stats = caption_media(args.model, args.image, args.video, args.num_frames, args.prompt, params, backend,
+                                  args.conv_mode, capture, on_text=Streamer() if text else None)  # fmt: skip
+    if text:
+        print()
+        print(stats, file=sys.stderr)
+    else:
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+    return 0
+
+
+class Streamer:
+    """Prints the answer as it arrives, without the leading space a detokenizer gives the first word."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, delta: str) -> None:
+        if not self.started:
+            delta = delta.lstrip()
+            self.started = bool(delta)
+        print(delta, end="", flush=True)

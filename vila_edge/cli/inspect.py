@@ -1,0 +1,22 @@
+"""`vila-edge inspect CHECKPOINT`: validate a checkpoint and show its shapes, projector and conv mode."""
+
+import json
+
+from ..commands.inspect import format_text, inspect_checkpoint
+from .options import HELP, add_allow_pickle, add_format
+
+
+def add_parser(sub) -> None:
+    q = sub.add_parser("inspect", help="validate a checkpoint and show its shapes, projector and conv mode")
+    q.add_argument("checkpoint")
+    q.add_argument("--conv-mode", help="show this conv mode instead of the resolved one")
+    q.add_argument("--projector-order", choices=("row", "column"), help=HELP["projector_order"])
+    add_allow_pickle(q)
+    add_format(q, "text", "json")
+    q.set_defaults(run=run)
+
+
+def run(args) -> int:
+    info = inspect_checkpoint(args.checkpoint, args.conv_mode, args.projector_order, args.allow_pickle)
+    print(json.dumps(info, indent=2) if args.format == "json" else format_text(info))
+    return 0

@@ -1,0 +1,65 @@
+"""`vila-edge quantize CHECKPOINT -o OUT`: AWQ int4 of the LLM (scale + clip search) and the W8A8 vision ONNX."""
+
+import sys
+import warnings
+
+from ..errors import UsageError
+from ..quant.options import METHODS, AwqSettings, QuantizeOptions, VisionQuantOptions, parse_calib
+from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_overwrite, from_args, shown_size, size
+
+AWQ = ("group_size", "w_bit", "duo_scaling", "clip")
+RUN = ("n_samples", "seqlen", "seed", "eval_text", "eval_tokens", "max_shard_bytes")
+VISION = ("alpha", "method", "n_images", "weight_bits")
+
+
+def add_parser(sub) -> None:
+    q = sub.add_parser("quantize", help="AWQ int4 quantization of the LLM (scale + clip search)")
+    q.add_argument("source", help="a VILA checkpoint folder (fp16/bf16)")
+    q.add_argument("-o", "--out", required=True, help="the quantized checkpoint folder to write")
+    add_fields(q, AwqSettings, *AWQ)
+    q.add_argument("--calib", default="self", metavar="self|text:FILE|media:PATH",
+                   help="calibration: the model's own samples (default), a .txt/.jsonl file, or an image, "
+                        "image folder or video captioned through the whole VLM")  # fmt: skip
+    q.add_argument("--calib-media", metavar="PATH", help="short for --calib media:PATH")
+    add_conv_mode(q, "the template media calibration prompts in, recorded in OUT (default: the checkpoint's own)")
+    add_fields(q, QuantizeOptions, *RUN, flags={"max_shard_bytes": "--shard-size"},
+               eval_text={"metavar": "FILE"}, max_shard_bytes={"type": size, "shown": shown_size})  # fmt: skip
+    add_device(q, "where each layer is searched")
+    q.add_argument("--vision", choices=("w8a8", "none", "fp16"), default="w8a8", metavar="{w8a8,none}",
+                   help="w8a8: also write vision/ (SmoothQuant + int8 Q/DQ ONNX); none: write no vision ONNX "
+                        "(the tower stays as it is in vision_tower/)")  # fmt: skip
+    add_fields(q, VisionQuantOptions, *VISION, method={"choices": METHODS},
+               flags={"alpha": "--smooth-alpha", "method": "--vision-calib-method", "n_images": "--vision-calib-images",
+                      "weight_bits": "--vision-weight-bits"}, weight_bits={"choices": (7, 8)})  # fmt: skip
+    add_overwrite(q)
+    add_allow_pickle(q)
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(run=run)
+
+
+def options(args) -> QuantizeOptions:
+    if args.calib_media and args.calib != "self":
+        raise UsageError("--calib-media is the short form of --calib media:PATH; pass one of them")
+    calib = parse_calib(f"media:{args.calib_media}" if args.calib_media else args.calib)
+    if args.vision == "fp16":
+        warnings.warn("--vision fp16 is now --vision none (the tower is left as it is); fp16 goes in the next release",
+                      FutureWarning, stacklevel=2)  # fmt: skip
+        args.vision = "none"
+    vision = None
+    if args.vision == "w8a8":
+        vision = from_args(VisionQuantOptions, args, *VISION, media=calib.path if calib.kind == "media" else None)
+    settings = from_args(AwqSettings, args, *AWQ)
+    return from_args(QuantizeOptions, args, *RUN, "device", "conv_mode", settings=settings, calib=calib, vision=vision)
+
+
+def run(args) -> int:
+    from ..commands.quantize import quantize_checkpoint, summary_lines
+
+    opts = options(args)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    report = quantize_checkpoint(args.source, args.out, opts, overwrite=args.overwrite, log=log,
+                                 progress=not args.quiet, allow_pickle=args.allow_pickle)  # fmt: skip
+    print("\n".join(summary_lines(report, args.out)))
+    for guard in report["guards"]:
+        print(f"note: {guard}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""One orchestrator per command: the only layer that crosses stages (model, quant, export, runtime)."""

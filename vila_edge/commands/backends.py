@@ -1,0 +1,76 @@
+"""Which backend runs a model folder, opened with the user's options: an engine folder runs on the backend its
+manifest names (cpu or trt), a checkpoint on the torch reference. Torch is imported only for a checkpoint."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..backend import Backend
+from ..errors import UsageError
+from ..formats import MANIFEST_FILE, VISION_DIR, VISION_W8A8_FILE
+from ..runtime.manifest import is_engine
+from ..targets import TARGETS
+
+BACKENDS = ("auto", "torch", "onnx", "cpu", "trt")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    backend: str = "auto"
+    threads: int | None = None  # cpu engine
+    kernels: str | None = None  # cpu engine
+    max_seq: int | None = None  # cpu engine
+    activations: str = "int8"  # cpu engine
+    device: str = "auto"  # torch
+    dtype: str = "auto"  # torch
+    projector_order: str | None = None  # torch
+    allow_pickle: bool = False  # torch
+
+
+def engine_backend(folder) -> str:
+    """"cpu" or "trt": which backend runs an engine folder, by the target in its manifest."""
+    try:
+        target = json.loads((Path(folder) / MANIFEST_FILE).read_text()).get("target")
+    except (OSError, ValueError, AttributeError):
+        return "cpu"  # CpuEngine's manifest check says what is wrong
+    return "cpu" if target == "cpu" or target not in TARGETS else "trt"
+
+
+def open_engine(folder, opts: BackendOptions) -> tuple[Backend, str]:
+    """(the engine's backend, its description) for an engine folder."""
+    kind = engine_backend(folder)
+    if opts.backend not in ("auto", kind):
+        raise UsageError(f"{folder} is a {kind} engine, run by --backend {kind}; drop --backend {opts.backend}")
+    if kind == "trt":
+        from ..runtime.trt import TrtEngine
+
+        if opts.threads or opts.kernels:
+            raise UsageError(f"{folder} is a TensorRT engine; --threads and --kernels set the cpu engine: drop them")
+        engine = TrtEngine(folder)
+        return engine, f"trt ({engine.manifest['target']})"
+    from ..runtime.cpu import CpuEngine
+
+    engine = CpuEngine(folder, threads=opts.threads, kernels=opts.kernels, max_seq=opts.max_seq,
+                       activations=opts.activations)  # fmt: skip
+    return engine, f"cpu ({engine.kernels}, {engine.threads} threads)"
+
+
+def load_backend(folder, opts: BackendOptions) -> tuple[Backend, str]:
+    """(the backend, its name): an engine folder, or a checkpoint on torch (vision on the W8A8 ONNX with onnx)."""
+    if is_engine(folder):
+        return open_engine(folder, opts)
+    if opts.backend in ("cpu", "trt"):
+        raise UsageError(f"{folder}: --backend {opts.backend} runs engine folders; build one with vila-edge build-engine")
+    from ..checkpoint import load_checkpoint
+    from ..model.vlm import VilaModel
+
+    ckpt = load_checkpoint(folder, allow_pickle=opts.allow_pickle)
+    vision = None
+    if opts.backend == "onnx":  # the exported tower + projector: its token order is baked in
+        from ..runtime.onnx_vision import OnnxVision
+
+        if opts.projector_order:
+            raise UsageError("--projector-order cannot change an exported vision ONNX; use --backend torch")
+        vision = OnnxVision(ckpt.root / VISION_DIR / VISION_W8A8_FILE)
+    model = VilaModel(ckpt, device=opts.device, dtype=opts.dtype, projector_order=opts.projector_order, vision=vision)
+    return model, "torch" if opts.backend == "auto" else opts.backend

@@ -1,0 +1,273 @@
+"""`vila-edge quantize`: check everything, calibrate, search, write the checkpoint atomically, report."""
+
+import copy
+import json
+import math
+import re
+import shutil
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..arch import VISION_TOWERS, get_llm
+from ..atomic import atomic_dir
+from ..awq_checkpoint import is_awq, load_awq_llm, save_awq_results, write_awq_llm
+from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint, tensor_shapes
+from ..errors import UnsupportedError, UsageError
+from ..export.vision_w8a8 import quantize_vision
+from ..formats import AWQ_RESULTS_FILE, QUANT_REPORT_FILE, VISION_DIR
+from ..media import media_images
+from ..model.vlm import VilaModel, load_tokenizer, resolve_device
+from ..quant.awq import rtn_quantize, run_awq
+from ..quant.calib import embed_blocks, media_embeds, read_documents, self_token_blocks, text_token_blocks
+from ..quant.options import AwqSettings, QuantizeOptions
+from ..quant.ppl import eval_tokens, gap_ratio, perplexity
+_LINEAR_WEIGHT = re.compile(r"model\.layers\.\d+\.(.+)\.weight$")
+
+
+def check_source(ckpt: Checkpoint, settings: AwqSettings) -> None:
+    """Everything that can be refused from configs and headers alone, before any weight is read."""
+    if settings.w_bit != 4:
+        raise UnsupportedError(f"--w-bit {settings.w_bit}: only 4-bit weights are supported yet")
+    if is_awq(ckpt.llm_config):
+        raise UsageError(f"{ckpt.llm_dir}: already AWQ-quantized; pass the fp16/bf16 source checkpoint")
+    get_llm(ckpt.llm_config.get("model_type"), str(ckpt.llm_dir / "config.json"))
+    if ckpt.is_pickle("llm"):
+        return  # no header to read; quantize_groups checks the same when it gets there
+    widths = {  # linear -> [out_features, in_features], from the safetensors headers
+        name[: -len(".weight")]: shape
+        for name, shape in tensor_shapes(ckpt.weights["llm"]).items()
+        if _LINEAR_WEIGHT.match(name) and len(shape) == 2
+    }
+    g = settings.group_size
+    common = math.gcd(*(k for _, k in widths.values()))
+    for name, (n, k) in widths.items():
+        if g <= 0 or k % g:
+            sizes = [s for s in (32, 64, 128, 256) if common % s == 0]
+            hint = (f"group sizes that divide every layer: {', '.join(map(str, sizes))}" if sizes
+                    else f"every in_features is a multiple of {common} only")  # fmt: skip
+            raise UsageError(f"--group-size {g} does not divide {name}'s in_features {k}; {hint}")
+        if n % 8:
+            raise UnsupportedError(f"{name}: out_features {n} is not a multiple of 8, which the GEMM packing needs")
+
+
+def check_vision(ckpt: Checkpoint) -> None:
+    if ckpt.s2_scales or ckpt.vision_kind not in VISION_TOWERS:
+        what = "an S2 multi-scale tower" if ckpt.s2_scales else f"a {ckpt.vision_kind} tower"
+        raise UnsupportedError(f"{ckpt.vision_dir}: W8A8 export of {what} is not supported yet; pass --vision none")
+
+
+def load_fp_llm(ckpt: Checkpoint):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(
+        ckpt.llm_dir, dtype=torch.float32, use_safetensors=not ckpt.is_pickle("llm")
+    ).eval()
+
+
+def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, log):
+    """(fp32 llm on the CPU, tokenizer, samples [L, H], the conv mode of media prompts): media needs the whole
+    VLM, text only the LLM."""
+    spec = opts.calib
+    if spec.kind == "media":
+        images = media_images(spec.path, opts.n_samples)
+        vila = VilaModel(ckpt, device=device, dtype="float32")
+        log(f"calibrating on {len(images)} image(s) from {spec.path}, the model's own answers filling each block")
+        samples, conv_mode = media_embeds(vila, images, opts.n_samples, opts.seqlen, opts.seed, opts.conv_mode)
+        return vila.llm.cpu(), vila.tokenizer, samples, conv_mode
+    tokenizer = load_tokenizer(ckpt)
+    llm = load_fp_llm(ckpt)
+    if spec.kind == "text":
+        blocks = text_token_blocks(tokenizer, read_documents(spec.path), opts.n_samples, opts.seqlen, opts.seed)
+    else:
+        log(f"sampling {opts.n_samples} x {opts.seqlen} calibration tokens from the model itself (seed {opts.seed})")
+        blocks = self_token_blocks(llm.to(device), tokenizer, opts.n_samples, opts.seqlen, opts.seed, device)
+    return llm.cpu(), tokenizer, embed_blocks(llm, blocks), opts.conv_mode
+
+
+def _copy_unchanged(ckpt: Checkpoint, out: Path, conv_mode: str | None) -> None:
+    """The top-level files, vision_tower/ and mm_projector/; *_cfg paths point at the new subfolders, and a
+    conv mode chosen for calibration is recorded, so every later command prompts the same way."""
+    for f in ckpt.root.iterdir():
+        if f.is_file() and f.name not in ("config.json", AWQ_RESULTS_FILE, QUANT_REPORT_FILE):
+            shutil.copy2(f, out / f.name)
+    config = dict(ckpt.config)
+    if conv_mode:
+        config["conv_mode"] = conv_mode
+    for name in SUBFOLDERS:
+        if isinstance(config.get(f"{name}_cfg"), str):
+            config[f"{name}_cfg"] = name
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copytree(ckpt.vision_dir, out / "vision_tower")
+    shutil.copytree(ckpt.projector_dir, out / "mm_projector")
+
+
+class _Progress:
+    """A bar over decoder layers (ETA from tqdm) with the last layer's output loss before and after."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def __call__(self, report, n_layers: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n_layers, desc="AWQ", unit="layer", file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_postfix_str(f"layer {report.index}: loss RTN {report.rtn_loss:.3g} -> AWQ {report.awq_loss:.3g}")
+        self.bar.update(1)
+        if self.bar.n == n_layers:
+            self.bar.close()
+
+
+@dataclass
+class Stopwatch:
+    """Seconds per named stage; a stage timed twice adds up."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def stage(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.seconds.items()} | {"total": round(time.perf_counter() - self.started, 2)}
+
+
+def check_request(ckpt: Checkpoint, out: Path, opts: QuantizeOptions, overwrite: bool) -> None:
+    """Everything refusable before any weight is read."""
+    check_source(ckpt, opts.settings)
+    if opts.vision is not None:
+        check_vision(ckpt)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out}: already exists; remove it, pass --overwrite, or choose another output folder")
+    if opts.eval_text is not None and not Path(opts.eval_text).is_file():
+        raise UsageError(f"--eval-text {opts.eval_text}: no such file")
+    if opts.n_samples < 1 or opts.seqlen < 16:
+        raise UsageError("--n-samples must be at least 1 and --seqlen at least 16")
+
+
+def baseline_perplexity(ckpt: Checkpoint, llm, tokenizer, opts: QuantizeOptions, device: str):
+    """(fp and RTN perplexity on --eval-text, the scored windows); (None, None) without --eval-text."""
+    if opts.eval_text is None:
+        return None, None
+    seqlen = min(opts.eval_seqlen, ckpt.model_max_length)
+    windows = eval_tokens(tokenizer, Path(opts.eval_text), opts.eval_tokens, seqlen)
+    ppl = {"text": str(opts.eval_text), "tokens": windows.numel(), "seqlen": seqlen, "fp": perplexity(llm, windows, device)}
+    rtn = copy.deepcopy(llm)
+    rtn_quantize(rtn, opts.settings.group_size)
+    ppl["rtn"] = perplexity(rtn, windows, device)
+    return ppl, windows
+
+
+def written_perplexity(folder: Path, ppl: dict, windows, device: str) -> None:
+    """AWQ perplexity of what was written, read back as any AutoAWQ reader would."""
+    written = load_checkpoint(folder)
+    awq = load_awq_llm(written.llm_dir, torch.float32, written.weights["llm"])
+    ppl["awq"] = perplexity(awq, windows, device)
+    ppl["awq_gap_over_rtn_gap"] = gap_ratio(ppl["fp"], ppl["rtn"], ppl["awq"])
+
+
+def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log) -> dict:
+    vision = quantize_vision(ckpt, folder, opts.vision, log)
+    cos = vision["held_out"]["cosine_mean"]
+    if cos < 0.99:
+        warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {cos:.4f} against fp32 on held-out "
+                      "images (below 0.99); see vision/calibration.json, or pass --vision none")  # fmt: skip
+    return {k: vision[k] for k in ("media", "calibration_images", "method", "smooth_alpha", "weights",
+                                   "quantized_nodes", "held_out")}  # fmt: skip
+
+
+def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions, overwrite: bool = False,
+                        log=print, progress: bool = True, allow_pickle: bool = False) -> dict:  # fmt: skip
+    """AWQ-quantize src's LLM into out (atomically); returns the report that is also written there:
+    check, calibrate, baseline, search, write, (vision), (perplexity of what was written), report."""
+    out, clock = Path(out), Stopwatch()
+    ckpt = load_checkpoint(src, allow_pickle=allow_pickle)
+    check_request(ckpt, out, opts, overwrite)
+    device = resolve_device(opts.device)
+    with clock.stage("calibration"):
+        llm, tokenizer, samples, conv_mode = calibration_samples(ckpt, opts, device, log)
+    with clock.stage("eval"):
+        ppl, windows = baseline_perplexity(ckpt, llm, tokenizer, opts, device)
+    with clock.stage("search"):
+        result = run_awq(llm, ckpt.llm_config["model_type"], samples, opts.settings, device, on_layer=_Progress(progress))
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with clock.stage("write"):
+            _copy_unchanged(ckpt, tmp, conv_mode)
+            write_awq_llm(tmp / "llm", ckpt.llm_dir, llm, result.packed, opts.settings.group_size, opts.max_shard_bytes)
+            save_awq_results(tmp / AWQ_RESULTS_FILE, result, opts.settings)
+        vision = None
+        if opts.vision is not None:
+            with clock.stage("vision"):
+                vision = write_vision(ckpt, tmp / VISION_DIR, opts, log)
+        if ppl is not None:
+            with clock.stage("eval"):
+                written_perplexity(tmp, ppl, windows, device)
+        report = {
+            "vila_edge": __version__,
+            "source": str(Path(src).resolve()),
+            "method": "awq",
+            "settings": asdict(opts.settings),
+            "calibration": {"source": str(opts.calib), "n_samples": len(samples), "seqlen": opts.seqlen,
+                            "tokens": sum(len(s) for s in samples), "seed": opts.seed},  # fmt: skip
+            "conv_mode": conv_mode,  # the template media calibration prompted in (recorded in config.json)
+            "device": device,
+            "torch_threads": torch.get_num_threads(),
+            "seconds": clock.rounded() | search_stages(result),
+            "perplexity": ppl,
+            "vision": vision,
+            "guards": result.guards,
+            "layers": [asdict(layer) for layer in result.layers],
+        }
+        (tmp / QUANT_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def search_stages(result) -> dict[str, float]:
+    """Where the search spent its time, summed over layers (`search.capture`, ...)."""
+    stages = ("capture", "scale", "clip", "quantize")
+    return {f"search.{s}": round(sum(layer.seconds[s] for layer in result.layers), 2) for s in stages}
+
+
+def ppl_line(ppl: dict) -> str:
+    rows = [f"{k} {ppl[k]:.3f}" for k in ("fp", "rtn", "awq") if k in ppl]
+    line = f"perplexity on {ppl['tokens']} tokens of {ppl['text']}: " + ", ".join(rows)
+    if "awq" in ppl and "rtn" in ppl:
+        line += f" (AWQ's gap to fp is {100 * ppl['awq_gap_over_rtn_gap']:.0f} % of RTN's)"
+    return line
+
+
+def summary_lines(report: dict, out: Path) -> list[str]:
+    """What `quantize` prints when it is done."""
+    layers = report["layers"]
+    rtn = sum(r["rtn_loss"] for r in layers) / len(layers)
+    awq = sum(r["awq_loss"] for r in layers) / len(layers)
+    calib = report["calibration"]
+    lines = [
+        f"wrote {out}: AWQ int4 g{report['settings']['group_size']} ({calib['tokens']} calibration tokens from "
+        f"{calib['source']}); mean layer-output MSE RTN {rtn:.4g} -> AWQ {awq:.4g}",
+        "time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items() if "." not in k),
+    ]
+    if report["perplexity"]:
+        lines.append(ppl_line(report["perplexity"]))
+    if report["vision"]:
+        v = report["vision"]
+        lines.append(f"vision W8A8 ({v['quantized_nodes']} quantized MatMul/Conv, {v['method']} ranges from "
+                     f"{v['calibration_images']} {v['media']} images, SmoothQuant alpha {v['smooth_alpha']}): cosine "
+                     f"{v['held_out']['cosine_mean']:.4f} to fp32 on {v['held_out']['images']} held-out images")  # fmt: skip
+    return lines

@@ -1,0 +1,57 @@
+"""Every on-disk contract in one place: file names, format ids and versions, and the media suffixes.
+
+A reader checks the id (and version) it finds against these and refuses anything else with the
+command that rewrites the file; the layouts themselves are documented where they are written
+(`awq_checkpoint.py`, `export/cpu_engine.py`, `export/trtllm_checkpoint.py`, `runtime/manifest.py`).
+"""
+
+from pathlib import Path
+
+from .errors import CheckpointError
+
+# ---- media a user passes in ---------------------------------------------------------------------------
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+TEXT_SUFFIXES = (".txt", ".jsonl", ".md")  # calibration and perplexity text
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")  # weights read only with --allow-pickle
+
+# ---- the checkpoint (VILA layout, in and out of `quantize`) ------------------------------------------
+CHECKPOINT_PARTS = ("llm", "vision_tower", "mm_projector")
+AWQ_RESULTS_FILE = "awq_results.safetensors"  # searched scales and clips, re-packable into any layout
+AWQ_RESULTS_FORMAT = "vila_edge.awq_results/1"
+QUANT_REPORT_FILE = "quant_report.json"
+VISION_DIR = "vision"  # the tower + projector as ONNX, beside llm/
+VISION_FP32_FILE = "vision_fp32.onnx"
+VISION_W8A8_FILE = "vision_w8a8.onnx"
+VISION_FILES = {"w8a8": VISION_W8A8_FILE, "fp32": VISION_FP32_FILE}
+VISION_RECORD_FILE = "calibration.json"
+VISION_RECORD_FORMAT = "vila_edge.vision_w8a8/1"
+
+# ---- engine folders (`build-engine`) -------------------------------------------------------------------
+MANIFEST_FILE = "manifest.json"
+ENGINE_FORMAT, ENGINE_FORMAT_VERSION = "vila-edge-engine", 1
+ENGINE_TOKENIZER_DIR = "tokenizer"
+BUILD_SCRIPT = "build.sh"  # in a GPU bundle: builds the engine on the device
+CPU_LLM_FILE = "llm.safetensors"
+CPU_LAYOUT = "q4-pair64/1"  # int4 pairs of 32 per byte (export/cpu_engine.py); in the manifest and the file
+TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, RECIPE_FILE = "trtllm_checkpoint", "llm", "recipe.json"
+TRTLLM_CONFIG_FILE, TRTLLM_WEIGHTS_FILE = "config.json", "rank0.safetensors"
+VISION_PLAN_FILE, VISION_CACHE_FILE = "vision/vision.plan", "vision/timing.cache"
+
+# ---- results ---------------------------------------------------------------------------------------------
+BENCH_FORMAT, BENCH_FORMAT_VERSION = "vila-edge-bench", 1
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def check_layout(path: Path, metadata: dict | None, expected: str, rebuild: str) -> None:
+    """Refuses a weight file whose safetensors metadata names another layout than this runtime reads."""
+    found = (metadata or {}).get("layout")
+    if found != expected:
+        raise CheckpointError(f"{path}: weight layout {found!r}, this runtime reads {expected!r}; {rebuild}")
