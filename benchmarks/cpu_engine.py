@@ -46,7 +46,7 @@ SHORT_PROMPT = 16  # tokens in the cache before a decode run
 LLAMA_1B = {  # Llama-3.2-1B's shape (rope left at the default type)
     "hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "head_dim": 64, "intermediate": 8192,
     "vocab": 128256, "rms_eps": 1e-5, "group_size": 128, "rope": {"rope_theta": 500000.0, "rope_type": "default"},
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -91,7 +91,7 @@ def decode_result(runner: Runner, prompt: list[int], n: int, repeat: int) -> dic
     decode_seconds(runner, prompt, 8)  # warm-up
     runs = [n / decode_seconds(runner, prompt, n) for _ in range(repeat)]
     return {"tokens": n, "context": f"{len(prompt)}..{len(prompt) + n}", "tok_s": round(statistics.median(runs), 2),
-            "runs_tok_s": [round(r, 2) for r in runs]}  # fmt: skip
+            "runs_tok_s": [round(r, 2) for r in runs]}
 
 
 def measure(runner: Runner, ids: list[int], plan: Plan, repeat: int) -> dict:
@@ -119,7 +119,7 @@ def measure_round_robin(runners: dict[str, Runner], ids: list[int], plan: Plan) 
                         for p, r in prefill[name].items()},
             "decode": {"tokens": plan.gen_len, "context": f"{SHORT_PROMPT}..{SHORT_PROMPT + plan.gen_len}",
                        "tok_s": round(statistics.median(decode[name]), 2), "runs_tok_s": [round(x, 2) for x in decode[name]]},
-        }  # fmt: skip
+        }
     return out
 
 
@@ -181,7 +181,7 @@ def quantized(group: int) -> Path:
     if not (out / "config.json").is_file():
         cli = Path(sys.executable).parent / "vila-edge"
         subprocess.run([str(cli), "quantize", str(DEMO), "-o", str(out), "--group-size", str(group),
-                        "--n-samples", "4", "--seqlen", "256", "--vision", "fp16"], check=True)  # fmt: skip
+                        "--n-samples", "4", "--seqlen", "256", "--vision", "none"], check=True)
     return out
 
 
@@ -199,7 +199,7 @@ def our_weights(path: Path, spec: dict, context: float) -> dict:
     size = {name: t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items()}
     linear_bytes = sum(n for name, n in size.items() if name.startswith("layers.") and not name.endswith("norm"))
     linear_params = sum(header[name]["shape"][0] * header[name]["shape"][1] * spec["group_size"]
-                        for name in header if name.startswith("layers.") and name.endswith(".scales"))  # fmt: skip
+                        for name in header if name.startswith("layers.") and name.endswith(".scales"))
     head = [name for name in size if name.startswith("lm_head")]
     head_params = spec["vocab"] * spec["hidden"]
     return {
@@ -241,7 +241,7 @@ def random_q4(rng: np.random.Generator, n: int, k: int, group: int) -> dict[str,
     """Random nibbles (already pair-packed: random bytes are random pairs), scales ~ 1 / sqrt(k)."""
     scales = rng.uniform(0.5, 1.5, (n, k // group)) * (0.2 / np.sqrt(k))
     return {"q": rng.integers(0, 256, (n, k // 2), dtype=np.uint8), "scales": scales.astype(np.float16),
-            "zeros": np.full((n, k // group), 8, np.uint8)}  # fmt: skip
+            "zeros": np.full((n, k // group), 8, np.uint8)}
 
 
 def llama_1b_tensors(spec: dict, seed: int = 0) -> dict[str, np.ndarray]:
@@ -317,7 +317,7 @@ def bench_llama_1b(args, plan: Plan, results: dict) -> None:
     engine = open_llm(path, LLAMA_1B, max_seq=SHORT_PROMPT + plan.gen_len + 8, threads=args.threads)
     prompt = np.random.default_rng(1).integers(0, LLAMA_1B["vocab"], SHORT_PROMPT).tolist()
     row = {"runtime": "vila_edge", "model": "Llama-3.2-1B shape, random int4 g128 weights",
-           "decode": decode_result(our_runner(engine), prompt, plan.gen_len, plan.repeat)}  # fmt: skip
+           "decode": decode_result(our_runner(engine), prompt, plan.gen_len, plan.repeat)}
     add(results, row, our_weights(path, LLAMA_1B, SHORT_PROMPT + plan.gen_len / 2))
 
 
@@ -330,7 +330,7 @@ def bench_torch(args, plan: Plan, ids: list[int], results: dict) -> None:
     torch.set_num_threads(args.threads)
     model = VilaModel(load_checkpoint(quantized(64)), dtype="float32")
     row = {"runtime": "pytorch", "model": "SmolLM2-135M-Instruct AWQ g64 dequantised, fp32",
-           **measure(torch_runner(model), ids, plan, plan.torch_repeat)}  # fmt: skip
+           **measure(torch_runner(model), ids, plan, plan.torch_repeat)}
     add(results, row)
 
 
@@ -367,14 +367,14 @@ def machine(args, kernels: str, gb_s: list[float]) -> dict:
 def table(results: dict) -> str:
     lens = results["settings"]["prompt_lens"]
     head = ["runtime", "model", "linear bpw", "MB/token", *(f"prefill {p} tok/s" for p in lens), "decode tok/s",
-            "of ceiling"]  # fmt: skip
+            "of ceiling"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["runs"]:
         w, d = r.get("weights"), r["decode"]
         cells = [r["runtime"], r["model"], f"{w['linear_bpw']:.3f}" if w else "fp32",
                  f"{w['bytes_per_token'] / 1e6:.1f}" if w else "",
                  *(f"{r['prefill'][str(p)]['tok_s']:.1f}" if "prefill" in r else "" for p in lens),
-                 f"{d['tok_s']:.1f}", f"{d['fraction_of_ceiling']:.0%}" if "fraction_of_ceiling" in d else ""]  # fmt: skip
+                 f"{d['tok_s']:.1f}", f"{d['fraction_of_ceiling']:.0%}" if "fraction_of_ceiling" in d else ""]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| ours / peer | " + " | ".join(f"prefill {p}" for p in lens) + " | decode |", "|---|" + "---|" * (len(lens) + 1)]
     for name, r in results["ratios"].items():
@@ -403,7 +403,7 @@ def main() -> None:
     if not DEMO.is_dir():
         build_demo_checkpoint(DEMO)
     results = {"what": __doc__.split("\n\n")[0], "settings": {**plan.__dict__, "short_prompt": SHORT_PROMPT},
-               "machine": None, "runs": [], "ratios": {}}  # fmt: skip
+               "machine": None, "runs": [], "ratios": {}}
     engines = [CpuEngine(engine_dir(g), threads=args.threads) for g in GROUPS]  # quantized and built first, if missing
     gb_s = [_runtime.read_bandwidth(1024, args.threads, 5)]
     ids = prompt_ids(engines[0], max(plan.prompt_lens))

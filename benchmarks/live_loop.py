@@ -105,7 +105,7 @@ def main() -> None:
     for r in runs:
         print(f"| {r['threads']} | {'yes' if r['record'] else 'no'} | {'yes' if r['busy_neighbour'] else 'no'} | "
               f"{r['captions']} | {r['dropped']} | {r['ttft_s']} | {r['decode_tok_s']} | "
-              f"{r['caption_age_s']} ({r['caption_age_p90_s']}) |")  # fmt: skip
+              f"{r['caption_age_s']} ({r['caption_age_p90_s']}) |")
     print(f"\nwrote {args.out}")
 
 

@@ -78,7 +78,7 @@ def sweep(ckpt, work: Path, n_images: int) -> list[dict]:
         exact = session(out / W8A8_FILE, optimize=False).run(None, {"pixel_values": held_out})[0]
         rows.append({"weight_bits": bits, "method": method, "alpha": alpha,
                      "cosine_ort": round(record["held_out"]["cosine_mean"], 5),
-                     "cosine_qdq_exact": round(float(cosine(exact, fp32).mean()), 5)})  # fmt: skip
+                     "cosine_qdq_exact": round(float(cosine(exact, fp32).mean()), 5)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -111,7 +111,7 @@ def latency(ckpt, work: Path, name: str, n_images: int, repeat: int) -> dict:
         "onnx_mb": {f: round(sum(p.stat().st_size for p in out.glob(f + "*")) / 2**20, 1)  # with any .data
                     for f in (FP32_FILE, W8A8_FILE)},
         "quantize_seconds": round(quantize_s, 1),
-    }  # fmt: skip
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -131,11 +131,11 @@ def main() -> None:
         build_demo_checkpoint(demo)
     ckpt = load_checkpoint(demo)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown")  # fmt: skip
+                if ln.startswith("model name")), "unknown")
     flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     results = {
         "machine": {"cpu": cpu, "threads": THREADS, "vnni": "vnni" in flags, "avx512": "avx512f" in flags,
-                    "onnxruntime": ort.__version__, "torch": torch.__version__},  # fmt: skip
+                    "onnxruntime": ort.__version__, "torch": torch.__version__},
         "note": "random towers: accuracy here says the pipeline is exact to int8 precision, not how a trained "
                 "SigLIP's outliers behave; calibrate on real frames (--calib-media) for a real checkpoint",
         "defaults": {"method": VisionQuantOptions.method, "alpha": VisionQuantOptions.alpha, "weight_bits": VisionQuantOptions.weight_bits},

@@ -65,7 +65,7 @@ def stacked_awq(state: dict[str, np.ndarray], names: list[str]) -> tuple[np.ndar
     """The AWQ linears `names` (e.g. q, k, v) unpacked and stacked along the output, in that order:
     (q uint8 [N, K], scales float32 [N, K/G], zeros uint8 [N, K/G])."""
     unpacked = [unpack_awq_gemm(*(torch.from_numpy(state[f"{n}.{s}"]) for s in ("qweight", "qzeros", "scales")))
-                for n in names]  # fmt: skip
+                for n in names]
     q, scales, zeros = (torch.cat(t).numpy() for t in zip(*unpacked))
     return q, scales, zeros
 

@@ -104,7 +104,7 @@ def write_llm(path: Path, tensors: dict[str, np.ndarray]) -> None:
 
 
 def build_cpu_engine(source: str | Path, out: str | Path, vision: str = BuildOptions.vision, lm_head: str = BuildOptions.lm_head,
-                     conv_mode: str | None = None, overwrite: bool = False) -> dict:  # fmt: skip
+                     conv_mode: str | None = None, overwrite: bool = False) -> dict:
     """Quantized checkpoint -> engine folder (atomic); returns the manifest."""
     ckpt, spec = load_awq_source(source)
     if vision not in (*VISION_FILES, "none") or lm_head not in ("int8", "fp16"):
@@ -116,7 +116,7 @@ def build_cpu_engine(source: str | Path, out: str | Path, vision: str = BuildOpt
             tmp,
             "cpu",
             quantization={"method": "awq", "w_bit": 4, "group_size": spec["group_size"], "lm_head": lm_head,
-                          "activations": "int8 per 32 (on the fly)"},  # fmt: skip
+                          "activations": "int8 per 32 (on the fly)"},
             llm={"file": CPU_LLM_FILE, "layout": CPU_LAYOUT, **spec},
             vision=copy_vision(ckpt, vision, tmp),
             memory={"weights_mb": round((tmp / CPU_LLM_FILE).stat().st_size / 2**20, 1)},

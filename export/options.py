@@ -17,4 +17,4 @@ class BuildOptions:
 
     def limits(self) -> dict:
         return {"images": self.images, "max_batch": self.max_batch, "max_input_len": self.max_input_len,
-                "max_seq_len": self.max_seq_len}  # fmt: skip
+                "max_seq_len": self.max_seq_len}

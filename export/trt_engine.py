@@ -43,7 +43,7 @@ def trtllm_build_command(checkpoint_dir: str, output_dir: str, limits: dict) -> 
         "--max_batch_size", str(batch), "--max_input_len", str(input_len), "--max_seq_len", str(limits["max_seq_len"]),
         "--max_num_tokens", str(batch * input_len), "--max_multimodal_len", str(limits["max_multimodal_len"]),
         "--output_timing_cache", f"{output_dir}/model.cache", "--workers", "1",
-    ]  # fmt: skip
+    ]
 
 
 def build_script(target: Target, limits: dict) -> str:
@@ -99,7 +99,7 @@ def source_plan(source: Path, from_bundle: bool, target: Target, vision: str, li
         limits = {**limits, "images": limits.get("images", 1) if vision != "none" else 0}
     limits = _clamp_to_model(limits, max_positions, target)
     return memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
-                       limits.get("max_input_len"))  # fmt: skip
+                       limits.get("max_input_len"))
 
 
 def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_mode: str | None, plan: Plan) -> dict:
@@ -121,7 +121,7 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
         target.name,
         kind="bundle",
         quantization={"method": "awq", "w_bit": 4, "group_size": spec["group_size"], "zero_point": True,
-                      "quant_algo": QUANT_ALGO, "lm_head": "fp16"},  # fmt: skip
+                      "quant_algo": QUANT_ALGO, "lm_head": "fp16"},
         llm={"checkpoint": TRTLLM_CHECKPOINT_DIR, "architecture_trtllm": config["architecture"], **spec},
         vision=vision_spec,
         limits=plan.limits,
@@ -164,7 +164,7 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
             (tmp / "vision").mkdir()
             built = build_vision_plan(bundle / vision["onnx"], tmp / VISION_PLAN_FILE, tmp / VISION_CACHE_FILE, vision["precision"],
                                       vision["image_size"], limits["max_batch"] * max(1, limits["images"]),
-                                      int(target.workspace_gb * 2**30))  # fmt: skip
+                                      int(target.workspace_gb * 2**30))
             vision = {**vision, "plan": VISION_PLAN_FILE, "timing_cache": VISION_CACHE_FILE, "build": built}
         shutil.copytree(bundle / m["text"]["tokenizer"], tmp / m["text"]["tokenizer"])
         keep = {k: m[k] for k in ("quantization", "text", "preprocessor", "image_aspect_ratio", "built_on")}
@@ -185,7 +185,7 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
 
 def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, vision: str = BuildOptions.vision,
                      conv_mode: str | None = None,
-                     limits: dict | None = None, dry_run: bool = False, overwrite: bool = False) -> tuple[int, str]:  # fmt: skip
+                     limits: dict | None = None, dry_run: bool = False, overwrite: bool = False) -> tuple[int, str]:
     """(exit code, what to tell the user): 0 engine built (or a dry run that fits), 3 bundle only."""
     target, source, out = get_target(target_name), Path(source), Path(out)
     if not target.is_gpu:
@@ -196,7 +196,7 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
     from_bundle = is_engine(source)
     if from_bundle and (limits or vision != "w8a8" or conv_mode):
         raise UsageError(f"{source} is a bundle: its limits, vision and conv mode were set when it was made; "
-                         "re-make it from the quantized checkpoint to change them")  # fmt: skip
+                         "re-make it from the quantized checkpoint to change them")
     plan = source_plan(source, from_bundle, target, vision, limits)
     if dry_run:
         return _dry_run(plan, vision)
@@ -206,7 +206,7 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
     env, missing = probe_environment()
     if env.get("sm") is not None and env["sm"] != target.sm:
         missing.append(f"this GPU ({env.get('gpu')}) is sm_{env['sm']} and {target.name} is sm_{target.sm}; "
-                       "an engine runs only on the GPU architecture it was built on")  # fmt: skip
+                       "an engine runs only on the GPU architecture it was built on")
     if from_bundle:
         if missing:
             raise UnsupportedError(f"cannot build {source} here: {'; '.join(missing)}. Install {install_hint(target.jetson)}")
@@ -230,9 +230,9 @@ def _dry_run(plan: Plan, vision: str) -> tuple[int, str]:
     if vision != "none":
         precision = VISION_CHOICES[vision][1]
         lines.append(f"and build the vision plan: {precision}, batch 1..{plan.max_batch * max(1, plan.images)}, "
-                     f"workspace {target.workspace_gb:g} GB, timing cache saved beside it")  # fmt: skip
+                     f"workspace {target.workspace_gb:g} GB, timing cache saved beside it")
     lines.append("here: " + ("TensorRT, TensorRT-LLM and the GPU are present; it would build the engine"
-                             if not missing else "it would write the portable bundle and exit 3 (" + "; ".join(missing) + ")"))  # fmt: skip
+                             if not missing else "it would write the portable bundle and exit 3 (" + "; ".join(missing) + ")"))
     return (0 if plan.fits else 1), "\n".join(lines)
 
 
@@ -252,4 +252,4 @@ def _bundle_message(out: Path, target: Target, missing: list[str]) -> str:
 def _built_message(out: Path, m: dict) -> str:
     w = m["built_with"]
     return (f"wrote {out}: {m['target']} engine (TensorRT {w.get('tensorrt')}, TensorRT-LLM {w.get('tensorrt_llm')}, "
-            f"{w.get('gpu')} sm_{w.get('sm')}), limits {m['limits']}")  # fmt: skip
+            f"{w.get('gpu')} sm_{w.get('sm')}), limits {m['limits']}")

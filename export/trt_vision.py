@@ -16,7 +16,7 @@ PRECISIONS = ("int8", "fp16")
 
 
 def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, image_size: int, max_batch: int,
-                      workspace_bytes: int) -> dict:  # fmt: skip
+                      workspace_bytes: int) -> dict:
     """Writes `plan` and `cache`; returns what the manifest records about the build."""
     import tensorrt as trt
 
@@ -48,4 +48,4 @@ def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, image
     plan.write_bytes(bytes(serialized))
     cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"precision": precision, "strongly_typed": precision == "int8", "max_batch": max_batch,
-            "workspace_bytes": workspace_bytes, "plan_bytes": plan.stat().st_size}  # fmt: skip
+            "workspace_bytes": workspace_bytes, "plan_bytes": plan.stat().st_size}

@@ -74,7 +74,7 @@ def _rotary_scaling(rope: dict) -> dict | None:
     if kind == "default":
         return None
     keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                              "original_max_position_embeddings")}[kind]  # fmt: skip
+                                              "original_max_position_embeddings")}[kind]
     return {"type": kind, **{k: rope[k] for k in keys}}
 
 
@@ -83,14 +83,14 @@ def trtllm_config(spec: dict) -> dict:
     arch, group = get_llm(spec["architecture"]), spec["group_size"]
     if group not in GROUP_SIZES:
         raise UnsupportedError(f"AWQ group size {group}: TensorRT-LLM's int4 kernels take groups of "
-                               f"{' or '.join(map(str, GROUP_SIZES))}; re-quantize with --group-size 128")  # fmt: skip
+                               f"{' or '.join(map(str, GROUP_SIZES))}; re-quantize with --group-size 128")
     multiple = group  # TensorRT-LLM pads a groupwise linear's in/out features to max(64, group)
     dims = {"hidden_size": spec["hidden"], "intermediate_size": spec["intermediate"],
-            "q/k/v rows": (spec["heads"] + 2 * spec["kv_heads"]) * spec["head_dim"]}  # fmt: skip
+            "q/k/v rows": (spec["heads"] + 2 * spec["kv_heads"]) * spec["head_dim"]}
     odd = {k: v for k, v in dims.items() if v % multiple}
     if odd:
         raise UnsupportedError(f"TensorRT-LLM pads int4 g{group} linears to multiples of {multiple}; "
-                               f"{', '.join(f'{k} {v}' for k, v in odd.items())} would need padded weights")  # fmt: skip
+                               f"{', '.join(f'{k} {v}' for k, v in odd.items())} would need padded weights")
     config = {
         "architecture": arch.trtllm_class,
         "dtype": "float16",
@@ -185,6 +185,6 @@ def write_trtllm_checkpoint(ckpt: Checkpoint, spec: dict, state: dict[str, np.nd
     (out / TRTLLM_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     path = out / TRTLLM_WEIGHTS_FILE
     save_file({k: np.ascontiguousarray(v) for k, v in trtllm_tensors(state, spec).items()}, str(path),
-              metadata={"format": "pt", "source": ckpt.name})  # fmt: skip
+              metadata={"format": "pt", "source": ckpt.name})
     path.chmod(0o666 & ~current_umask())  # safetensors creates it private
     return config

@@ -63,5 +63,5 @@ def export_vision_onnx(vision: nn.Module, projector: nn.Module, image_size: int,
             module, (torch.zeros(1, 3, image_size, image_size),), buffer, dynamo=False, opset_version=OPSET,
             input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
             do_constant_folding=True,
-        )  # fmt: skip
+        )
     save_onnx(onnx.load_from_string(buffer.getvalue()), Path(path))

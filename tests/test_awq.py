@@ -34,7 +34,7 @@ def quantized(tiny, texts, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("awq") / "tiny-awq"
     code, stdout, err = run_cli("quantize", tiny(), "-o", out, *QUANT_ARGS[:-2], "--eval-text", texts["eval"],
-                                "--eval-tokens", 2048, "--vision-calib-images", 8)  # fmt: skip
+                                "--eval-tokens", 2048, "--vision-calib-images", 8)
     assert code == 0, err
     return out, stdout
 
@@ -115,7 +115,7 @@ def test_quantized_checkpoint_layout(quantized):
     assert cfg["quantization_config"] == {
         "quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm",
         "modules_to_not_convert": ["lm_head", "vision_tower", "mm_projector"],
-    }  # fmt: skip
+    }
     state = load_file(out / "llm" / "model.safetensors")
     q = "model.layers.1.mlp.down_proj"  # in 128, out 64
     assert state[f"{q}.qweight"].shape == (128, 8) and state[f"{q}.qweight"].dtype == torch.int32
@@ -195,7 +195,7 @@ def test_quantize_prints_the_perplexities(quantized):
 def test_eval_ppl_compares_fp_rtn_and_awq(quantized, tiny, texts, cli):
     out, _ = quantized
     code, stdout, err = cli("eval-ppl", tiny(), "--awq", out, "--text", texts["eval"], "--max-tokens", 1024,
-                            "--format", "json")  # fmt: skip
+                            "--format", "json")
     assert code == 0, err
     ppl = json.loads(stdout)
     assert ppl["tokens"] == 1024 and ppl["rtn_group_size"] == 32
@@ -231,7 +231,7 @@ def _nothing_written(out):
     (("--calib", "text:/nonexistent.txt"), 2, "/nonexistent.txt does not exist"),
     (("--calib-media", "/nonexistent/frames"), 1, "/nonexistent/frames does not exist"),
     (("--calib", "pile"), 2, "expected self, text:FILE or media:PATH"),
-])  # fmt: skip
+])
 def test_bad_input_is_refused_before_any_work(extra, code, message, tiny, tmp_path, cli):
     out = tmp_path / "out"
     got, _, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, *extra)
@@ -301,7 +301,7 @@ def test_shards_and_their_index_load_back(tiny, tmp_path, cli):
     assert len(shards) > 1 and all((out / "llm" / s).is_file() for s in shards)
     assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     code, stdout, err = cli("caption", out, "--prompt", "Hello", "--conv-mode", "vicuna_v1", "--max-new-tokens", 3,
-                            "--format", "jsonl")  # fmt: skip
+                            "--format", "jsonl")
     assert code == 0, err
 
 

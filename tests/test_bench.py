@@ -17,7 +17,7 @@ SPEC = {"hidden": 64, "layers": 2, "kv_heads": 2, "head_dim": 16, "vocab": 100}
     ("orin-nano", None, 68.0),  # no jtop: the base figure, with the Super one in the note
     ("orin", "MAXN", 204.8),
     ("h100", None, 3350.0),
-])  # fmt: skip
+])
 def test_gpu_targets_use_their_peak_bandwidth_and_orin_nano_its_super_mode(target, nvpmodel, gb_s):
     b = choose_bandwidth(TARGETS[target], None, 2, nvpmodel)
     assert b["bandwidth_gb_s"] == gb_s and b["bandwidth_source"] == "target"

@@ -8,13 +8,13 @@ from vila_edge.bench_table import decode_figure, load_results
 from vila_edge.cli import main
 
 CPU = {"cpu": {"model": "AMD EPYC 7B13", "logical_cpus": 2, "arch": "x86_64"}, "gpu": None, "jetson": None,
-       "jetson_note": "not a Jetson (/etc/nv_tegra_release is absent)"}  # fmt: skip
+       "jetson_note": "not a Jetson (/etc/nv_tegra_release is absent)"}
 ORIN_NANO = {
     "cpu": {"model": "ARMv8 Processor rev 1 (v8l)", "logical_cpus": 6, "arch": "aarch64"},
     "gpu": None,
     "jetson": {"board": "NVIDIA Jetson Orin Nano Developer Kit", "l4t": "36.4.3", "jetpack": "6.2", "nvpmodel": "MAXN_SUPER",
                "jetson_clocks": True, "power_samples": 14, "power_mw": {"VDD_IN": 14230, "VDD_CPU_GPU_CV": 6120, "VDD_SOC": 3050},
-               "power_total_mw": 14230, "energy_per_token_mj": 332.5},  # fmt: skip
+               "power_total_mw": 14230, "energy_per_token_mj": 332.5},
     "jetson_note": None,
 }
 
@@ -34,7 +34,7 @@ def result(model, target, decode, ttft_s, pct, time, **extra):
         "decode_pct_of_ceiling": pct, "peak_rss_mb": 2100.0, "gpu_memory_mb": None, "weights_mb": 1620.0,
         "cpu": "AMD EPYC 7B13 (2 logical CPUs, x86_64)", "device": CPU if cpu else ORIN_NANO, "runs": [],
         "vila_edge": "0.1.0", "python": "3.11.7", "time": time,
-    }  # fmt: skip
+    }
     return r | extra
 
 
@@ -58,7 +58,7 @@ EXPECTED = [
     "| cpu: AMD EPYC 7B13 (2 threads) | 29.8 GB/s (measured) | w4a8 g128, lm_head int8, vision w8a8 |\n"
     "| orin-nano: Jetson Orin Nano 8 GB (MAXN_SUPER) | 102 GB/s (target) | w4a16 g128, lm_head fp16, vision w8a8 |\n",
     "Settings: prompt 128 text tokens + 1 image, 64 generated tokens, 3 repeats after 1 warm-up.\n",
-]  # fmt: skip
+]
 
 
 def write_samples(folder, samples=SAMPLES):
@@ -111,14 +111,14 @@ def test_the_plot_is_a_png_with_one_bar_per_filled_cell(tmp_path, capsys):
     heights = sorted(round(p.get_height(), 2) for p in ax.patches)
     assert heights == [8.74, 12.93, 42.81]  # 2 models x 2 devices, less the empty cell; the later NVILA run
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "cpu: AMD EPYC 7B13 (2 threads)", "orin-nano: Jetson Orin Nano 8 GB (MAXN_SUPER)"]  # fmt: skip
+        "cpu: AMD EPYC 7B13 (2 threads)", "orin-nano: Jetson Orin Nano 8 GB (MAXN_SUPER)"]
 
 
 def broken(tmp_path):
     no_decode = dict(SAMPLES[0])
     del no_decode["decode_tok_s"]
     files = {"other.json": json.dumps({"runs": []}), "garbage.json": "{not json", "no-decode.json": json.dumps(no_decode),
-             "future.json": json.dumps(SAMPLES[0] | {"format_version": 99})}  # fmt: skip
+             "future.json": json.dumps(SAMPLES[0] | {"format_version": 99})}
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "empty").mkdir()
@@ -132,7 +132,7 @@ def broken(tmp_path):
     ("no-decode.json", "no-decode.json: bench result without decode_tok_s"),
     ("future.json", "future.json: bench result format 99"),
     ("empty", "empty: no bench results in this folder"),
-])  # fmt: skip
+])
 def test_bad_inputs_are_one_line_errors_and_write_nothing(name, message, tmp_path, capsys):
     folder = broken(tmp_path)
     good = write_samples(tmp_path / "good")[0]
@@ -145,10 +145,10 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(name, message, tmp_pat
 
 def test_a_desktop_gpu_column_is_named_by_its_gpu_and_an_unlabelled_jetson_by_its_target(tmp_path, capsys):
     h100 = {**CPU, "gpu": {"name": "NVIDIA H100 80GB HBM3", "memory_total_mb": 81559.0, "memory_used_mb": 4100.0,
-                           "driver": "550.54.15"}}  # fmt: skip
+                           "driver": "550.54.15"}}
     no_jtop = {**ORIN_NANO, "jetson": None, "jetson_note": "jetson-stats is not installed"}
     samples = [result("VILA1.5-3B", "h100", 190.2, 0.021, 12.0, "2026-11-20T10:00:00+0000", device=h100, threads=None),
-               result("VILA1.5-3B", "orin", 44.0, 0.12, 35.5, "2026-11-20T10:00:00+0000", device=no_jtop)]  # fmt: skip
+               result("VILA1.5-3B", "orin", 44.0, 0.12, 35.5, "2026-11-20T10:00:00+0000", device=no_jtop)]
     assert main(["bench-table", *map(str, write_samples(tmp_path, samples))]) == 0
     printed = capsys.readouterr().out
     assert "| model | weights | h100: NVIDIA H100 80GB HBM3 | orin: Jetson AGX Orin 64 GB |\n" in printed

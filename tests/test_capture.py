@@ -38,7 +38,7 @@ def records(out: str) -> list[dict]:
 
 def test_a_video_file_gives_one_caption_per_sampled_frame(engine, clip, cli):
     code, out, err = cli("caption", engine, "--source", clip, "--every", 20, "--prompt", "Describe the image.",
-                         "--max-new-tokens", 3, "--format", "jsonl")  # fmt: skip
+                         "--max-new-tokens", 3, "--format", "jsonl")
     assert code == 0, err
     got = records(out)
     assert [r["frame_index"] for r in got] == [0, 20, 40, 60, 80]
@@ -64,7 +64,7 @@ def test_the_same_frame_gets_the_same_caption_as_a_single_image_question(engine,
 
 def test_a_window_sends_the_recent_frames_together(engine, clip, cli):
     code, out, err = cli("caption", engine, "--source", clip, "--every", 30, "--window", 2, "--prompt", "What changed?",
-                         "--max-new-tokens", 2, "--format", "jsonl")  # fmt: skip
+                         "--max-new-tokens", 2, "--format", "jsonl")
     assert code == 0, err
     assert [r["frames"] for r in records(out)] == [[0], [0, 30], [30, 60], [60, 90]]
 
@@ -74,7 +74,7 @@ def test_an_image_folder_in_name_order(engine, cli, tmp_path):
         write_sample_image(tmp_path / f"frame_{i}.png", size=64, seed=i)
     (tmp_path / "notes.txt").write_text("not an image")
     code, out, err = cli("caption", engine, "--source", tmp_path, "--prompt", "Describe the image.", "--max-new-tokens", 2,
-                         "--max-captions", 2)  # fmt: skip
+                         "--max-captions", 2)
     assert code == 0, err
     assert out.splitlines()[0].startswith("[frame 0 @ 0.00 s] ") and len(out.splitlines()) == 2
     args = ("--prompt", "Describe the image.", "--max-new-tokens", 4, "--format", "jsonl")
@@ -89,7 +89,7 @@ def test_an_image_folder_in_name_order(engine, cli, tmp_path):
     ("7", "camera 7 cannot be opened"),
     ("/dev/video9", "camera /dev/video9 cannot be opened"),
     ("videotestsrc ! videoconvert ! appsink", "built without GStreamer"),  # PyPI's OpenCV, as installed here
-])  # fmt: skip
+])
 def test_bad_sources_fail_clearly(source, message, engine, cli):
     code, _, err = cli("caption", engine, "--source", source, "--prompt", "hi")
     assert code != 0 and message in err and "Traceback" not in err
@@ -115,7 +115,7 @@ def test_an_unreadable_file_and_an_empty_folder(engine, cli, tmp_path):
     (("--fps", 0), "--fps 0"),
     (("--alert", "(unclosed"), "not a regular expression"),
     (("--record", "out.gif"), "write a .mp4 or .avi file"),
-])  # fmt: skip
+])
 def test_contradictory_stream_options(extra, message, engine, clip, cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, out, err = cli("caption", engine, "--source", clip, "--prompt", "hi", *extra)
@@ -131,7 +131,7 @@ def test_realtime_on_a_folder_is_refused(engine, cli, tmp_path):
 def test_fps_samples_by_the_source_clock(engine, clip, cli):
     """--fps 3 on a 30 fps file: a frame every 1/3 s of the file, i.e. every 10th."""
     code, out, err = cli("caption", engine, "--source", clip, "--fps", 3, "--prompt", "hi", "--max-new-tokens", 1,
-                         "--format", "jsonl")  # fmt: skip
+                         "--format", "jsonl")
     assert code == 0, err
     assert [r["frame_index"] for r in records(out)] == list(range(0, 95, 10))
 
@@ -181,7 +181,7 @@ def test_record_draws_the_latest_caption_and_saves_a_clip_per_alert(engine, clip
 
     out = tmp_path / "captioned.mp4"
     code, stdout, err = cli("caption", engine, "--source", clip, "--every", 30, "--prompt", "Describe the image.",
-                            "--max-new-tokens", 6, "--format", "jsonl", "--record", out, "--alert", ".")  # fmt: skip
+                            "--max-new-tokens", 6, "--format", "jsonl", "--record", out, "--alert", ".")
     assert code == 0, err
     got = records(stdout)
     assert [r["frame_index"] for r in got] == [0, 30, 60, 90] and all(r["text"] for r in got)
@@ -209,7 +209,7 @@ def test_record_draws_the_latest_caption_and_saves_a_clip_per_alert(engine, clip
 def test_no_alert_when_the_regex_does_not_match(engine, clip, cli, tmp_path):
     out = tmp_path / "quiet.avi"
     code, stdout, err = cli("caption", engine, "--source", clip, "--every", 40, "--prompt", "hi", "--max-new-tokens", 3,
-                            "--format", "jsonl", "--record", out, "--alert", "zqxj-never")  # fmt: skip
+                            "--format", "jsonl", "--record", out, "--alert", "zqxj-never")
     assert code == 0, err
     assert all("alert" not in r and "alert_clip" not in r for r in records(stdout))
     assert [p.name for p in tmp_path.iterdir()] == ["quiet.avi"]
@@ -243,7 +243,7 @@ def test_a_2000_frame_soak_keeps_memory_flat(captioner, tmp_path):
     source.tap = recorder.write
     rss = []
     loop = caption_frames(captioner(), source, "Describe the image.", SamplingParams(max_new_tokens=2),
-                          window=4, alert=re.compile("a"), recorder=recorder)  # fmt: skip
+                          window=4, alert=re.compile("a"), recorder=recorder)
     for record in loop:
         rss.append((record["frame_index"], _rss_mb()))
     recorder.close()

@@ -1,6 +1,6 @@
 def test_caption_text_mode_streams_the_answer(tiny, cli):
     code, out, err = cli("caption", tiny(), "--prompt", "Say something.", "--conv-mode", "vicuna_v1",
-                         "--max-new-tokens", 5)  # fmt: skip
+                         "--max-new-tokens", 5)
     assert code == 0, err
     assert out.endswith("\n") and "TTFT" in err and "conv mode vicuna_v1" in err
 

@@ -50,7 +50,7 @@ def test_this_machine_runs_the_reference_and_its_best_table():
 
 @pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("m,n,k,group", [(1, 48, 576, 32), (1, 17, 96, 32), (3, 33, 160, 32), (4, 16, 128, 64),
-                                         (5, 40, 1536, 64), (9, 21, 256, 128), (1, 3, 32, 32)])  # fmt: skip
+                                         (5, 40, 1536, 64), (9, 21, 256, 128), (1, 3, 32, 32)])
 def test_int4_matmul_against_numpy(kernels, m, n, k, group):
     rng = np.random.default_rng(k + n + m)
     packed, w = random_q4(rng, n, k, group)
@@ -128,7 +128,7 @@ def test_awq_linears_are_repacked_exactly_and_fused():
     h, i, g = 64, 128, 32
     spec = {"layers": 1, "qkv_bias": False}
     shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (32, h), "self_attn.v_proj": (32, h),
-              "self_attn.o_proj": (h, h), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}  # fmt: skip
+              "self_attn.o_proj": (h, h), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h), "mlp.down_proj": (h, i)}
     state, quantized = {}, {}
     for name, (n, k) in shapes.items():
         quantized[name] = quantize_groups(torch.randn(n, k), g)
@@ -285,7 +285,7 @@ def test_engine_captions_like_the_torch_backend_with_torch_unimportable(arch, en
     quant, engine = engines[arch]
     image = write_sample_image(tmp_path / "scene.png", size=96, seed=3)
     args = ("--image", image, "--prompt", "Describe the image.", "--temperature", 0, "--max-new-tokens", 12,
-            "--format", "jsonl", "--conv-mode", "vicuna_v1")  # fmt: skip
+            "--format", "jsonl", "--conv-mode", "vicuna_v1")
     code, out, err = cli("caption", quant, "--backend", "onnx", *args)
     assert code == 0, err
     reference = json.loads(out)
@@ -301,12 +301,12 @@ def test_bench_reports_its_fields_without_torch(engines, tmp_path, cli):
 
     engine, out = engines["qwen2"][1], tmp_path / "results" / "qwen2-cpu.json"
     run = caption_without_torch("bench", engine, "--prompt-len", 40, "--gen-len", 4, "--images", 1, "--repeat", 2,
-                                "--warmup", 0, "--threads", 1, "--format", "json", "-o", out)  # fmt: skip
+                                "--warmup", 0, "--threads", 1, "--format", "json", "-o", out)
     assert run.returncode == 0, run.stderr
     r = json.loads(run.stdout)
     assert json.loads(out.read_text()) == r and f"wrote {out}" in run.stderr
     for key in ("ttft_s", "ttft_median_s", "ttft_p90_s", "vision_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb",
-                "bandwidth_gb_s", "bytes_per_token_mb", "decode_ceiling_tok_s", "decode_pct_of_ceiling", "weights_mb"):  # fmt: skip
+                "bandwidth_gb_s", "bytes_per_token_mb", "decode_ceiling_tok_s", "decode_pct_of_ceiling", "weights_mb"):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert r["format"] == "vila-edge-bench" and r["target"] == "cpu" and r["backend"] == "cpu"
     assert r["model"] and r["weights"] == "AWQ int4 g64" and r["precision"].startswith("w4a8 g64, lm_head fp16")
@@ -348,7 +348,7 @@ def test_bench_takes_a_given_bandwidth_and_prints_the_ceiling(engines, cli):
     (("--gen-len", 0), "--gen-len must be at least 1"),
     (("--bandwidth-gb-s", 0), "--bandwidth-gb-s above 0"),
     (("--warmup", -1), "--warmup must be 0 or more"),
-])  # fmt: skip
+])
 def test_bench_refuses_bad_settings_before_loading(flags, message, engines, cli, tmp_path):
     code, out, err = cli("bench", engines["llama"][1], *flags, "-o", tmp_path / "r.json")
     assert code == 2 and out == "" and message in err and "Traceback" not in err
@@ -371,7 +371,7 @@ def edit_manifest(engine, **changes):
     ({"target": "tpu"}, "built for target 'tpu'"),
     ({"format_version": 0}, "engine format 0 .* is an older format"),
     ({"llm__layout": "q4-interleaved/0"}, "weight layout"),
-])  # fmt: skip
+])
 def test_a_mismatched_manifest_is_refused_with_what_differs(changes, message, engines, copy_of, cli):
     engine = copy_of(engines["llama"][1])
     edit_manifest(engine, **changes)
@@ -451,7 +451,7 @@ def test_demo_engine_against_the_reference(tmp_path, cli):
     {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
     {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
      "original_max_position_embeddings": 8192},
-])  # fmt: skip
+])
 def test_rope_frequencies_match_transformers(rope):
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS

@@ -25,7 +25,7 @@ def test_demo_checkpoint_layout(demo, cli):
 
 def test_demo_answers_a_text_question_sensibly(demo, cli):
     code, out, err = cli("caption", demo, "--prompt", "What is the capital of France?", "--temperature", 0,
-                         "--max-new-tokens", 20, "--format", "jsonl")  # fmt: skip
+                         "--max-new-tokens", 20, "--format", "jsonl")
     assert code == 0, err
     record = json.loads(out)
     assert "Paris" in record["text"] and record["stop_reason"] == "stop" and record["image_tokens"] == 0
@@ -34,7 +34,7 @@ def test_demo_answers_a_text_question_sensibly(demo, cli):
 def test_demo_captions_an_image(demo, cli, tmp_path):
     image = write_sample_image(tmp_path / "scene.png")
     code, out, err = cli("caption", demo, "--image", image, "--prompt", "Describe the image.",
-                         "--max-new-tokens", 12, "--format", "jsonl")  # fmt: skip
+                         "--max-new-tokens", 12, "--format", "jsonl")
     assert code == 0, err
     record = json.loads(out)
     assert record["image_tokens"] == 196 and len(record["token_ids"]) > 0 and record["text"]

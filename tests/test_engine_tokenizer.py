@@ -159,7 +159,7 @@ def test_rich_template_matches(tokenizer_dirs, tmp_path):
 @pytest.mark.parametrize("kwargs", [
     {"clean_up_tokenization_spaces": True},  # ignored by transformers 5 for BPE models
     {"clean_up_tokenization_spaces": True, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output": True},
-])  # fmt: skip
+])
 def test_clean_up_spaces_follows_hf(tokenizer_dirs, tmp_path, kwargs):
     hf = hf_tokenizer(tokenizer_dirs["qwen2"], **kwargs)
     eng = engine_twin(hf, tmp_path)

@@ -96,3 +96,40 @@ def test_generate_limits(tok):
     assert [c[1] for c in backend.calls[-len(words):]] == words  # each sampled token is fed back
     gen = generate(backend, "x", 98, TextStream(tok), SamplingParams(max_new_tokens=50), max_length=100)
     assert gen.stop_reason == "context" and len(gen.token_ids) == 2
+
+
+class OwnSampler:
+    """Stands in for TensorRT-LLM's runner, which samples on its own (only the dispatch is under test)."""
+
+    def generate_tokens(self, inputs, params):
+        yield from [7, 8, 9][: params.max_new_tokens]
+
+
+def test_token_stream_takes_a_backends_own_sampler_or_runs_ours(tok):
+    from vila_edge.backend import LogitsSource, TokenSource
+    from vila_edge.generate import token_stream
+
+    own = OwnSampler()
+    assert isinstance(own, TokenSource) and not isinstance(own, LogitsSource)
+    assert list(token_stream(own, "x", SamplingParams(max_new_tokens=2))) == [7, 8]
+    scripted = ScriptedBackend([5, 6, 7])
+    assert isinstance(scripted, LogitsSource) and not isinstance(scripted, TokenSource)
+    stream = token_stream(scripted, "x", SamplingParams())
+    assert [next(stream) for _ in range(3)] == [5, 6, 7] and scripted.calls[0] == ("prefill", "x")
+
+
+def test_every_backend_class_names_its_token_source():
+    from vila_edge.backend import LogitsSource, TokenSource
+    from vila_edge.model.vlm import VilaModel
+    from vila_edge.runtime.cpu import CpuEngine
+    from vila_edge.runtime.trt import TrtEngine
+
+    def has(cls, names):
+        return all(callable(getattr(cls, name, None)) for name in names)
+
+    logits, tokens = ("reset", "prefill", "decode"), ("generate_tokens",)
+    assert all(hasattr(LogitsSource, n) for n in logits) and hasattr(TokenSource, tokens[0])
+    assert has(VilaModel, logits) and has(CpuEngine, logits) and has(TrtEngine, tokens)
+    assert not has(CpuEngine, tokens) and not has(TrtEngine, logits)
+    for cls in (VilaModel, CpuEngine, TrtEngine):
+        assert callable(cls.encode_images) and callable(cls.splice)

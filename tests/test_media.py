@@ -9,7 +9,7 @@ from vila_edge.errors import MediaError, UnsupportedError
 from vila_edge.media import frame_indices, load_image, load_video_frames, preprocess
 
 SIGLIP = {"size": {"height": 70, "width": 70}, "resample": 3, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
-          "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True}  # fmt: skip
+          "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True}
 
 
 def noise(w, h, seed=0):
@@ -20,7 +20,7 @@ def test_resize_matches_pil_bicubic_then_siglip_processor():
     image = noise(123, 61)
     ours = preprocess(image, SIGLIP, "resize")
     ref = SiglipImageProcessorPil(**SIGLIP)(images=image.resize((70, 70), Image.Resampling.BICUBIC),
-                                            return_tensors="np")["pixel_values"][0]  # fmt: skip
+                                            return_tensors="np")["pixel_values"][0]
     assert ours.shape == (3, 70, 70) and ours.dtype == np.float32
     assert np.array_equal(ours, ref)
 
@@ -36,7 +36,7 @@ def test_pad_centres_on_the_mean_colour():
 def test_clip_style_processor_resizes_short_edge_and_crops():
     cfg = {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}, "do_center_crop": True,
            "resample": 3, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-           "image_std": [0.26862954, 0.26130258, 0.27577711]}  # fmt: skip
+           "image_std": [0.26862954, 0.26130258, 0.27577711]}
     image = noise(90, 60, seed=1)
     ours = preprocess(image, cfg, "none")
     ref = CLIPImageProcessorPil(**cfg)(images=image, return_tensors="np")["pixel_values"][0]

@@ -44,7 +44,7 @@ def independent_image_embeds(root, pixel_values, nvila=False, tower=None):
     b, n, c = feats.shape
     g = int(n**0.5)
     square = {"mlp_downsample": flat_square_head if nvila else flat_square_may24,
-              "mlp_downsample_3x3_fix": flat_square_3x3}[ptype](feats.reshape(b, g, g, c))  # fmt: skip
+              "mlp_downsample_3x3_fix": flat_square_3x3}[ptype](feats.reshape(b, g, g, c))
     x = square.reshape(b, -1, square.shape[-1])
     x = F.layer_norm(x, x.shape[-1:], w["layers.1.weight"], w["layers.1.bias"])
     x = F.gelu(F.linear(x, w["layers.2.weight"], w["layers.2.bias"]))
@@ -86,7 +86,7 @@ def independent_vila(root, pics, question, nvila=False, max_new_tokens=8):
             run.append(t)
     inputs = torch.cat(parts)[None]
     out = llm.generate(inputs_embeds=inputs, attention_mask=torch.ones(inputs.shape[:2], dtype=torch.long),
-                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id)  # fmt: skip
+                       max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id)
     new = out[0].tolist()
     if tok.eos_token_id in new:
         new = new[: new.index(tok.eos_token_id)]
@@ -110,7 +110,7 @@ def test_caption_matches_independent_implementation(tiny, cli, tmp_path, ptype, 
         im.save(paths[-1])
     conv = "qwen2" if arch == "qwen2" else "vicuna_v1"
     code, out, err = cli("caption", root, "--image", *paths, "--prompt", "What is this?", "--conv-mode", conv,
-                         "--max-new-tokens", 8, "--temperature", 0, "--backend", "torch", "--format", "jsonl")  # fmt: skip
+                         "--max-new-tokens", 8, "--temperature", 0, "--backend", "torch", "--format", "jsonl")
     assert code == 0, err
     record = json.loads(out)
     want, prompt_len, _ = independent_vila(root, images(n_images), "What is this?", nvila=arch == "qwen2")
@@ -158,12 +158,12 @@ def test_kv_cache_decode_matches_a_full_forward(tiny):
 def test_video_caption_uses_one_block_per_frame(tiny, cli, tmp_path):
     video = write_video(tmp_path / "clip.avi", 12, size=48)
     code, out, err = cli("caption", tiny(), "--video", video, "--prompt", "What happens?", "--conv-mode",
-                         "vicuna_v1", "--max-new-tokens", 3, "--format", "jsonl")  # fmt: skip
+                         "vicuna_v1", "--max-new-tokens", 3, "--format", "jsonl")
     assert code == 0, err
     record = json.loads(out)
     assert record["images"] == 2 and record["image_tokens"] == 2 * 9  # num_video_frames 2 in the config
     code, out, _ = cli("caption", tiny(), "--video", video, "--num-frames", 3, "--prompt", "?", "--conv-mode",
-                       "vicuna_v1", "--max-new-tokens", 1, "--format", "jsonl")  # fmt: skip
+                       "vicuna_v1", "--max-new-tokens", 1, "--format", "jsonl")
     assert json.loads(out)["image_tokens"] == 27
 
 
@@ -173,5 +173,5 @@ def test_the_oracle_comparison_catches_a_wrong_token_order(tiny, cli, tmp_path):
     images(1)[0].save(tmp_path / "0.png")
     want, _, _ = independent_vila(root, images(1), "What is this?")
     code, out, _ = cli("caption", root, "--image", tmp_path / "0.png", "--prompt", "What is this?", "--conv-mode",
-                       "vicuna_v1", "--max-new-tokens", 8, "--format", "jsonl", "--projector-order", "row")  # fmt: skip
+                       "vicuna_v1", "--max-new-tokens", 8, "--format", "jsonl", "--projector-order", "row")
     assert code == 0 and json.loads(out)["token_ids"] != want

@@ -34,7 +34,7 @@ def test_every_recipe_gets_a_plan_on_every_target(recipe, target):
 @pytest.mark.parametrize("recipe,target,fits", [
     ("vila1.5-3b", "orin-nano", True), ("vila1.5-13b", "orin-nano", False), ("vila1.5-13b", "orin", True),
     ("vila1.5-13b", "rtx4090", True), ("vila1.5-40b", "rtx4090", False), ("vila1.5-40b", "a100", True),
-])  # fmt: skip
+])
 def test_fits_where_published_numbers_say_it_runs(recipe, target, fits):
     # VILA's README: 13B AWQ runs on a 4090, 40B AWQ is OOM there and runs on an A100
     assert memory_plan(load_recipe(recipe), TARGETS[target]).fits is fits

@@ -82,7 +82,7 @@ def test_tokens_after():
     ("mlp_downsample_3x3_fix", {"layers.1.weight", "layers.2.weight", "layers.4.weight", "layers.5.weight", "layers.7.weight"}),
     ("linear", {"layers.weight"}),
     ("mlp2x_gelu", {"layers.0.weight", "layers.2.weight"}),
-])  # fmt: skip
+])
 def test_projector_state_dict_keys_match_vila(ptype, keys):
     sd = Projector(ptype, 8, 16).state_dict()
     assert keys <= set(sd) and all(k.startswith("layers.") for k in sd)

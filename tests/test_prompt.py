@@ -114,7 +114,7 @@ def _with_name(src, name, tmp_path):
     ("VILA1.5-3b", "vicuna_v1"), ("VILA1.5-3b-s2", "vicuna_v1"), ("VILA1.5-13b", "vicuna_v1"),
     ("Llama-3-VILA1.5-8B-Fix", "llama_3"), ("Llama-3-VILA1.5-8B", "llama_3_original"),
     ("VILA1.5-40b", "hermes-2"), ("NVILA-8B", "qwen2"),
-])  # fmt: skip
+])
 def test_conv_mode_from_known_names(tiny, tmp_path, name, mode):
     ckpt = _with_name(tiny(), name, tmp_path)
     assert resolve_conv_mode(ckpt, None) == (mode, f"checkpoint name {name!r}")

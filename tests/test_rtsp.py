@@ -34,7 +34,7 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen([SYSTEM_PYTHON, SERVER, "--port", "8554"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                     stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         if line != "ready":
             self.proc.kill()
@@ -61,7 +61,7 @@ def engine(caption_engine):
 
 def test_captions_from_an_rtsp_stream(server, engine, cli):
     code, out, err = cli("caption", engine, "--source", URL, "--every", 10, "--max-captions", 2,
-                         "--prompt", "Describe the image.", "--max-new-tokens", 3, "--format", "jsonl")  # fmt: skip
+                         "--prompt", "Describe the image.", "--max-new-tokens", 3, "--format", "jsonl")
     assert code == 0, err
     got = [json.loads(line) for line in out.splitlines()]
     assert len(got) == 2 and all(r["source"] == URL and r["token_ids"] for r in got)
@@ -131,7 +131,7 @@ def test_the_cli_stops_cleanly_on_ctrl_c(server, engine, tmp_path):
     out = tmp_path / "live.mp4"
     proc = subprocess.Popen([sys.executable, "-m", "vila_edge.cli", "caption", str(engine), "--source", URL,
                              "--prompt", "Describe the image.", "--max-new-tokens", "2", "--format", "jsonl",
-                             "--record", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             "--record", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

@@ -94,15 +94,15 @@ def test_config_fields():
     spec = {"architecture": "llama", "group_size": 128, "hidden": 2560, "intermediate": 6912, "heads": 20, "kv_heads": 20,
             "head_dim": 128, "layers": 32, "vocab": 32000, "rms_eps": 1e-5, "max_position_embeddings": 4096, "qkv_bias": False,
             "rope": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                     "original_max_position_embeddings": 8192}}  # fmt: skip
+                     "original_max_position_embeddings": 8192}}
     c = trtllm_config(spec)
     assert c["architecture"] == "LlamaForCausalLM" and c["dtype"] == "float16"
     assert c["quantization"] == {"quant_algo": "W4A16_AWQ", "kv_cache_quant_algo": None, "group_size": 128,
-                                 "has_zero_point": True, "pre_quant_scale": False, "exclude_modules": ["lm_head"]}  # fmt: skip
+                                 "has_zero_point": True, "pre_quant_scale": False, "exclude_modules": ["lm_head"]}
     assert c["mapping"] == {"world_size": 1, "tp_size": 1, "pp_size": 1}
     assert (c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]) == (2560, 32, 20, 20)
     assert c["rotary_scaling"] == {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 8192}  # fmt: skip
+                                   "original_max_position_embeddings": 8192}
     assert trtllm_config({**spec, "architecture": "qwen2", "qkv_bias": True})["qwen_type"] == "qwen2"
     from vila_edge.errors import UnsupportedError
 
@@ -138,7 +138,7 @@ def test_without_tensorrt_build_engine_leaves_a_complete_bundle_and_exits_3(bund
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert files == {"manifest.json", "build.sh", "recipe.json", "trtllm_checkpoint/config.json",
                      "trtllm_checkpoint/rank0.safetensors", "vision/vision_w8a8.onnx", "tokenizer/tokenizer.json",
-                     "tokenizer/tokenizer_meta.json"}  # fmt: skip
+                     "tokenizer/tokenizer_meta.json"}
     assert not list(out.parent.glob(".vila-orin.tmp-*"))
     header = read_header(out / "trtllm_checkpoint/rank0.safetensors")
     assert header["transformer.layers.0.attention.qkv.weight"]["dtype"] == "I8"
@@ -172,7 +172,7 @@ def test_the_build_script_runs_build_engine_on_the_device(bundle, tmp_path):
     env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin", "RECORD": str(tmp_path / "args")}
     subprocess.run(["sh", str(out / "build.sh"), str(tmp_path / "engine")], env=env, check=True)
     assert (tmp_path / "args").read_text().split() == ["build-engine", str(out.resolve()), "-o", str(tmp_path / "engine"),
-                                                      "--target", "orin"]  # fmt: skip
+                                                      "--target", "orin"]
 
 
 def test_a_bundle_is_not_an_engine_yet(bundle, cli):
@@ -206,7 +206,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(awq, tmp_path, cli):
     assert code == 0 and "fits" in out and "would run: trtllm-build" in out and "exit 3" in out
     assert "--max_seq_len 512" in out  # the target's 1536, shortened to the model's 512 positions
     code, out, _ = cli("build-engine", awq("llama", 64), "-o", tmp_path / "e", "--target", "orin-nano", "--dry-run",
-                       "--max-batch", 100000)  # fmt: skip
+                       "--max-batch", 100000)
     assert code == 1 and "does NOT fit" in out
     code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "e", "--target", "orin-nano", "--max-batch", 100000)
     assert code == 1 and "would not fit" in err and "does NOT fit" in err
@@ -247,7 +247,7 @@ def test_engines_from_another_gpu_or_library_version_are_refused():
     assert diffs == ["GPU architecture sm_87 (engine) vs sm_89 (here)", "TensorRT 10.3.0 (engine) vs 10.7.0 (here)"]
     manifest = {"target": "orin", "built_with": ORIN_ENV, "source": {"bundle": "/data/vila-orin"}}
     with pytest.raises(Exception, match=r"TensorRT-LLM 0.12.0 \(engine\) vs none \(here\).*vila-edge build-engine "
-                                        r"/data/vila-orin -o NEW_ENGINE --target orin"):  # fmt: skip
+                                        r"/data/vila-orin -o NEW_ENGINE --target orin"):
         check_engine(Path("e"), manifest, {"tensorrt": "10.3.0", "sm": 87})
     check_engine(Path("e"), manifest, ORIN_ENV)
 

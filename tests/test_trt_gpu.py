@@ -73,7 +73,7 @@ def test_bench_times_the_trt_token_stream_against_the_target_bandwidth(gpu_engin
 
     _, out, env = gpu_engine
     code, stdout, err = cli("bench", out, "--prompt-len", 160, "--gen-len", 8, "--images", 1, "--repeat", 2,
-                            "--format", "json", "-o", tmp_path / "trt.json")  # fmt: skip
+                            "--format", "json", "-o", tmp_path / "trt.json")
     assert code == 0, err
     r = json.loads(stdout)
     assert json.loads((tmp_path / "trt.json").read_text()) == r

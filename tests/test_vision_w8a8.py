@@ -135,7 +135,7 @@ def test_quantize_writes_vision_and_caption_runs_it(tiny, tmp_path, cli):
         write_sample_image(frames / f"{i}.png", size=90, seed=i)
     out = tmp_path / "q"
     code, stdout, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, "--n-samples", 2, "--seqlen", 32,
-                            "--quiet", "--calib-media", frames, "--vision-calib-images", 3)  # fmt: skip
+                            "--quiet", "--calib-media", frames, "--vision-calib-images", 3)
     assert code == 0, err
     assert "vision W8A8" in stdout and "generated" not in err
     record = json.loads((out / "vision" / RECORD_FILE).read_text())
@@ -143,7 +143,7 @@ def test_quantize_writes_vision_and_caption_runs_it(tiny, tmp_path, cli):
     report = json.loads((out / "quant_report.json").read_text())
     assert report["vision"]["held_out"]["cosine_mean"] >= 0.99
     code, stdout, err = cli("caption", out, "--image", frames / "0.png", "--prompt", "Describe.", "--backend", "onnx",
-                            "--conv-mode", "vicuna_v1", "--max-new-tokens", 4, "--format", "jsonl")  # fmt: skip
+                            "--conv-mode", "vicuna_v1", "--max-new-tokens", 4, "--format", "jsonl")
     assert code == 0, err
     answer = json.loads(stdout)
     assert answer["backend"] == "onnx" and answer["image_tokens"] == 9 and len(answer["token_ids"]) > 0

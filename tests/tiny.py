@@ -13,7 +13,7 @@ from vila_edge.synthetic import write_projector, write_siglip_tower, write_top_c
 VISION = dict(image_size=70, hidden=32, layers=3, heads=2, intermediate=64)  # 5x5 patches, odd like 27
 LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
-           initializer_range=0.5)  # large weights, so every position (images too) moves the argmax  # fmt: skip
+           initializer_range=0.5)  # large weights, so every position (images too) moves the argmax
 QWEN2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
     "{{ '<|im_start|>system\\nYou are a helpful assistant<|im_end|>\\n' }}{% endif %}"
@@ -48,11 +48,11 @@ def llama_tokenizer(out: Path) -> None:
         byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
         normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,
         allow_whitespace_only_pieces=True, add_dummy_prefix=True, num_threads=1, minloglevel=2,
-    )  # fmt: skip
+    )
     (out / "tokenizer.vocab").unlink()
     cfg = {"tokenizer_class": "LlamaTokenizer", "legacy": False, "add_bos_token": True, "add_eos_token": False,
            "model_max_length": 512, "padding_side": "right", "bos_token": "<s>", "eos_token": "</s>",
-           "unk_token": "<unk>"}  # fmt: skip
+           "unk_token": "<unk>"}
     (out / "tokenizer_config.json").write_text(json.dumps(cfg))
     (out / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
 
@@ -67,11 +67,11 @@ def qwen2_tokenizer(out: Path) -> None:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_corpus(), trainer)
     tok.save(str(out / "tokenizer.json"))
     cfg = {"tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|im_end|>",
-           "pad_token": "<|endoftext|>", "model_max_length": 512, "chat_template": QWEN2_TEMPLATE}  # fmt: skip
+           "pad_token": "<|endoftext|>", "model_max_length": 512, "chat_template": QWEN2_TEMPLATE}
     (out / "tokenizer_config.json").write_text(json.dumps(cfg))
 
 
@@ -91,7 +91,7 @@ def build_llm(out: Path, arch: str, tokenizer_dir: Path, seed: int) -> None:
 
 
 def build_tiny_checkpoint(root: Path, tokenizer_dir: Path, projector_type: str = "mlp_downsample",
-                          arch: str = "llama", seed: int = 0, **top) -> Path:  # fmt: skip
+                          arch: str = "llama", seed: int = 0, **top) -> Path:
     """A complete VILA-layout checkpoint: tiny LLM + 3-layer SigLIP (70 px) + projector."""
     root.mkdir(parents=True)
     build_llm(root / "llm", arch, tokenizer_dir, seed)

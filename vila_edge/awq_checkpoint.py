@@ -71,7 +71,7 @@ def write_safetensors(folder: Path, tensors: dict[str, torch.Tensor], max_shard_
 
 
 def write_awq_llm(dst: Path, src: Path, llm, packed: dict[str, dict[str, torch.Tensor]], group_size: int,
-                  max_shard_bytes: int = 5 * 2**30) -> None:  # fmt: skip
+                  max_shard_bytes: int = 5 * 2**30) -> None:
     """llm/ of the quantized checkpoint: src's tokenizer and configs, packed linears, the rest fp16."""
     dst.mkdir(parents=True)
     for f in src.iterdir():  # tokenizer, generation config, chat template, ...

@@ -33,7 +33,7 @@ class ModelInfo(Protocol):
 
 
 class Backend(Protocol):
-    """Images and prompt ids in, tokens out."""
+    """Images and prompt ids in; tokens out through one of LogitsSource (our sampler) or TokenSource (its own)."""
 
     info: ModelInfo
     tokenizer: object  # a transformers tokenizer or runtime.tokenizer.EngineTokenizer
@@ -46,7 +46,7 @@ class Backend(Protocol):
 
 
 @runtime_checkable
-class LogitsBackend(Backend, Protocol):
+class LogitsSource(Protocol):
     """A backend whose logits our sampler reads (torch, cpu): the KV cache lives inside it."""
 
     def reset(self) -> None:
@@ -60,7 +60,7 @@ class LogitsBackend(Backend, Protocol):
 
 
 @runtime_checkable
-class SamplingBackend(Backend, Protocol):
+class TokenSource(Protocol):
     """A backend that samples on its own (TensorRT-LLM); the front still applies its stop rules."""
 
     def generate_tokens(self, inputs, params) -> Iterator[int]:

@@ -58,12 +58,12 @@ def choose_bandwidth(target: Target, given: float | None, threads: int, nvpmodel
 
         gb_s = _runtime.read_bandwidth(READ_MB, threads, READ_REPEAT)
         return {"bandwidth_gb_s": round(gb_s, 2), "bandwidth_source": "measured",
-                "bandwidth_note": f"read_bandwidth: {READ_MB} MB read {READ_REPEAT} times on {threads} threads"}  # fmt: skip
+                "bandwidth_note": f"read_bandwidth: {READ_MB} MB read {READ_REPEAT} times on {threads} threads"}
     note = f"{target.description} peak"
     if target.super_bandwidth_gb_s:
         if is_super_mode(nvpmodel):
             return {"bandwidth_gb_s": target.super_bandwidth_gb_s, "bandwidth_source": "target",
-                    "bandwidth_note": f"{note} in Super mode (nvpmodel {nvpmodel})"}  # fmt: skip
+                    "bandwidth_note": f"{note} in Super mode (nvpmodel {nvpmodel})"}
         note += f"; {target.super_bandwidth_gb_s} GB/s in Super mode (JetPack 6.1+, 25W or MAXN_SUPER)"
     return {"bandwidth_gb_s": target.bandwidth_gb_s, "bandwidth_source": "target", "bandwidth_note": note}
 

@@ -83,7 +83,7 @@ def timed_run(engine, ids: list[int], pixels: np.ndarray | None, gen_len: int, m
     monitor.stop()
     stream.close()
     return {"vision_s": t1 - t0, "ttft_s": stamps[0] - t0, "prefill_s": stamps[0] - t1,
-            "decode_s": stamps[-1] - stamps[0], "decode_tokens": len(stamps) - 1, "prompt_tokens": len(inputs)}  # fmt: skip
+            "decode_s": stamps[-1] - stamps[0], "decode_tokens": len(stamps) - 1, "prompt_tokens": len(inputs)}
 
 
 def weight_precision(manifest: dict) -> str:

@@ -17,7 +17,7 @@ from .formats import BENCH_FORMAT, BENCH_FORMAT_VERSION
 from .targets import TARGETS
 
 REQUIRED = ("model", "weights", "precision", "target", "threads", "text_tokens", "images", "gen_len", "repeat", "warmup",
-            "ttft_s", "decode_tok_s", "decode_pct_of_ceiling", "bandwidth_gb_s", "bandwidth_source", "device", "time")  # fmt: skip
+            "ttft_s", "decode_tok_s", "decode_pct_of_ceiling", "bandwidth_gb_s", "bandwidth_source", "device", "time")
 MISSING = "–"
 
 
@@ -34,7 +34,7 @@ def _read(path: Path) -> dict | None:
         return None
     if data.get("format_version") != BENCH_FORMAT_VERSION:
         raise UsageError(f"{path}: bench result format {data.get('format_version')}, this bench-table reads "
-                         f"{BENCH_FORMAT_VERSION}; re-run vila-edge bench -o {path.name} with this version")  # fmt: skip
+                         f"{BENCH_FORMAT_VERSION}; re-run vila-edge bench -o {path.name} with this version")
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise UsageError(f"{path}: bench result without {', '.join(missing)}; re-run vila-edge bench -o {path.name}")
@@ -80,7 +80,7 @@ def device_label(r: dict) -> str:
 def settings_text(r: dict) -> str:
     images = f" + {r['images']} image{'s' if r['images'] != 1 else ''}" if r["images"] else ""
     return (f"prompt {r['text_tokens']} text tokens{images}, {r['gen_len']} generated tokens, "
-            f"{r['repeat']} repeats after {r['warmup']} warm-up")  # fmt: skip
+            f"{r['repeat']} repeats after {r['warmup']} warm-up")
 
 
 def _when(r: dict) -> datetime:
@@ -114,7 +114,7 @@ def build_table(results: list[dict]) -> Table:
 
 def _grid(t: Table, title: str, cell) -> list[str]:
     lines = [f"### {title}", "", "| model | weights | " + " | ".join(t.columns) + " |",
-             "|---|---|" + "---:|" * len(t.columns)]  # fmt: skip
+             "|---|---|" + "---:|" * len(t.columns)]
     for row in t.rows:
         values = []
         for col in t.columns:
@@ -144,11 +144,11 @@ def render_markdown(results: list[dict]) -> str:
     t = build_table(results)
     lines = _grid(t, "Decode (tokens/s, batch 1)", _number("decode_tok_s", ".1f"))
     lines += _grid(t, "Decode, % of the memory-bandwidth ceiling", lambda r: None if r["decode_pct_of_ceiling"] is None
-                   else f"{r['decode_pct_of_ceiling']:.0f}%")  # fmt: skip
+                   else f"{r['decode_pct_of_ceiling']:.0f}%")
     lines += _grid(t, "Time to first token (ms, mean)", _number("ttft_s", ".0f", 1e3))
     lines += _devices(t)
     lines += ["Ceiling: memory bandwidth / the bytes a decoded token reads (every weight but the embedding table, "
-              "plus the KV cache). Decode and prefill are medians over the repeats, TTFT the mean.", ""]  # fmt: skip
+              "plus the KV cache). Decode and prefill are medians over the repeats, TTFT the mean.", ""]
     settings = dict.fromkeys(settings_text(r) for r in t.cells.values())
     if len(settings) == 1:
         lines.append(f"Settings: {next(iter(settings))}.")

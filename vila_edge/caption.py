@@ -45,7 +45,7 @@ class Captioner:
         return np.stack([preprocess(im, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio) for im in images])
 
     def __call__(self, images: list[Image.Image], question: str, params: SamplingParams,
-                 on_text: Callable[[str], None] | None = None) -> Answer:  # fmt: skip
+                 on_text: Callable[[str], None] | None = None) -> Answer:
         t0 = time.perf_counter()
         ids = self.prompt_ids(question, len(images))
         image_embeds = None

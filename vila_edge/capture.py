@@ -146,7 +146,7 @@ class LiveSource:
     live = True
 
     def __init__(self, name: str, connect: Callable, sampler: FrameSampler, *, pace: bool = False,
-                 reconnect_s: float = 0.0, log: Callable[[str], None] | None = None):  # fmt: skip
+                 reconnect_s: float = 0.0, log: Callable[[str], None] | None = None):
         import cv2
 
         self.name, self.connect, self.sampler, self.pace, self.reconnect_s = name, connect, sampler, pace, reconnect_s
@@ -188,7 +188,7 @@ class LiveSource:
                         continue
                     if not (self.pace or self.error or self._stop.is_set()):  # a file ends; a camera should not
                         self.error = MediaError(f"{self.name} stopped delivering frames (unplugged, or taken by "
-                                                "another program?)")  # fmt: skip
+                                                "another program?)")
                     break
                 if self.pace:  # a file played at its own rate; its timestamps are the file's
                     t = index / self.fps
@@ -223,7 +223,7 @@ class LiveSource:
             except MediaError:
                 if time.monotonic() >= deadline:
                     self.error = MediaError(f"{self.name}: the stream stopped and did not come back within "
-                                            f"{self.reconnect_s:g} s (--reconnect-timeout)")  # fmt: skip
+                                            f"{self.reconnect_s:g} s (--reconnect-timeout)")
                     return False
                 delay = min(2 * delay, 8.0)
                 continue
@@ -247,7 +247,7 @@ def open_camera(spec: str):
     cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # V4L2 queues 4 frames by default: up to 4 frames of lag
     if not cap.isOpened():
         raise MediaError(f"camera {spec} cannot be opened: no such device, no permission, or another program "
-                         "holds it (v4l2-ctl --list-devices lists cameras)")  # fmt: skip
+                         "holds it (v4l2-ctl --list-devices lists cameras)")
     return cap
 
 
@@ -257,7 +257,7 @@ def open_pipeline(pipeline: str):
 
     if not re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()):
         raise MediaError("this OpenCV is built without GStreamer (PyPI's opencv-python is); use JetPack's "
-                         "python3-opencv for a GStreamer pipeline, or give a camera index or /dev/videoN")  # fmt: skip
+                         "python3-opencv for a GStreamer pipeline, or give a camera index or /dev/videoN")
     cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     if not cap.isOpened():
         raise MediaError(f"GStreamer pipeline cannot start: {pipeline}; try it with gst-launch-1.0 (ending in fakesink)")
@@ -280,12 +280,12 @@ def open_stream(url: str):
             del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
     if not cap.isOpened():
         raise MediaError(f"{url}: cannot connect to the stream (unreachable, refused, or not found on the server "
-                         f"within {OPEN_TIMEOUT_S:g} s); check the address with ffprobe {url}")  # fmt: skip
+                         f"within {OPEN_TIMEOUT_S:g} s); check the address with ffprobe {url}")
     return cap
 
 
 def open_source(spec: str, every: int = 1, fps: float | None = None, realtime: bool = False,
-                reconnect_s: float = 30.0, log: Callable[[str], None] | None = None):  # fmt: skip
+                reconnect_s: float = 30.0, log: Callable[[str], None] | None = None):
     """A camera (index, /dev/videoN or a GStreamer pipeline), a network stream, a video file or an image folder."""
     sampler = FrameSampler(every, fps)
     if spec.isdigit() or spec.startswith("/dev/video"):
@@ -307,7 +307,7 @@ def open_source(spec: str, every: int = 1, fps: float | None = None, realtime: b
 
 
 def caption_frames(captioner, source, question: str, params, window: int = 1, max_captions: int | None = None,
-                   alert: re.Pattern | None = None, recorder=None):  # fmt: skip
+                   alert: re.Pattern | None = None, recorder=None):
     """One record per sampled frame: the caption of it and the window - 1 sampled frames before it.
     The source is closed at the end, on an error, and when the consumer stops early (Ctrl-C)."""
     if window < 1:

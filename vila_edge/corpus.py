@@ -19,7 +19,7 @@ SPLITS = {
              "calendar", "locale", "gettext", "codecs", "io", "tempfile", "glob", "fnmatch", "hashlib", "uuid",
              "ipaddress", "configparser", "plistlib", "wave", "smtplib", "ftplib", "imaplib", "mailbox", "queue",
              "sched", "selectors", "shlex", "struct", "tokenize", "traceback", "warnings", "weakref", "zoneinfo"),
-}  # fmt: skip
+}
 
 
 def _docstrings(module_name: str) -> list[str]:

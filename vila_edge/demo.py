@@ -75,7 +75,7 @@ def build_demo_checkpoint(out: str | Path, seed: int = 0) -> Path:
         with torch.no_grad():
             probe = VisionEncoder(tower, -2, "cls_patch")(torch.randn(2, 3, 384, 384))
         write_projector(root / "mm_projector", "mlp_downsample", DEMO_TOWER["hidden"], llm_cfg["hidden_size"],
-                        seed=seed + 1, output_std=embed_std, probe=probe)  # fmt: skip
+                        seed=seed + 1, output_std=embed_std, probe=probe)
         write_top_config(root, conv_mode="auto", num_video_frames=8)
     return Path(out)
 

@@ -148,7 +148,7 @@ class JetsonMonitor:
         hardware = self.jetson.board.get("hardware", {})
         clocks = self.jetson.jetson_clocks
         rails = {name: round(statistics.mean(s["rails"][name] for s in self.samples if name in s["rails"]))
-                 for name in (self.samples[0]["rails"] if self.samples else {})}  # fmt: skip
+                 for name in (self.samples[0]["rails"] if self.samples else {})}
         total = statistics.mean(s["total"] for s in self.samples) if self.samples else None
         return {
             "board": hardware.get("Module") or hardware.get("Model"),
@@ -165,4 +165,4 @@ class JetsonMonitor:
 
 def describe_device(monitor: JetsonMonitor, decode_s: float, decode_tokens: int) -> dict:
     return {"cpu": cpu_info(), "gpu": gpu_info(), "jetson": monitor.describe(decode_s, decode_tokens),
-            "jetson_note": monitor.note}  # fmt: skip
+            "jetson_note": monitor.note}

@@ -1,8 +1,8 @@
 """Sampling, stop rules and the decode loop, shared by every backend (numpy only, no torch).
 
 A backend offers `reset()`, `prefill(inputs) -> logits [V]` and `decode(token_id) -> logits [V]`
-(backend.LogitsBackend), or `generate_tokens(inputs, params)` when it samples on its own
-(backend.SamplingBackend); `token_stream` gives either as one stream of tokens.
+(backend.LogitsSource), or `generate_tokens(inputs, params)` when it samples on its own
+(backend.TokenSource); `token_stream` gives either as one stream of tokens.
 """
 
 import time
@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import SamplingBackend
+from .backend import TokenSource
 
 
 @dataclass
@@ -123,7 +123,7 @@ def sampled_tokens(backend, inputs, params: SamplingParams):
 
 def token_stream(backend, inputs, params: SamplingParams):
     """The backend's tokens for a spliced prompt: its own sampler's, or ours over its logits."""
-    if isinstance(backend, SamplingBackend):
+    if isinstance(backend, TokenSource):
         return backend.generate_tokens(inputs, params)
     return sampled_tokens(backend, inputs, params)
 

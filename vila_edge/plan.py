@@ -11,7 +11,7 @@ from .targets import Target
 
 # The repository's recipes/ (a checkout or an editable install), else where setup.py's data_files put them.
 RECIPES = next((p for p in (Path(__file__).resolve().parents[1] / "recipes", Path(sys.prefix) / "share/vila-edge/recipes")
-                if p.is_dir()), Path(__file__).resolve().parents[1] / "recipes")  # fmt: skip
+                if p.is_dir()), Path(__file__).resolve().parents[1] / "recipes")
 GB = 1e9
 
 
@@ -30,7 +30,7 @@ def recipe_from_checkpoint(ckpt) -> dict:
     layers = v["num_hidden_layers"]
     used = layers + ckpt.select_layer + 1 if ckpt.select_layer < 0 else ckpt.select_layer
     vision = {"kind": ckpt.vision_kind, "hidden": v["hidden_size"], "layers": used, "intermediate": v["intermediate_size"],
-              "image_size": ckpt.image_size, "patch": v["patch_size"]}  # fmt: skip
+              "image_size": ckpt.image_size, "patch": v["patch_size"]}
     if ckpt.s2_scales:
         vision["s2_scales"] = ckpt.s2_scales
     return {
@@ -38,7 +38,7 @@ def recipe_from_checkpoint(ckpt) -> dict:
         "llm": {"arch": c["model_type"], "hidden": c["hidden_size"], "layers": c["num_hidden_layers"],
                 "heads": c["num_attention_heads"], "kv_heads": c.get("num_key_value_heads") or c["num_attention_heads"],
                 "intermediate": c["intermediate_size"], "vocab": c["vocab_size"],
-                "tied": bool(c.get("tie_word_embeddings"))},  # fmt: skip
+                "tied": bool(c.get("tie_word_embeddings"))},
         "vision": vision,
         "projector": ckpt.projector_type,
         "tokens_per_image": ckpt.tokens_per_image,
@@ -79,13 +79,13 @@ class Plan:
         return {"recipe": self.recipe, "target": self.target.name, "max_batch": self.max_batch,
                 "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
                 "max_multimodal_len": self.max_multimodal_len, "parts_gb": self.parts_gb,
-                "total_gb": round(self.total_gb, 3), "usable_gb": self.target.usable_gb, "fits": self.fits}  # fmt: skip
+                "total_gb": round(self.total_gb, 3), "usable_gb": self.target.usable_gb, "fits": self.fits}
 
     @property
     def limits(self) -> dict:
         """The engine limits, as build-engine passes them to TensorRT-LLM and the manifest records them."""
         return {"max_batch": self.max_batch, "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
-                "max_multimodal_len": self.max_multimodal_len, "images": self.images}  # fmt: skip
+                "max_multimodal_len": self.max_multimodal_len, "images": self.images}
 
     @property
     def total_gb(self) -> float:
@@ -97,7 +97,7 @@ class Plan:
 
 
 def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int = 1, max_seq_len: int | None = None,
-                max_batch: int | None = None, max_input_len: int | None = None) -> Plan:  # fmt: skip
+                max_batch: int | None = None, max_input_len: int | None = None) -> Plan:
     """W4A16 LLM (fp16 group scales and zeros, fp16 embeddings and lm_head), W8A8 vision, fp16 KV cache."""
     llm, vision = recipe["llm"], recipe["vision"]
     batch = max_batch or target.max_batch
@@ -107,7 +107,7 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
         raise UsageError(f"max_input_len {input_len} must be below max_seq_len {seq}, and max_batch at least 1")
     if images * recipe["tokens_per_image"] >= input_len:
         raise UsageError(f"{images} image(s) of {recipe['tokens_per_image']} tokens leave no room for text in "
-                         f"max_input_len {input_len}; raise --max-input-len or lower --images")  # fmt: skip
+                         f"max_input_len {input_len}; raise --max-input-len or lower --images")
     hd = llm["hidden"] // llm["heads"]
     bits = 4 + 32 / group_size  # int4 + an fp16 scale and an fp16 zero per group
     tables = (1 if llm.get("tied") else 2) * llm["vocab"] * llm["hidden"] * 2
@@ -120,23 +120,23 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
         "kv cache (fp16, max_seq_len)": 2 * llm["layers"] * llm["kv_heads"] * hd * 2 * seq * batch / GB,
         "vision engine (int8)": vision_params(vision) / GB,
         "activations": (tokens * (2 * llm["intermediate"] + 4 * llm["hidden"]) * 2 + batch * llm["vocab"] * 4
-                        + tiles * patches * vision["intermediate"] * 2 * 2) / GB,  # fmt: skip
+                        + tiles * patches * vision["intermediate"] * 2 * 2) / GB,
         "runtime (CUDA, TensorRT)": target.runtime_gb,
     }
     return Plan(recipe["name"], target, batch, input_len, seq, batch * images * recipe["tokens_per_image"], images,
-                {k: round(v, 3) for k, v in parts.items()})  # fmt: skip
+                {k: round(v, 3) for k, v in parts.items()})
 
 
 def format_plan(plan: Plan) -> str:
     t = plan.target
     lines = [f"{plan.recipe} on {t.name} ({t.description}): max_batch {plan.max_batch}, max_input_len {plan.max_input_len}, "
-             f"max_seq_len {plan.max_seq_len}, max_multimodal_len {plan.max_multimodal_len}"]  # fmt: skip
+             f"max_seq_len {plan.max_seq_len}, max_multimodal_len {plan.max_multimodal_len}"]
     lines += [f"  {name:<30} {gb:7.2f} GB" for name, gb in plan.parts_gb.items()]
     lines.append(f"  {'total':<30} {plan.total_gb:7.2f} GB of {t.usable_gb:.1f} GB usable ({t.memory_gb:g} GB, "
-                 f"{t.reserved_gb:g} GB kept by the system)")  # fmt: skip
+                 f"{t.reserved_gb:g} GB kept by the system)")
     if plan.fits:
         lines.append(f"  fits, {t.usable_gb - plan.total_gb:.2f} GB to spare")
     else:
         lines.append(f"  does NOT fit: {plan.total_gb - t.usable_gb:.2f} GB over. Pick a larger target or a smaller "
-                     "model; a shorter --max-seq-len shrinks only the KV cache")  # fmt: skip
+                     "model; a shorter --max-seq-len shrinks only the KV cache")
     return "\n".join(lines)

@@ -92,7 +92,7 @@ class Recorder:
             raise UsageError(f"--record {path}: the folder {self.path.parent} does not exist")
         if self.path.exists() or any(self.path.parent.glob(f"{self.path.stem}.alert-*{self.path.suffix}")):
             raise UsageError(f"--record {path}: a recording of that name (or its alert clips) exists; "
-                             "move it or choose another name")  # fmt: skip
+                             "move it or choose another name")
         self.fps = fps
         self.main = VideoOut(self.path, fps)
         self.recent: deque[bytes] = deque(maxlen=max(1, round(pre_s * fps)) if alerts else 0)

@@ -16,14 +16,14 @@ from .model.projector import Projector
 
 
 def write_siglip_tower(out: Path, seed: int, image_size: int, hidden: int, layers: int, heads: int,
-                       intermediate: int, patch_size: int = 14) -> SiglipVisionModel:  # fmt: skip
+                       intermediate: int, patch_size: int = 14) -> SiglipVisionModel:
     """A randomly initialised SigLIP tower saved in bf16, with SigLIP's image processor config."""
     torch.manual_seed(seed)
     cfg = SiglipVisionConfig(
         hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
         layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
-    )  # fmt: skip
+    )
     tower = SiglipVisionModel(cfg).eval()
     tower.to(torch.bfloat16).save_pretrained(out)
     processor = {  # SigLIP-so400m's preprocessor_config.json at this size
@@ -43,7 +43,7 @@ def write_siglip_tower(out: Path, seed: int, image_size: int, hidden: int, layer
 
 
 def write_projector(out: Path, projector_type: str, mm_hidden: int, llm_hidden: int, seed: int,
-                    output_std: float | None = None, probe: torch.Tensor | None = None) -> Projector:  # fmt: skip
+                    output_std: float | None = None, probe: torch.Tensor | None = None) -> Projector:
     """A random projector; with `output_std` and a `probe` feature batch, its last Linear is rescaled so
     that outputs on the probe have that standard deviation (the scale of the LLM's token embeddings)."""
     torch.manual_seed(seed)

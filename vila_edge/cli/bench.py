@@ -13,11 +13,11 @@ SETTINGS = ("prompt_len", "gen_len", "images", "repeat", "warmup")
 
 def add_parser(sub) -> None:
     q = sub.add_parser("bench", help="TTFT, vision, prefill and decode speed of an engine, and decode's share of "
-                                     "the memory-bandwidth ceiling")  # fmt: skip
+                                     "the memory-bandwidth ceiling")
     q.add_argument("engine", help="an engine folder from build-engine (cpu, or a TensorRT engine on its GPU)")
     add_fields(q, BenchSettings, *SETTINGS)
     add_fields(q, BackendOptions, "threads", "kernels", kernels={"help": "cpu engine: force a kernel table "
-               "(see caption --kernels)"})  # fmt: skip
+               "(see caption --kernels)"})
     q.add_argument("--bandwidth-gb-s", type=float, metavar="GB_S",
                    help="memory bandwidth for the decode ceiling (default: measured on cpu, the target's peak on GPUs)")
     q.add_argument("-o", "--out", metavar="FILE", help="also write the result JSON here (bench-table reads it)")

@@ -16,14 +16,14 @@ def add_parser(sub) -> None:
     q.add_argument("-o", "--out", required=True, help="the engine folder to write")
     q.add_argument("--target", choices=list(TARGETS), required=True,
                    help="cpu: laptops (C++ int4 engine + ONNX vision); the others: TensorRT-LLM + a TensorRT vision plan, "
-                        "built on that device (elsewhere: a portable bundle, exit 3)")  # fmt: skip
+                        "built on that device (elsewhere: a portable bundle, exit 3)")
     add_fields(q, BuildOptions, "vision", "lm_head", vision={"choices": VISION_CHOICES,
                "help": "cpu: w8a8|fp32 ONNX; GPU: w8a8 (int8 Q/DQ plan) or fp16; none: text only"},
-               lm_head={"choices": ("int8", "fp16"), "help": "lm_head precision on the cpu target"})  # fmt: skip
+               lm_head={"choices": ("int8", "fp16"), "help": "lm_head precision on the cpu target"})
     add_fields(q, BuildOptions, *GPU_LIMITS, images={"help": "GPU: images per prompt the engine takes (default 1)"},
                max_batch={"help": "GPU: default the target's (1 on Jetson)"},
                max_input_len={"help": "GPU: prompt tokens, images included (default: the target's)"},
-               max_seq_len={"help": "GPU: prompt + answer tokens (default: the target's, within the model's)"})  # fmt: skip
+               max_seq_len={"help": "GPU: prompt + answer tokens (default: the target's, within the model's)"})
     q.add_argument("--dry-run", action="store_true", help="GPU: print the memory plan and the build steps; write nothing")
     add_conv_mode(q, "conversation template to record (default: the checkpoint's own)")
     add_overwrite(q)
@@ -36,18 +36,18 @@ def run(args) -> int:
         from ..export.trt_engine import build_gpu_engine
 
         code, message = build_gpu_engine(args.quantized, args.out, args.target, opts.vision, opts.conv_mode,
-                                         opts.limits(), dry_run=args.dry_run, overwrite=args.overwrite)  # fmt: skip
+                                         opts.limits(), dry_run=args.dry_run, overwrite=args.overwrite)
         print(message, file=sys.stdout if code in (0, 1) else sys.stderr)
         return code
     if args.dry_run or any(v is not None for v in opts.limits().values()):
         raise UsageError("--dry-run, --images and --max-* plan GPU engines; the cpu engine sizes its cache at run time "
-                         "(caption --max-seq)")  # fmt: skip
+                         "(caption --max-seq)")
     from ..export.cpu_engine import build_cpu_engine
 
     m = build_cpu_engine(args.quantized, args.out, vision=opts.vision, lm_head=opts.lm_head, conv_mode=opts.conv_mode,
-                         overwrite=args.overwrite)  # fmt: skip
+                         overwrite=args.overwrite)
     llm, vision = m["llm"], m["vision"]
     print(f"wrote {args.out}: cpu engine, {llm['architecture']} {llm['layers']} layers, int4 g{llm['group_size']} "
           f"({m['memory']['weights_mb']} MB), lm_head {m['quantization']['lm_head']}, "
-          f"vision {vision['precision'] if vision else 'none'}, conv mode {m['text']['conv_mode']}")  # fmt: skip
+          f"vision {vision['precision'] if vision else 'none'}, conv mode {m['text']['conv_mode']}")
     return 0

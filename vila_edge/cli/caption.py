@@ -22,18 +22,18 @@ def add_parser(sub) -> None:
     media.add_argument("--image", nargs="+", metavar="PATH", help="one or more images, in prompt order")
     media.add_argument("--video", metavar="PATH", help="one question about N frames of a video (--num-frames)")
     media.add_argument("--source", metavar="SRC", help="a caption per sampled frame of a camera (0, /dev/video0), "
-                       "a stream (rtsp://...), a video file or an image folder")  # fmt: skip
+                       "a stream (rtsp://...), a video file or an image folder")
     q.add_argument("--prompt", required=True, help="the question; <image> tags place the images, else they go first")
     add_fields(q, CaptureOptions, *CAPTURE, record={"metavar": "OUT.mp4"}, alert={"metavar": "REGEX"},
-               reconnect_timeout={"metavar": "S"})  # fmt: skip
+               reconnect_timeout={"metavar": "S"})
     add_conv_mode(q)
     add_fields(q, SamplingParams, *SAMPLING)
     q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
     add_fields(q, BackendOptions, "backend", *CPU_ENGINE, backend={"choices": BACKENDS},
-               activations={"choices": ("int8", "fp32")})  # fmt: skip
+               activations={"choices": ("int8", "fp32")})
     add_device(q)
     add_fields(q, BackendOptions, *TORCH, dtype={"choices": ("auto", "float32", "float16", "bfloat16")},
-               projector_order={"choices": ("row", "column")})  # fmt: skip
+               projector_order={"choices": ("row", "column")})
     add_allow_pickle(q)
     add_format(q, "text", "jsonl")
     q.set_defaults(run=run)
@@ -45,12 +45,12 @@ def run(args) -> int:
     capture = from_args(CaptureOptions, args, *CAPTURE)
     if args.source is not None:
         for record in caption_source(args.model, args.source, args.prompt, params, backend, args.conv_mode, capture,
-                                     stderr_log):  # fmt: skip
+                                     stderr_log):
             print_record(record, args.format)
         return 0
     text = args.format == "text"
     record, stats = caption_media(args.model, args.image, args.video, args.num_frames, args.prompt, params, backend,
-                                  args.conv_mode, capture, on_text=Streamer() if text else None)  # fmt: skip
+                                  args.conv_mode, capture, on_text=Streamer() if text else None)
     if text:
         print()
         print(stats, file=sys.stderr)

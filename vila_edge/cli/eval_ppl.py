@@ -24,6 +24,6 @@ def run(args) -> int:
     from ..commands.quantize import ppl_line
 
     ppl = eval_ppl(args.source, args.text, from_args(PplOptions, args, "max_tokens", "seqlen"), args.awq,
-                   args.group_size, args.device, args.allow_pickle)  # fmt: skip
+                   args.group_size, args.device, args.allow_pickle)
     print(json.dumps(ppl, indent=2) if args.format == "json" else ppl_line(ppl))
     return 0

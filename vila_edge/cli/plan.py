@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     q.add_argument("--max-batch", type=int, help="default: the target's (1 on Jetson)")
     q.add_argument("--images", type=int, default=IMAGES, help=f"images per prompt (default: {IMAGES})")
     q.add_argument("--group-size", type=int, default=AwqSettings.group_size,
-                   help=f"AWQ group size (default: quantize's, {AwqSettings.group_size})")  # fmt: skip
+                   help=f"AWQ group size (default: quantize's, {AwqSettings.group_size})")
     add_format(q, "text", "json")
     q.set_defaults(run=run)
 

@@ -19,18 +19,18 @@ def add_parser(sub) -> None:
     add_fields(q, AwqSettings, *AWQ)
     q.add_argument("--calib", default="self", metavar="self|text:FILE|media:PATH",
                    help="calibration: the model's own samples (default), a .txt/.jsonl file, or an image, "
-                        "image folder or video captioned through the whole VLM")  # fmt: skip
+                        "image folder or video captioned through the whole VLM")
     q.add_argument("--calib-media", metavar="PATH", help="short for --calib media:PATH")
     add_conv_mode(q, "the template media calibration prompts in, recorded in OUT (default: the checkpoint's own)")
     add_fields(q, QuantizeOptions, *RUN, flags={"max_shard_bytes": "--shard-size"},
-               eval_text={"metavar": "FILE"}, max_shard_bytes={"type": size, "shown": shown_size})  # fmt: skip
+               eval_text={"metavar": "FILE"}, max_shard_bytes={"type": size, "shown": shown_size})
     add_device(q, "where each layer is searched")
     q.add_argument("--vision", choices=("w8a8", "none", "fp16"), default="w8a8", metavar="{w8a8,none}",
                    help="w8a8: also write vision/ (SmoothQuant + int8 Q/DQ ONNX); none: write no vision ONNX "
-                        "(the tower stays as it is in vision_tower/)")  # fmt: skip
+                        "(the tower stays as it is in vision_tower/)")
     add_fields(q, VisionQuantOptions, *VISION, method={"choices": METHODS},
                flags={"alpha": "--smooth-alpha", "method": "--vision-calib-method", "n_images": "--vision-calib-images",
-                      "weight_bits": "--vision-weight-bits"}, weight_bits={"choices": (7, 8)})  # fmt: skip
+                      "weight_bits": "--vision-weight-bits"}, weight_bits={"choices": (7, 8)})
     add_overwrite(q)
     add_allow_pickle(q)
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -43,7 +43,7 @@ def options(args) -> QuantizeOptions:
     calib = parse_calib(f"media:{args.calib_media}" if args.calib_media else args.calib)
     if args.vision == "fp16":
         warnings.warn("--vision fp16 is now --vision none (the tower is left as it is); fp16 goes in the next release",
-                      FutureWarning, stacklevel=2)  # fmt: skip
+                      FutureWarning, stacklevel=2)
         args.vision = "none"
     vision = None
     if args.vision == "w8a8":
@@ -58,7 +58,7 @@ def run(args) -> int:
     opts = options(args)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     report = quantize_checkpoint(args.source, args.out, opts, overwrite=args.overwrite, log=log,
-                                 progress=not args.quiet, allow_pickle=args.allow_pickle)  # fmt: skip
+                                 progress=not args.quiet, allow_pickle=args.allow_pickle)
     print("\n".join(summary_lines(report, args.out)))
     for guard in report["guards"]:
         print(f"note: {guard}", file=sys.stderr)

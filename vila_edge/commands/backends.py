@@ -51,7 +51,7 @@ def open_engine(folder, opts: BackendOptions) -> tuple[Backend, str]:
     from ..runtime.cpu import CpuEngine
 
     engine = CpuEngine(folder, threads=opts.threads, kernels=opts.kernels, max_seq=opts.max_seq,
-                       activations=opts.activations)  # fmt: skip
+                       activations=opts.activations)
     return engine, f"cpu ({engine.kernels}, {engine.threads} threads)"
 
 

@@ -35,7 +35,7 @@ def answer_record(answer: Answer, source: str, prompt: str, images: int, caption
 
 def caption_media(model: str, image_paths: list[str] | None, video: str | None, num_frames: int | None, prompt: str,
                   params: SamplingParams, backend: BackendOptions, conv_mode: str | None, capture: CaptureOptions,
-                  on_text: Callable[[str], None] | None = None) -> tuple[dict, str]:  # fmt: skip
+                  on_text: Callable[[str], None] | None = None) -> tuple[dict, str]:
     """(the jsonl record of one answer, the stats line text mode prints after it)."""
     given = capture.given()
     if given:
@@ -48,7 +48,7 @@ def caption_media(model: str, image_paths: list[str] | None, video: str | None, 
     captioner = Captioner(engine.info, engine, conv_mode)
     answer = captioner(images, prompt, params, on_text=on_text)
     stats = (f"[{answer.prompt_tokens} prompt tokens ({answer.image_tokens} image), {len(answer.token_ids)} new, "
-             f"TTFT {answer.ttft_s:.2f} s, decode {answer.decode_tok_s:.1f} tok/s, conv mode {captioner.conv_mode}]")  # fmt: skip
+             f"TTFT {answer.ttft_s:.2f} s, decode {answer.decode_tok_s:.1f} tok/s, conv mode {captioner.conv_mode}]")
     return answer_record(answer, source, prompt, len(images), captioner, name), stats
 
 
@@ -60,7 +60,7 @@ def compile_alert(pattern: str | None) -> re.Pattern | None:
 
 
 def caption_source(model: str, spec: str, prompt: str, params: SamplingParams, backend: BackendOptions,
-                   conv_mode: str | None, capture: CaptureOptions, log: Callable[[str], None]) -> Iterator[dict]:  # fmt: skip
+                   conv_mode: str | None, capture: CaptureOptions, log: Callable[[str], None]) -> Iterator[dict]:
     """A record per sampled frame of a camera, stream, video file or image folder, until the source ends,
     --max-captions, or the caller stops (Ctrl-C); the source and the recording are closed either way."""
     if capture.every != 1 and capture.fps is not None:
@@ -83,7 +83,7 @@ def caption_source(model: str, spec: str, prompt: str, params: SamplingParams, b
         source.close()
         if source.live and captions:
             log(f"{captions} caption{'s' if captions != 1 else ''}; {source.dropped} sampled frame(s) dropped "
-                "while the model was busy" + (f"; {source.reconnects} reconnect(s)" if source.reconnects else ""))  # fmt: skip
+                "while the model was busy" + (f"; {source.reconnects} reconnect(s)" if source.reconnects else ""))
         if recorder:
             recorder.close()
             log(f"recorded {recorder.path}" + (f" and {recorder.clips} alert clip(s)" if recorder.clips else ""))

@@ -15,7 +15,7 @@ from .quantize import load_fp_llm
 
 
 def eval_ppl(source: str, text: str, opts: PplOptions, awq_path: str | None = None, group_size: int | None = None,
-             device: str = "auto", allow_pickle: bool = False) -> dict:  # fmt: skip
+             device: str = "auto", allow_pickle: bool = False) -> dict:
     """fp and RTN (group_size: default --awq's, else AwqSettings') and AWQ perplexity; an AWQ source is scored alone."""
     device = resolve_device(device)
     ckpt = load_checkpoint(source, allow_pickle=allow_pickle)

@@ -7,7 +7,7 @@ from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint, tensor_shapes
 from ..conversation import resolve_conv_mode
 
 LLM_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size")  # fmt: skip
+            "intermediate_size", "vocab_size")
 VISION_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
 
 
@@ -15,7 +15,7 @@ def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | Non
     """Everything `inspect` shows, as one JSON-able record."""
     mode, source = resolve_conv_mode(ckpt, conv_mode, tokenizer)
     params = {n: sum(math.prod(s) for s in tensor_shapes(ckpt.weights[n]).values())
-              for n in SUBFOLDERS if not ckpt.is_pickle(n)}  # fmt: skip
+              for n in SUBFOLDERS if not ckpt.is_pickle(n)}
     return {
         "checkpoint": str(ckpt.root),
         "family": ckpt.family.name,
@@ -29,7 +29,7 @@ def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | Non
             "image_aspect_ratio": ckpt.image_aspect_ratio,
         },
         "projector": {"type": ckpt.projector_type, "order": ckpt.projector_order(projector_order) or None,
-                      "downsample": PROJECTORS[ckpt.projector_type].downsample},  # fmt: skip
+                      "downsample": PROJECTORS[ckpt.projector_type].downsample},
         "tokens_per_image": ckpt.tokens_per_image,
         "num_video_frames": ckpt.num_video_frames,
         "conv_mode": mode,
@@ -56,7 +56,7 @@ def format_text(info: dict) -> str:
     if info["quantization"]:
         qc = info["quantization"]
         lines.append(f"quantization {qc.get('quant_method')} int{qc.get('bits')} group {qc.get('group_size')} "
-                     f"({qc.get('version')} layout)")  # fmt: skip
+                     f"({qc.get('version')} layout)")
     if info["parameters"]:
         lines.append("parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in info["parameters"].items()))
     return "\n".join(lines)

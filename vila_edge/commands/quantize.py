@@ -51,7 +51,7 @@ def check_source(ckpt: Checkpoint, settings: AwqSettings) -> None:
         if g <= 0 or k % g:
             sizes = [s for s in (32, 64, 128, 256) if common % s == 0]
             hint = (f"group sizes that divide every layer: {', '.join(map(str, sizes))}" if sizes
-                    else f"every in_features is a multiple of {common} only")  # fmt: skip
+                    else f"every in_features is a multiple of {common} only")
             raise UsageError(f"--group-size {g} does not divide {name}'s in_features {k}; {hint}")
         if n % 8:
             raise UnsupportedError(f"{name}: out_features {n} is not a multiple of 8, which the GEMM packing needs")
@@ -187,13 +187,13 @@ def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log) -> 
     cos = vision["held_out"]["cosine_mean"]
     if cos < 0.99:
         warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {cos:.4f} against fp32 on held-out "
-                      "images (below 0.99); see vision/calibration.json, or pass --vision none")  # fmt: skip
+                      "images (below 0.99); see vision/calibration.json, or pass --vision none")
     return {k: vision[k] for k in ("media", "calibration_images", "method", "smooth_alpha", "weights",
-                                   "quantized_nodes", "held_out")}  # fmt: skip
+                                   "quantized_nodes", "held_out")}
 
 
 def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions, overwrite: bool = False,
-                        log=print, progress: bool = True, allow_pickle: bool = False) -> dict:  # fmt: skip
+                        log=print, progress: bool = True, allow_pickle: bool = False) -> dict:
     """AWQ-quantize src's LLM into out (atomically); returns the report that is also written there:
     check, calibrate, baseline, search, write, (vision), (perplexity of what was written), report."""
     out, clock = Path(out), Stopwatch()
@@ -224,7 +224,7 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
             "method": "awq",
             "settings": asdict(opts.settings),
             "calibration": {"source": str(opts.calib), "n_samples": len(samples), "seqlen": opts.seqlen,
-                            "tokens": sum(len(s) for s in samples), "seed": opts.seed},  # fmt: skip
+                            "tokens": sum(len(s) for s in samples), "seed": opts.seed},
             "conv_mode": conv_mode,  # the template media calibration prompted in (recorded in config.json)
             "device": device,
             "torch_threads": torch.get_num_threads(),
@@ -269,5 +269,5 @@ def summary_lines(report: dict, out: Path) -> list[str]:
         v = report["vision"]
         lines.append(f"vision W8A8 ({v['quantized_nodes']} quantized MatMul/Conv, {v['method']} ranges from "
                      f"{v['calibration_images']} {v['media']} images, SmoothQuant alpha {v['smooth_alpha']}): cosine "
-                     f"{v['held_out']['cosine_mean']:.4f} to fp32 on {v['held_out']['images']} held-out images")  # fmt: skip
+                     f"{v['held_out']['cosine_mean']:.4f} to fp32 on {v['held_out']['images']} held-out images")
     return lines

@@ -53,7 +53,7 @@ class Projector(nn.Module):
             self.layers = nn.Sequential(
                 ds, nn.LayerNorm(9 * m), nn.Linear(9 * m, 3 * m), gelu(),
                 nn.LayerNorm(3 * m), nn.Linear(3 * m, h), gelu(), nn.Linear(h, h),
-            )  # fmt: skip
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

@@ -314,7 +314,7 @@ def _timed(times: dict[str, float], stage: str):
 
 
 def run_awq(llm, model_type: str, samples: list[torch.Tensor], settings: AwqSettings, device: str = "cpu",
-            on_layer=None) -> AwqResult:  # fmt: skip
+            on_layer=None) -> AwqResult:
     """Quantize llm (an HF *ForCausalLM in fp32) in place: its decoder linears end up holding the
     dequantised int4 weights, the norms the folded scales. on_layer(report, n_layers) after each layer."""
     search = _Search(llm, model_type, settings, device)

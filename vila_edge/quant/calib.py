@@ -89,7 +89,7 @@ def self_token_blocks(llm, tokenizer, n_samples: int, seqlen: int, seed: int, de
                 prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                 max_new_tokens=steps, min_new_tokens=steps,  # EOS suppressed: full blocks
                 pad_token_id=tokenizer.eos_token_id, stopping_criteria=StoppingCriteriaList([_Ticks(bar)]),
-            )  # fmt: skip
+            )
             blocks += out.cpu().tolist()
     return blocks
 

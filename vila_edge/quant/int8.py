@@ -146,7 +146,7 @@ def insert_qdq(model, targets: list[QuantTarget], thresholds: dict[str, float], 
                                  [f"{base}_q"], name=f"{base}_QuantizeLinear"),
                 helper.make_node("DequantizeLinear", [f"{base}_q", f"{base}_act_scale", f"{base}_act_zero"],
                                  [f"{base}_dq"], name=f"{base}_DequantizeLinear"),
-            ]  # fmt: skip
+            ]
             dq_of[t.activation] = f"{base}_dq"
         w = numpy_helper.to_array(inits[t.weight])
         q, scales = quantize_weight(w, t.axis, weight_qmax)
@@ -157,7 +157,7 @@ def insert_qdq(model, targets: list[QuantTarget], thresholds: dict[str, float], 
             numpy_helper.from_array(np.zeros_like(scales, dtype=np.int8), f"{wname}_zero"),
         ]
         before.append(helper.make_node("DequantizeLinear", [f"{wname}_int8", f"{wname}_scale", f"{wname}_zero"],
-                                       [f"{wname}_dq"], name=f"{wname}_DequantizeLinear", axis=t.axis))  # fmt: skip
+                                       [f"{wname}_dq"], name=f"{wname}_DequantizeLinear", axis=t.axis))
     by_name = {t.node: t for t in targets}
     nodes = []
     for node in model.graph.node:

@@ -76,7 +76,7 @@ class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
 
     def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None,
-                 activations: str = "int8"):  # fmt: skip
+                 activations: str = "int8"):
         self.root = Path(root)
         self.manifest = read_manifest(self.root, "cpu")
         self.info = EngineInfo(self.root, self.manifest)
@@ -132,4 +132,4 @@ class CpuEngine:
     def _room(self, n: int) -> None:
         if self.llm.position + n > self.max_seq:
             raise UsageError(f"the prompt and answer need {self.llm.position + n} positions; this engine's cache holds "
-                             f"{self.max_seq} (--max-seq)")  # fmt: skip
+                             f"{self.max_seq} (--max-seq)")

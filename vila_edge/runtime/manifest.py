@@ -15,7 +15,7 @@ from .tokenizer import EngineTokenizer
 def write_manifest(folder: Path, target: str, kind: str = "engine", **fields) -> dict:
     """kind: "engine" (runs here) or "bundle" (a GPU target's portable inputs, built into an engine on the device)."""
     manifest = {"format": ENGINE_FORMAT, "format_version": ENGINE_FORMAT_VERSION, "kind": kind, "target": target,
-                "toolkit_version": __version__, **fields}  # fmt: skip
+                "toolkit_version": __version__, **fields}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -48,7 +48,7 @@ def read_manifest(folder: str | Path, target: str | tuple[str, ...], kind: str =
         )
     if kind == "bundle" and manifest.get("kind", "engine") != "bundle":
         raise UsageError(f"{folder}: already an engine (for {manifest.get('target')}); build-engine takes a quantized "
-                         "checkpoint or a bundle")  # fmt: skip
+                         "checkpoint or a bundle")
     if kind == "engine" and manifest.get("kind", "engine") == "bundle":
         raise CheckpointError(
             f"{folder}: a portable bundle for {manifest.get('target')}, not an engine yet; build the engine on the "

@@ -25,7 +25,7 @@ class Encoding:
 def clean_up_tokenization(text: str) -> str:
     """HF's clean_up_tokenization: drop the space before punctuation and English contractions."""
     for spaced, joined in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):  # fmt: skip
+                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
         text = text.replace(spaced, joined)
     return text
 
@@ -123,7 +123,7 @@ class EngineTokenizer:
         return self._template.render(
             messages=messages, tools=None, documents=None, add_generation_prompt=add_generation_prompt,
             **self.special_tokens_map,
-        )  # fmt: skip
+        )
 
     @cached_property
     def _template(self):

@@ -86,17 +86,17 @@ def fake_prompt(ids: list[int], n_images: int, tokens_per_image: int, vocab_size
 
 
 def table_prompt(ids: list[int], image_embeds: np.ndarray | None, vocab_size: int, image_end_ids: list[int],
-                 limits: dict) -> "TablePrompt":  # fmt: skip
+                 limits: dict) -> "TablePrompt":
     """Prompt ids with image markers + [N, T, H] image blocks -> what TensorRT-LLM takes; refuses what the
     engine's limits cannot hold, naming the build-engine option that raises them."""
     n, t = (0, 0) if image_embeds is None else image_embeds.shape[:2]
     if n * t > limits["max_multimodal_len"]:
         raise UsageError(f"{n} image(s) need {n * t} prompt-table rows; this engine was built for {limits['images']} "
-                         f"({limits['max_multimodal_len']} rows): rebuild it with build-engine --images {n}")  # fmt: skip
+                         f"({limits['max_multimodal_len']} rows): rebuild it with build-engine --images {n}")
     fake = fake_prompt(ids, n, t, vocab_size, image_end_ids)
     if len(fake) > limits["max_input_len"]:
         raise UsageError(f"the prompt is {len(fake)} tokens with its images; this engine takes {limits['max_input_len']} "
-                         "(build-engine --max-input-len)")  # fmt: skip
+                         "(build-engine --max-input-len)")
     return TablePrompt(fake, None if image_embeds is None else image_embeds.reshape(n * t, -1))
 
 
@@ -163,7 +163,7 @@ class TrtEngine:
             if missing:
                 target = TARGETS[self.manifest["target"]]
                 raise UnsupportedError(f"{self.root} is a TensorRT engine for {target.name}; running it needs TensorRT, "
-                                       f"TensorRT-LLM and the GPU: {'; '.join(missing)}. Install {install_hint(target.jetson)}")  # fmt: skip
+                                       f"TensorRT-LLM and the GPU: {'; '.join(missing)}. Install {install_hint(target.jetson)}")
         check_engine(self.root, self.manifest, env)
         self.info = EngineInfo(self.root, self.manifest)
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
@@ -180,7 +180,7 @@ class TrtEngine:
             from tensorrt_llm.runtime import ModelRunner as Runner
         # The KV cache sized for the engine's limits, not 90 % of free memory: Jetson shares it with the CPU.
         return Runner.from_dir(engine_dir=str(engine_dir), rank=0,
-                               max_tokens_in_paged_kv_cache=limits["max_batch"] * limits["max_seq_len"])  # fmt: skip
+                               max_tokens_in_paged_kv_cache=limits["max_batch"] * limits["max_seq_len"])
 
     @property
     def vocab_size(self) -> int:
