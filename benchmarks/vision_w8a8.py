@@ -21,12 +21,13 @@ import torch
 
 from vila_edge.checkpoint import load_checkpoint
 from vila_edge.demo import build_demo_checkpoint
+from vila_edge.device import cpu_description
+from vila_edge.export.vision_w8a8 import HELD_OUT_SEED, cosine, pixels_of, quantize_vision
+from vila_edge.formats import VISION_FP32_FILE as FP32_FILE
+from vila_edge.formats import VISION_W8A8_FILE as W8A8_FILE
 from vila_edge.model.vlm import load_vision
 from vila_edge.quant.int8 import METHODS
-from vila_edge.export.vision_w8a8 import HELD_OUT_SEED, cosine
-from vila_edge.export.vision_w8a8 import pixels_of, quantize_vision
 from vila_edge.quant.options import VisionQuantOptions
-from vila_edge.formats import VISION_FP32_FILE as FP32_FILE, VISION_W8A8_FILE as W8A8_FILE
 from vila_edge.scenes import generated_images
 from vila_edge.synthetic import write_projector, write_siglip_tower, write_top_config
 
@@ -130,15 +131,15 @@ def main() -> None:
     if not demo.is_dir():
         build_demo_checkpoint(demo)
     ckpt = load_checkpoint(demo)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown")
+    cpu = cpu_description()
     flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     results = {
         "machine": {"cpu": cpu, "threads": THREADS, "vnni": "vnni" in flags, "avx512": "avx512f" in flags,
                     "onnxruntime": ort.__version__, "torch": torch.__version__},
         "note": "random towers: accuracy here says the pipeline is exact to int8 precision, not how a trained "
                 "SigLIP's outliers behave; calibrate on real frames (--calib-media) for a real checkpoint",
-        "defaults": {"method": VisionQuantOptions.method, "alpha": VisionQuantOptions.alpha, "weight_bits": VisionQuantOptions.weight_bits},
+        "defaults": {"method": VisionQuantOptions.method, "alpha": VisionQuantOptions.alpha,
+                     "weight_bits": VisionQuantOptions.weight_bits},
         "sweep": [] if args.skip_sweep else sweep(ckpt, work, args.calib_images),
         "latency": [latency(ckpt, work, "demo (hidden 256, 3 used layers)", args.calib_images, 20)],
     }

@@ -22,8 +22,8 @@ from vila_edge.errors import UsageError
 from vila_edge.formats import CPU_LAYOUT, CPU_LLM_FILE, VISION_FILES
 from vila_edge.runtime.manifest import write_manifest
 
-from .options import BuildOptions
 from .common import copy_vision, load_awq_source, read_llm_state, stacked_awq, write_front
+from .options import BuildOptions
 
 QK = 32
 

@@ -16,15 +16,22 @@ from pathlib import Path
 
 from vila_edge.atomic import atomic_dir
 from vila_edge.errors import CheckpointError, DoesNotFitError, UnsupportedError, UsageError
-from vila_edge.formats import BUILD_SCRIPT, MANIFEST_FILE, RECIPE_FILE, TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR
-from vila_edge.formats import VISION_CACHE_FILE, VISION_PLAN_FILE
+from vila_edge.formats import (
+    BUILD_SCRIPT,
+    MANIFEST_FILE,
+    RECIPE_FILE,
+    TRTLLM_CHECKPOINT_DIR,
+    TRTLLM_ENGINE_DIR,
+    VISION_CACHE_FILE,
+    VISION_PLAN_FILE,
+)
 from vila_edge.plan import Plan, format_plan, memory_plan, recipe_from_checkpoint
 from vila_edge.runtime.manifest import is_engine, read_manifest, write_manifest
 from vila_edge.runtime.trt import install_hint, probe_environment
 from vila_edge.targets import GPU_TARGETS, Target, get_target
 
-from .options import BuildOptions
 from .common import copy_vision, load_awq_source, read_llm_state, write_front
+from .options import BuildOptions
 from .trtllm_checkpoint import QUANT_ALGO, trtllm_config, write_trtllm_checkpoint
 
 # --vision on a GPU target -> (the ONNX it starts from, the plan's precision)

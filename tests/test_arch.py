@@ -5,8 +5,17 @@ from transformers import LlamaConfig, Qwen2Config
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
 
-from vila_edge.arch import FAMILIES, LLM_ARCHS, PROJECTORS, TEMPLATES, VISION_TOWERS, get_llm, get_tower, tower_kind
-from vila_edge.arch import llm_for_trtllm_class
+from vila_edge.arch import (
+    FAMILIES,
+    LLM_ARCHS,
+    PROJECTORS,
+    TEMPLATES,
+    VISION_TOWERS,
+    get_llm,
+    get_tower,
+    llm_for_trtllm_class,
+    tower_kind,
+)
 from vila_edge.conversation import get_template
 from vila_edge.errors import UnsupportedError, UsageError, VilaEdgeError
 

@@ -11,11 +11,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qw
 
 from vila_edge.corpus import write_stdlib_text
 from vila_edge.demo import write_sample_image
-from vila_edge.quant.awq import _Search, fold_scales, round_linear
-from vila_edge.quant.options import AwqSettings
 from vila_edge.formats import AWQ_RESULTS_FILE as RESULTS_FILE
-from vila_edge.quant.awq import apply_awq_results
+from vila_edge.quant.awq import _Search, apply_awq_results, fold_scales, round_linear
 from vila_edge.quant.mappings import scale_groups
+from vila_edge.quant.options import AwqSettings
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=300)
 QUANT_ARGS = ("--group-size", 32, "--n-samples", 4, "--seqlen", 48, "--quiet", "--vision", "fp16")

@@ -15,8 +15,8 @@ import torch
 from vila_edge import _runtime
 from vila_edge.checkpoint import load_checkpoint
 from vila_edge.export.cpu_engine import int8_rows, llm_tensors, pack_pairs, unpack_pairs
-from vila_edge.model.vlm import VilaModel
 from vila_edge.int4 import pack_awq_gemm, quantize_groups
+from vila_edge.model.vlm import VilaModel
 from vila_edge.runtime.cpu import CpuEngine
 
 KERNELS = _runtime.supported_kernels()

@@ -3,6 +3,7 @@ goes to the same layer or one below it (vila_edge.LAYERS), closes no cycle, and 
 and trt paths."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,14 @@ def test_relative_imports_inside_functions_are_seen(tmp_path):
     known = {"vila_edge.quant.awq", "vila_edge._runtime"}
     assert imports_of("vila_edge.model.vlm", source, known) == [("vila_edge.quant.awq", 2), ("vila_edge._runtime", 3)]
 
+
+
+def test_the_readme_layout_lists_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    named = set(re.findall(r"`([a-z_0-9]+\.py)`", layout))
+    modules = {path.name for path in module_files().values() if path.name != "__init__.py"}
+    modules -= {"__main__.py"}
+    assert modules - named == set(), "modules missing from the README's Layout table"
+    assert named - modules - {"__init__.py", "rtsp_server.py", "awq_quality.py", "vision_w8a8.py", "cpu_engine.py",
+                              "live_loop.py", "test_layers.py", "test_rtsp.py"} == set()

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from vila_edge import IMAGE_TOKEN_INDEX
+from vila_edge.awq_checkpoint import dequantize_state
 from vila_edge.checkpoint import load_checkpoint
+from vila_edge.device import l4t_release
 from vila_edge.export.common import llm_spec, read_llm_state
 from vila_edge.export.trtllm_checkpoint import (
     dequantize_checkpoint,
@@ -20,8 +22,6 @@ from vila_edge.export.trtllm_checkpoint import (
     trtllm_tensors,
     unpack_int4_rows,
 )
-from vila_edge.awq_checkpoint import dequantize_state
-from vila_edge.device import l4t_release
 from vila_edge.int4 import unpack_awq_gemm
 from vila_edge.runtime.trt import check_engine, engine_mismatches, fake_prompt, table_prompt
 from vila_edge.safetensors_header import read_header

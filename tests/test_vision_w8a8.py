@@ -12,8 +12,10 @@ from test_model import independent_image_embeds
 from vila_edge.checkpoint import load_checkpoint
 from vila_edge.demo import write_sample_image
 from vila_edge.export.vision_w8a8 import cosine, pixels_of, quantize_vision
+from vila_edge.formats import VISION_FP32_FILE as FP32_FILE
+from vila_edge.formats import VISION_RECORD_FILE as RECORD_FILE
+from vila_edge.formats import VISION_W8A8_FILE as W8A8_FILE
 from vila_edge.quant.options import VisionQuantOptions
-from vila_edge.formats import VISION_FP32_FILE as FP32_FILE, VISION_RECORD_FILE as RECORD_FILE, VISION_W8A8_FILE as W8A8_FILE
 from vila_edge.scenes import generated_images
 
 KINDS = {  # name -> (tiny() arguments, NVILA token order)

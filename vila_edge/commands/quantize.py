@@ -28,6 +28,7 @@ from ..quant.awq import rtn_quantize, run_awq
 from ..quant.calib import embed_blocks, media_embeds, read_documents, self_token_blocks, text_token_blocks
 from ..quant.options import AwqSettings, QuantizeOptions
 from ..quant.ppl import eval_tokens, gap_ratio, perplexity
+
 _LINEAR_WEIGHT = re.compile(r"model\.layers\.\d+\.(.+)\.weight$")
 
 

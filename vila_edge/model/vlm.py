@@ -6,8 +6,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, DynamicCache, SiglipVisionModel
 from transformers.utils import logging as hf_logging
 
-from ..awq_checkpoint import is_awq, load_awq_llm
 from ..arch import ORDERS, get_tower
+from ..awq_checkpoint import is_awq, load_awq_llm
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError, UsageError
 from ..prompt import splice_parts

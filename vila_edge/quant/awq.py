@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arch import get_llm
 from ..awq_checkpoint import load_awq_results
 from ..errors import QuantizeError
 from ..int4 import dequantize_groups, pack_awq_gemm, pseudo_quantize, quantize_groups
-from ..arch import get_llm
 from .mappings import scale_groups
 from .options import AwqSettings
 

@@ -16,6 +16,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from ..caption import Captioner
 from ..errors import QuantizeError, UsageError
 from ..generate import SamplingParams
+
 # Questions a captioning user asks; media samples cycle through them.
 MEDIA_QUESTIONS = (
     "Describe the image in detail.",
