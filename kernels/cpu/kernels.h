@@ -21,9 +21,10 @@ struct Q4Weight {
     int n, k, group;
 };
 
-// Int8 weight [n, k]: w = scale * q, one fp16 scale per block of QK.
+// Bytes per row of Q4Weight::q: 32 per 64 weights, k rounded up to a multiple of 64.
 inline size_t q4_row_bytes(int k) { return size_t(k + 63) / 64 * 32; }
 
+// Int8 weight [n, k]: w = scale * q, one fp16 scale per block of QK.
 struct Q8Weight {
     const int8_t* q;
     const uint16_t* scales;  // fp16 [n, k / QK]
