@@ -1,5 +1,6 @@
-// Every kernel table this CPU runs against the portable one, without Python: for checking a port
-// on another architecture (e.g. under qemu-aarch64 -cpu max). Build: see kernels/README.md.
+// Every kernel table this CPU runs against the portable one, and no entry left empty by dispatch,
+// without Python: for checking a port on another architecture (e.g. under qemu-aarch64 -cpu max).
+// Build: see kernels/README.md.
 #include <cmath>
 #include <cstring>
 #include <cstdio>
@@ -28,6 +29,14 @@ int main() {
     std::normal_distribution<float> normal;
     int count = 0, failures = 0;
     const char* const* names = supported_kernels(&count);
+    for (int t = 0; t < count; ++t) {  // dispatch left no entry empty; where each one comes from
+        std::printf("%-13s", names[t]);
+        for (const auto& [entry, from] : kernel_sources(*kernels_named(names[t]))) {
+            std::printf(" %s=%s", entry, from ? from : "EMPTY");
+            failures += !from;
+        }
+        std::printf("\n");
+    }
     const int shapes[][4] = {{1, 48, 576, 32}, {3, 33, 160, 32}, {5, 40, 1536, 64}, {9, 21, 256, 128}, {1, 3, 32, 32}};
     for (const auto& s : shapes) {
         const int m = s[0], n = s[1], k = s[2], g = s[3];

@@ -1,0 +1,47 @@
+"""Dispatch's kernel tables: each ISA table fills what it leaves empty from the table below it
+(avx512vnni <- avx512 <- avx2 <- ref, neon-dotprod <- neon <- ref), so no entry is ever empty."""
+
+import pytest
+
+from vila_edge import _runtime
+
+KERNELS = _runtime.supported_kernels()
+ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "q4_matmul_f32", "quantize"]
+
+
+def own(table, *entries):
+    return {e: table for e in entries}
+
+
+# Where each table's entries come from, for every table there is.
+EXPECTED = {
+    "ref": own("ref", *ENTRIES),
+    "avx2": own("avx2", *ENTRIES),
+    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", "attend", "q4_matmul_f32", "quantize")},
+    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul", "f16_matmul"),
+                   **own("avx2", "attend", "q4_matmul_f32", "quantize")},  # fmt: skip
+    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul"), **own("ref", "attend", "q4_matmul_f32", "quantize")},
+    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul", "f16_matmul"),
+                     **own("ref", "attend", "q4_matmul_f32", "quantize")},  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_no_entry_is_empty_after_dispatch(kernels):
+    sources = _runtime.kernel_sources(kernels)
+    assert list(sources) == ENTRIES
+    below = KERNELS[: KERNELS.index(kernels) + 1]  # supported_kernels lists ref first, each table on the one before
+    assert all(source in below for source in sources.values()), sources
+
+
+@pytest.mark.parametrize("kernels", EXPECTED)
+def test_each_entry_resolves_to_the_nearest_table_that_has_it(kernels):
+    if kernels not in KERNELS:
+        pytest.skip(f"this CPU does not run {kernels} (it runs {', '.join(KERNELS)})")
+    assert _runtime.kernel_sources(kernels) == EXPECTED[kernels]
+
+
+def test_the_default_is_the_best_table():
+    assert _runtime.kernel_sources() == _runtime.kernel_sources(_runtime.best_kernels())
+    with pytest.raises(ValueError, match="not available"):
+        _runtime.kernel_sources("sse2")
