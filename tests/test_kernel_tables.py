@@ -18,10 +18,10 @@ EXPECTED = {
     "ref": own("ref", *ENTRIES),
     "avx2": own("avx2", *ENTRIES),
     "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", "attend", "q4_matmul_f32", "quantize")},
-    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul", "f16_matmul"),
+    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul"), "f16_matmul": "avx512",
                    **own("avx2", "attend", "q4_matmul_f32", "quantize")},  # fmt: skip
     "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul"), **own("ref", "attend", "q4_matmul_f32", "quantize")},
-    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul", "f16_matmul"),
+    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), "f16_matmul": "neon",
                      **own("ref", "attend", "q4_matmul_f32", "quantize")},  # fmt: skip
 }
 
