@@ -1,6 +1,7 @@
 """Dispatch's kernel tables: each ISA table fills what it leaves empty from the table below it
 (avx512vnni <- avx512 <- avx2 <- ref, neon-dotprod <- neon <- ref), so no entry is ever empty."""
 
+import numpy as np
 import pytest
 
 from vila_edge import _runtime
@@ -20,9 +21,9 @@ EXPECTED = {
     "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", "attend", "q4_matmul_f32", "quantize")},
     "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul"), "f16_matmul": "avx512",
                    **own("avx2", "attend", "q4_matmul_f32", "quantize")},  # fmt: skip
-    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul"), **own("ref", "attend", "q4_matmul_f32", "quantize")},
-    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), "f16_matmul": "neon",
-                     **own("ref", "attend", "q4_matmul_f32", "quantize")},  # fmt: skip
+    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", "attend", "quantize"), "q4_matmul_f32": "ref"},
+    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", "attend", "quantize"),
+                     "q4_matmul_f32": "ref"},  # fmt: skip
 }
 
 
@@ -45,3 +46,14 @@ def test_the_default_is_the_best_table():
     assert _runtime.kernel_sources() == _runtime.kernel_sources(_runtime.best_kernels())
     with pytest.raises(ValueError, match="not available"):
         _runtime.kernel_sources("sse2")
+
+
+@pytest.mark.parametrize("kernels", KERNELS[1:])
+def test_quantize_rounds_ties_to_even_like_ref(kernels):
+    """x · 127 / amax landing on n + 1/2, zero blocks, a negative amax, an odd last block (k = 5 blocks)."""
+    x = np.zeros((2, 160), np.float32)
+    x[0, :64] = np.r_[127, np.arange(-31, 32) + 0.5]  # 127 / amax = 1
+    x[1, :64] = np.r_[-254, np.arange(-63, 62, 2)]  # 127 / amax = 1/2
+    x[:, 128:] = np.where(np.arange(32) % 2, -0.0, 0.25 * (np.arange(32) - 16))
+    for a, b in zip(_runtime.quantize_activations(x, kernels), _runtime.quantize_activations(x, "ref")):
+        assert a.tobytes() == b.tobytes()
