@@ -20,10 +20,10 @@ EXPECTED = {
     "avx2": own("avx2", *ENTRIES),
     "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", "attend", "q4_matmul_f32", "quantize")},
     "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul"), "f16_matmul": "avx512",
-                   **own("avx2", "attend", "q4_matmul_f32", "quantize")},  # fmt: skip
+                   **own("avx2", "attend", "q4_matmul_f32", "quantize")},
     "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", "attend", "quantize"), "q4_matmul_f32": "ref"},
     "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", "attend", "quantize"),
-                     "q4_matmul_f32": "ref"},  # fmt: skip
+                     "q4_matmul_f32": "ref"},
 }
 
 
