@@ -133,6 +133,15 @@ PYBIND11_MODULE(_runtime, m) {
         const char* const* names = supported_kernels(&n);
         return std::vector<std::string>(names, names + n);
     });
+    m.def(
+        "kernel_sources",
+        [](const std::string& name) {
+            py::dict sources;  // entry -> the ISA table whose function it runs (None: left empty)
+            for (const auto& [entry, from] : kernel_sources(kernels_or_throw(name)))
+                sources[entry] = from ? py::object(py::str(from)) : py::object(py::none());
+            return sources;
+        },
+        py::arg("kernels") = "");
     m.def("q4_matmul", &q4_matmul, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("zeros"), py::arg("kernels") = "");
     m.def("q4_matmul_f32", &q4_matmul_f32, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("zeros"),
           py::arg("kernels") = "");

@@ -1,5 +1,5 @@
 // AVX-512 (F, BW, VL) kernels, included by avx512.cpp and, with VILA_VNNI, by avx512vnni.cpp
-// (_mm512_dpbusd_epi32 in place of maddubs + madd). Two blocks of 32 per 512-bit vector.
+// (_mm512_dpbusd_epi32 in place of maddubs + madd): the integer matmuls. Two blocks of 32 per 512-bit vector.
 // GCC 12 flags its own AVX-512 intrinsic headers (`__Y = __Y`) with false (maybe-)uninitialized warnings.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -128,22 +128,6 @@ void q8_matmul(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int
     int i = 0;
     for (; i + 4 <= x.m; i += 4) q8_tile<4>(w, x, i, y, ldy, j0, j1);
     for (; i < x.m; ++i) q8_tile<1>(w, x, i, y, ldy, j0, j1);
-}
-
-void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
-    for (int i = 0; i < m; ++i) {
-        const float* xr = x + size_t(i) * w.k;
-        for (int j = j0; j < j1; ++j) {
-            const uint16_t* wr = w.w + size_t(j) * w.k;
-            __m512 acc = _mm512_setzero_ps();
-            int t = 0;
-            for (; t + 16 <= w.k; t += 16)
-                acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(wr + t))), _mm512_loadu_ps(xr + t), acc);
-            float r = _mm512_reduce_add_ps(acc);
-            for (; t < w.k; ++t) r += h2f(wr[t]) * xr[t];
-            y[size_t(i) * ldy + j] = r;
-        }
-    }
 }
 
 }  // namespace

@@ -24,8 +24,9 @@ namespace vila {
 namespace {
 
 struct Table {
-    const Kernels* kernels;
+    const Kernels* declared;  // as its ISA file fills it
     bool supported;
+    Kernels resolved{};  // every entry set: see all()
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -68,23 +69,35 @@ std::vector<Table> tables() { return {{&kRef, true}, {&kNeon, true}, {&kNeonDot,
 std::vector<Table> tables() { return {{&kRef, true}}; }
 #endif
 
+// tables() lists each architecture's tables from ref up, each one building on the one before it:
+// its empty entries come from that one's resolved table.
 const std::vector<Table>& all() {
-    static const std::vector<Table> t = tables();
+    static const std::vector<Table> t = [] {
+        std::vector<Table> v = tables();
+        for (size_t i = 0; i < v.size(); ++i) {
+            Kernels& r = v[i].resolved = *v[i].declared;
+            if (i > 0)
+                for_each_entry([&](const char*, auto member) {
+                    if (!(r.*member)) r.*member = v[i - 1].resolved.*member;
+                });
+        }
+        return v;
+    }();
     return t;
 }
 
 }  // namespace
 
 const Kernels* best_kernels() {
-    const Kernels* best = &kRef;
+    const Kernels* best = &all()[0].resolved;
     for (const Table& t : all())
-        if (t.supported) best = t.kernels;
+        if (t.supported) best = &t.resolved;
     return best;
 }
 
 const Kernels* kernels_named(const char* name) {
     for (const Table& t : all())
-        if (t.supported && std::strcmp(t.kernels->name, name) == 0) return t.kernels;
+        if (t.supported && std::strcmp(t.resolved.name, name) == 0) return &t.resolved;
     return nullptr;
 }
 
@@ -92,11 +105,22 @@ const char* const* supported_kernels(int* count) {
     static std::vector<const char*> names = [] {
         std::vector<const char*> v;
         for (const Table& t : all())
-            if (t.supported) v.push_back(t.kernels->name);
+            if (t.supported) v.push_back(t.resolved.name);
         return v;
     }();
     *count = int(names.size());
     return names.data();
+}
+
+std::vector<std::pair<const char*, const char*>> kernel_sources(const Kernels& resolved) {
+    std::vector<std::pair<const char*, const char*>> sources;
+    for_each_entry([&](const char* entry, auto member) {
+        const char* from = nullptr;
+        for (const Table& t : all())
+            if (!from && resolved.*member && t.declared->*member == resolved.*member) from = t.declared->name;
+        sources.emplace_back(entry, from);
+    });
+    return sources;
 }
 
 const char* cpu_name() {

@@ -221,6 +221,7 @@ void Engine::attention(int layer, const float* qkv, int m, float* out) {
     });
 }
 
+// m rows (positions pos_ .. pos_ + m - 1, embeddings in x_) through every layer; the last row's logits.
 void Engine::forward(int m, float* logits) {
     const int H = c_.hidden, hd = c_.head_dim, I = c_.intermediate, nkv = c_.kv_heads, nh = c_.heads;
     const int stride = (nh + 2 * nkv) * hd;
@@ -228,9 +229,11 @@ void Engine::forward(int m, float* logits) {
     rope_angles(m);
     for (int l = 0; l < c_.layers; ++l) {
         const Layer& L = layers_[l];
+        // attention: q, k, v of the normed rows, RoPE on q and k
         rmsnorm(x_.data(), L.attn_norm, m, h_.data());
         matmul(L.qkv, h_.data(), m, qkv_.data());
         rope(qkv_.data(), m);
+        // the rows' k and v into the cache at their positions
         for (int i = 0; i < m; ++i)
             for (int h = 0; h < nkv; ++h) {
                 const float* k = qkv_.data() + size_t(i) * stride + size_t(nh + h) * hd;
@@ -238,9 +241,11 @@ void Engine::forward(int m, float* logits) {
                 std::copy(k, k + hd, k_cache_.get() + at);
                 std::copy(k + nkv * hd, k + nkv * hd + hd, v_cache_.get() + at);
             }
+        // each q head over the cache so far, then the output projection into the residual
         attention(l, qkv_.data(), m, attn_.data());
         matmul(L.o, attn_.data(), m, tmp_.data());
         for (size_t t = 0; t < size_t(m) * H; ++t) x_[t] += tmp_[t];
+        // SwiGLU feed-forward: down(silu(gate(h)) * up(h)) into the residual
         rmsnorm(x_.data(), L.ffn_norm, m, h_.data());
         matmul(L.gate_up, h_.data(), m, gu_.data());
         for (int i = 0; i < m; ++i)
@@ -253,6 +258,7 @@ void Engine::forward(int m, float* logits) {
     }
     pos_ += m;
     if (!logits) return;
+    // final norm and lm_head on the last row only: int8 weights on int8 activations, or fp16 on floats
     rmsnorm(x_.data() + size_t(m - 1) * H, norm_, 1, h_.data());
     if (head_q8_.q) {
         k_->quantize(h_.data(), 1, H, aq_.data(), ad_.data(), as_.data());

@@ -98,9 +98,18 @@ private:
 
     static constexpr int kChunk = 64;  // prefill positions per forward pass; sizes the scratch below
 
-    std::vector<float> x_, h_, qkv_, attn_, gu_, act_, tmp_, cos_, sin_;
-    std::vector<int8_t> aq_;
-    std::vector<float> ad_, as_;
+    // Scratch for m <= kChunk rows (C = kChunk, H = hidden, hd = head_dim, I = intermediate, nh = heads,
+    // nkv = kv_heads, W = the widest of H, 2 * I and (nh + 2 * nkv) * hd).
+    std::vector<float> x_;     // (C, H) the residual stream
+    std::vector<float> h_;     // (C, H) x after RMSNorm: what qkv, gate_up and the lm_head read
+    std::vector<float> qkv_;   // (C, (nh + 2 * nkv) * hd) q heads, then k heads, then v heads, per row
+    std::vector<float> attn_;  // (C, nh * hd) attention output, o's input
+    std::vector<float> tmp_;   // (C, H) o's and down's output, before it is added to x
+    std::vector<float> gu_;    // (C, 2 * I) gate, then up
+    std::vector<float> act_;   // (C, I) silu(gate) * up, down's input
+    std::vector<float> cos_, sin_;  // (C, hd / 2) RoPE angles of the rows' positions
+    std::vector<int8_t> aq_;        // (C, W) a matmul's input as int8 blocks (ActQ8::q)
+    std::vector<float> ad_, as_;    // (C, W / QK) their scales and scaled sums (ActQ8::d, ActQ8::sum)
     // [layer][kv_head][max_seq][head_dim], left uninitialised: pages are committed as positions fill,
     // so resident memory follows the context in use rather than max_seq
     std::unique_ptr<float[]> k_cache_, v_cache_;

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace vila {
@@ -21,9 +22,10 @@ struct Q4Weight {
     int n, k, group;
 };
 
-// Int8 weight [n, k]: w = scale * q, one fp16 scale per block of QK.
+// Bytes per row of Q4Weight::q: 32 per 64 weights, k rounded up to a multiple of 64.
 inline size_t q4_row_bytes(int k) { return size_t(k + 63) / 64 * 32; }
 
+// Int8 weight [n, k]: w = scale * q, one fp16 scale per block of QK.
 struct Q8Weight {
     const int8_t* q;
     const uint16_t* scales;  // fp16 [n, k / QK]
@@ -47,6 +49,9 @@ struct ActQ8 {
 };
 
 // y[i * ldy + j] = Σ_k x[i, k] · w[j, k] for rows i < m and output columns j in [j0, j1).
+// An ISA file leaves nullptr where it has no kernel of its own; dispatch fills each such entry from the
+// table below (avx512vnni <- avx512 <- avx2 <- ref, neon-dotprod <- neon <- ref), so the tables that
+// best_kernels() and kernels_named() return have every entry set.
 struct Kernels {
     const char* name;
     void (*q4_matmul)(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1);
@@ -60,6 +65,18 @@ struct Kernels {
     // quantize_act, bit for bit (the kernels' ActQ8 input)
     void (*quantize)(const float* x, int m, int k, int8_t* q, float* d, float* sum);
 };
+
+// f(name, &Kernels::entry) for every entry: the one list that dispatch fills and the tests check.
+template <class F>
+void for_each_entry(F f) {
+    static_assert(sizeof(Kernels) == 7 * sizeof(void*), "a new entry of Kernels belongs here too");
+    f("q4_matmul", &Kernels::q4_matmul);
+    f("q8_matmul", &Kernels::q8_matmul);
+    f("f16_matmul", &Kernels::f16_matmul);
+    f("attend", &Kernels::attend);
+    f("q4_matmul_f32", &Kernels::q4_matmul_f32);
+    f("quantize", &Kernels::quantize);
+}
 
 void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
 void attend_ref(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out);
@@ -95,10 +112,11 @@ void q4_matmul_tiles(const Q4Weight& w, const ActQ8& x, int j0, int j1, Tile til
     }
 }
 
-// Shared by every table (memory-light next to the matmuls).
+// ref's quantize (the bits every table's quantize gives) and the fp16 conversion, also used outside the tables.
 void quantize_act(const float* x, int m, int k, int8_t* q, float* d, float* sum);
 float fp16_to_float(uint16_t h);
 
+// The tables as their ISA files declare them, empty entries included: call the ones below instead.
 extern const Kernels kRef;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const Kernels kAvx2, kAvx512, kAvx512Vnni;
@@ -112,6 +130,9 @@ const Kernels* best_kernels();
 const Kernels* kernels_named(const char* name);
 // Names of the tables this CPU can run, best last.
 const char* const* supported_kernels(int* count);
+// For tests: each entry of a table from the above, and the name of the ISA table whose function it
+// runs (nullptr if none: an entry dispatch failed to fill).
+std::vector<std::pair<const char*, const char*>> kernel_sources(const Kernels& resolved);
 const char* cpu_name();
 
 }  // namespace vila

@@ -4,6 +4,6 @@
 #include "neon_impl.h"
 
 namespace vila {
-const Kernels kNeonDot = {"neon-dotprod", q4_matmul, q8_matmul, f16_matmul, attend_ref, q4_matmul_f32_ref, quantize_act};
+const Kernels kNeonDot = {"neon-dotprod", q4_matmul, q8_matmul, nullptr, nullptr, nullptr, nullptr};
 }
 #endif

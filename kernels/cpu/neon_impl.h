@@ -1,5 +1,5 @@
 // AArch64 NEON kernels, included by neon.cpp and, with VILA_DOTPROD, by neon_dotprod.cpp
-// (compiled with -march=armv8.2-a+dotprod: vdotq_s32 in place of widening multiplies).
+// (compiled with -march=armv8.2-a+dotprod: vdotq_s32 in place of widening multiplies): the integer matmuls.
 #include <arm_neon.h>
 
 #include <vector>
@@ -102,22 +102,6 @@ void q8_matmul(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int
                 acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), h2f(ws[b]) * xd[b]);
             }
             y[size_t(i) * ldy + j] = vaddvq_f32(acc);
-        }
-    }
-}
-
-void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
-    for (int i = 0; i < m; ++i) {
-        const float* xr = x + size_t(i) * w.k;
-        for (int j = j0; j < j1; ++j) {
-            const uint16_t* wr = w.w + size_t(j) * w.k;
-            float32x4_t acc = vdupq_n_f32(0.f);
-            int t = 0;
-            for (; t + 4 <= w.k; t += 4)
-                acc = vfmaq_f32(acc, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(wr + t))), vld1q_f32(xr + t));
-            float r = vaddvq_f32(acc);
-            for (; t < w.k; ++t) r += h2f(wr[t]) * xr[t];
-            y[size_t(i) * ldy + j] = r;
         }
     }
 }

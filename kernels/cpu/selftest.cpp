@@ -1,5 +1,6 @@
-// Every kernel table this CPU runs against the portable one, without Python: for checking a port
-// on another architecture (e.g. under qemu-aarch64 -cpu max). Build: see kernels/README.md.
+// Every kernel table this CPU runs against the portable one, and no entry left empty by dispatch,
+// without Python: for checking a port on another architecture (e.g. under qemu-aarch64 -cpu max).
+// Build: see kernels/README.md.
 #include <cmath>
 #include <cstring>
 #include <cstdio>
@@ -22,12 +23,42 @@ static float rel_err(const std::vector<float>& a, const std::vector<float>& b) {
     return d / m;
 }
 
+// kt.quantize gives quantize_act's bits.
+static bool quantizes_like_ref(const Kernels& kt, const std::vector<float>& x, int m, int k) {
+    std::vector<int8_t> q[2];
+    std::vector<float> d[2], sum[2];
+    for (int r = 0; r < 2; ++r) {
+        q[r].resize(x.size()), d[r].resize(x.size() / QK), sum[r].resize(x.size() / QK);
+        (r ? kt.quantize : quantize_act)(x.data(), m, k, q[r].data(), d[r].data(), sum[r].data());
+    }
+    const size_t fb = d[0].size() * sizeof(float);
+    return q[0] == q[1] && !std::memcmp(d[0].data(), d[1].data(), fb) && !std::memcmp(sum[0].data(), sum[1].data(), fb);
+}
+
 int main() {
     std::mt19937 rng(0);
     std::uniform_int_distribution<int> nib(0, 15), i8(-127, 127);
     std::normal_distribution<float> normal;
     int count = 0, failures = 0;
     const char* const* names = supported_kernels(&count);
+    for (int t = 0; t < count; ++t) {  // dispatch left no entry empty; where each one comes from
+        std::printf("%-13s", names[t]);
+        for (const auto& [entry, from] : kernel_sources(*kernels_named(names[t]))) {
+            std::printf(" %s=%s", entry, from ? from : "EMPTY");
+            failures += !from;
+        }
+        std::printf("\n");
+    }
+    // quantize on ties (x · 127 / amax = n + 1/2, to even), zero blocks, a negative amax, an odd last block
+    std::vector<float> edge(2 * 160, 0.f);
+    for (int t = 0; t < 64; ++t) edge[t] = t ? float(t - 32) + 0.5f : 127.f;      // 127 / amax = 1
+    for (int t = 0; t < 64; ++t) edge[160 + t] = t ? float(2 * t - 65) : -254.f;  // 127 / amax = 1/2
+    for (int t = 128; t < 160; ++t) edge[t] = edge[160 + t] = t % 2 ? -0.f : 0.25f * float(t - 144);
+    for (int t = 1; t < count; ++t) {
+        const bool same = quantizes_like_ref(*kernels_named(names[t]), edge, 2, 160);
+        failures += !same;
+        std::printf("%-13s %-14s ties, zeros  %s\n", names[t], "quantize", same ? "identical" : "FAIL");
+    }
     const int shapes[][4] = {{1, 48, 576, 32}, {3, 33, 160, 32}, {5, 40, 1536, 64}, {9, 21, 256, 128}, {1, 3, 32, 32}};
     for (const auto& s : shapes) {
         const int m = s[0], n = s[1], k = s[2], g = s[3];
@@ -52,10 +83,7 @@ int main() {
             const Kernels* kt = kernels_named(names[t]);
             std::vector<float> y[5];
             for (auto& v : y) v.assign(m * n, 0.f);
-            std::vector<int8_t> q2(xq.size());
-            std::vector<float> d2(xd.size()), s2(xs.size());
-            kt->quantize(x.data(), m, k, q2.data(), d2.data(), s2.data());
-            const bool same = q2 == xq && d2 == xd && s2 == xs;
+            const bool same = quantizes_like_ref(*kt, x, m, k);
             failures += !same;
             std::printf("%-13s %-14s m=%d k=%d  %s\n", names[t], "quantize", m, k, same ? "identical" : "FAIL");
             kt->q4_matmul(w4, a, y[0].data(), n, 0, n);

@@ -1,0 +1,59 @@
+"""Dispatch's kernel tables: each ISA table fills what it leaves empty from the table below it
+(avx512vnni <- avx512 <- avx2 <- ref, neon-dotprod <- neon <- ref), so no entry is ever empty."""
+
+import numpy as np
+import pytest
+
+from vila_edge import _runtime
+
+KERNELS = _runtime.supported_kernels()
+ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "q4_matmul_f32", "quantize"]
+
+
+def own(table, *entries):
+    return {e: table for e in entries}
+
+
+# Where each table's entries come from, for every table there is.
+EXPECTED = {
+    "ref": own("ref", *ENTRIES),
+    "avx2": own("avx2", *ENTRIES),
+    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", "attend", "q4_matmul_f32", "quantize")},
+    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul"), "f16_matmul": "avx512",
+                   **own("avx2", "attend", "q4_matmul_f32", "quantize")},
+    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", "attend", "quantize"), "q4_matmul_f32": "ref"},
+    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", "attend", "quantize"),
+                     "q4_matmul_f32": "ref"},
+}
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_no_entry_is_empty_after_dispatch(kernels):
+    sources = _runtime.kernel_sources(kernels)
+    assert list(sources) == ENTRIES
+    below = KERNELS[: KERNELS.index(kernels) + 1]  # supported_kernels lists ref first, each table on the one before
+    assert all(source in below for source in sources.values()), sources
+
+
+@pytest.mark.parametrize("kernels", EXPECTED)
+def test_each_entry_resolves_to_the_nearest_table_that_has_it(kernels):
+    if kernels not in KERNELS:
+        pytest.skip(f"this CPU does not run {kernels} (it runs {', '.join(KERNELS)})")
+    assert _runtime.kernel_sources(kernels) == EXPECTED[kernels]
+
+
+def test_the_default_is_the_best_table():
+    assert _runtime.kernel_sources() == _runtime.kernel_sources(_runtime.best_kernels())
+    with pytest.raises(ValueError, match="not available"):
+        _runtime.kernel_sources("sse2")
+
+
+@pytest.mark.parametrize("kernels", KERNELS[1:])
+def test_quantize_rounds_ties_to_even_like_ref(kernels):
+    """x · 127 / amax landing on n + 1/2, zero blocks, a negative amax, an odd last block (k = 5 blocks)."""
+    x = np.zeros((2, 160), np.float32)
+    x[0, :64] = np.r_[127, np.arange(-31, 32) + 0.5]  # 127 / amax = 1
+    x[1, :64] = np.r_[-254, np.arange(-63, 62, 2)]  # 127 / amax = 1/2
+    x[:, 128:] = np.where(np.arange(32) % 2, -0.0, 0.25 * (np.arange(32) - 16))
+    for a, b in zip(_runtime.quantize_activations(x, kernels), _runtime.quantize_activations(x, "ref")):
+        assert a.tobytes() == b.tobytes()
