@@ -190,40 +190,12 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint folder; pass the folder that holds config.json")
-    config = _read_json(root / "config.json", "a VILA checkpoint has a top-level config.json (llava_llama or vila)")
-    archs = " ".join(config.get("architectures") or []).lower()
-    if config.get("model_type") not in ("llava_llama", "vila") and "llava" not in archs and "vila" not in archs:
-        raise CheckpointError(
-            f"{root / 'config.json'}: model_type {config.get('model_type')!r} is not a VILA checkpoint "
-            "(expected llava_llama or vila); point at the VILA checkpoint's top folder"
-        )
+    config = _read_top_config(root)
     llm_dir, vision_dir, projector_dir = (_subfolder(root, config, n) for n in SUBFOLDERS)
-
-    llm_config = _read_json(llm_dir / "config.json", "copy llm/config.json from the source checkpoint")
-    vision_config = _read_json(vision_dir / "config.json", "copy vision_tower/config.json from the source checkpoint")
-    projector_config = _read_json(projector_dir / "config.json", "copy mm_projector/config.json from the source")
-    preprocessor = _read_json(
-        vision_dir / "preprocessor_config.json", "copy the image processor's preprocessor_config.json into vision_tower/"
-    )
-    vision_config = vision_config.get("vision_config", vision_config)  # full SigLIP/CLIP configs nest it
-
-    get_llm(llm_config.get("model_type"), str(llm_dir / "config.json"))
-    if not (llm_dir / "tokenizer_config.json").is_file() or not any(
-        (llm_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")
-    ):
-        raise CheckpointError(
-            f"{llm_dir}: tokenizer files missing (need tokenizer_config.json and tokenizer.json or tokenizer.model); "
-            "copy them from the source checkpoint"
-        )
-
-    ptype = projector_config.get("mm_projector_type")
-    if ptype not in PROJECTORS:
-        raise CheckpointError(
-            f"{projector_dir / 'config.json'}: unknown mm_projector_type {ptype!r}; known: {', '.join(PROJECTORS)}"
-        )
-
-    weights = {name: _weight_files(folder, allow_pickle) for name, folder in zip(SUBFOLDERS, (llm_dir, vision_dir, projector_dir))}
-
+    llm_config, vision_config, projector_config, preprocessor = _read_part_configs(llm_dir, vision_dir, projector_dir)
+    _check_tokenizer_files(llm_dir)
+    _check_projector_type(projector_dir, projector_config)
+    folders = (llm_dir, vision_dir, projector_dir)
     ckpt = Checkpoint(
         root=root,
         config=config,
@@ -235,14 +207,62 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
         projector_config=projector_config,
         preprocessor=preprocessor,
         family=detect_family(config, llm_config),
-        weights=weights,
+        weights={name: _weight_files(folder, allow_pickle) for name, folder in zip(SUBFOLDERS, folders)},
     )
+    _check_weights(ckpt)
+    return ckpt
+
+
+def _read_top_config(root: Path) -> dict:
+    """The top-level config.json, refused unless it names a VILA (llava_llama or vila) model."""
+    config = _read_json(root / "config.json", "a VILA checkpoint has a top-level config.json (llava_llama or vila)")
+    archs = " ".join(config.get("architectures") or []).lower()
+    if config.get("model_type") not in ("llava_llama", "vila") and "llava" not in archs and "vila" not in archs:
+        raise CheckpointError(
+            f"{root / 'config.json'}: model_type {config.get('model_type')!r} is not a VILA checkpoint "
+            "(expected llava_llama or vila); point at the VILA checkpoint's top folder"
+        )
+    return config
+
+
+def _read_part_configs(llm_dir: Path, vision_dir: Path, projector_dir: Path) -> tuple[dict, dict, dict, dict]:
+    """(llm, vision tower, projector, image processor) configs; a full SigLIP/CLIP config gives its vision part."""
+    llm_config = _read_json(llm_dir / "config.json", "copy llm/config.json from the source checkpoint")
+    vision_config = _read_json(vision_dir / "config.json", "copy vision_tower/config.json from the source checkpoint")
+    projector_config = _read_json(projector_dir / "config.json", "copy mm_projector/config.json from the source")
+    preprocessor = _read_json(
+        vision_dir / "preprocessor_config.json", "copy the image processor's preprocessor_config.json into vision_tower/"
+    )
+    vision_config = vision_config.get("vision_config", vision_config)  # full SigLIP/CLIP configs nest it
+    get_llm(llm_config.get("model_type"), str(llm_dir / "config.json"))
+    return llm_config, vision_config, projector_config, preprocessor
+
+
+def _check_tokenizer_files(llm_dir: Path) -> None:
+    if not (llm_dir / "tokenizer_config.json").is_file() or not any(
+        (llm_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")
+    ):
+        raise CheckpointError(
+            f"{llm_dir}: tokenizer files missing (need tokenizer_config.json and tokenizer.json or tokenizer.model); "
+            "copy them from the source checkpoint"
+        )
+
+
+def _check_projector_type(projector_dir: Path, projector_config: dict) -> None:
+    ptype = projector_config.get("mm_projector_type")
+    if ptype not in PROJECTORS:
+        raise CheckpointError(
+            f"{projector_dir / 'config.json'}: unknown mm_projector_type {ptype!r}; known: {', '.join(PROJECTORS)}"
+        )
+
+
+def _check_weights(ckpt: Checkpoint) -> None:
+    """Every safetensors header read (truncated files are caught here), and the projector's widths checked."""
     for name in SUBFOLDERS:
         if not ckpt.is_pickle(name):
-            tensor_shapes(weights[name])  # catches truncated files early
+            tensor_shapes(ckpt.weights[name])
     if not ckpt.is_pickle("mm_projector"):
         _check_projector_widths(ckpt)
-    return ckpt
 
 
 def _check_projector_widths(ckpt: Checkpoint) -> None:
