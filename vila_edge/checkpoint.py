@@ -1,6 +1,6 @@
 """Find, read and validate a VILA-layout checkpoint folder (llm/, vision_tower/, mm_projector/).
 
-Validation reads the configs and the safetensors headers; no weights are loaded here.
+Validation reads the configs, the tokenizer's files and the safetensors headers; no weights are loaded here.
 Every value the properties below (and the model classes after them) read is checked where it is read, so a
 broken file stops the load with a CheckpointError naming that file, before any model is built.
 """
@@ -473,6 +473,7 @@ def _check_preprocessor(ckpt: Checkpoint) -> None:
 
 
 def _check_llm_files(llm_dir: Path) -> None:
+    """The tokenizer's files (and the generation config) parse, as transformers will read them."""
     if not (llm_dir / "tokenizer_config.json").is_file() or not any(
         (llm_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")
     ):
@@ -480,6 +481,89 @@ def _check_llm_files(llm_dir: Path) -> None:
             f"{llm_dir}: tokenizer files missing (need tokenizer_config.json and tokenizer.json or tokenizer.model); "
             "copy them from the source checkpoint"
         )
+    _check_tokenizer_config(_read_json(llm_dir / "tokenizer_config.json", RESTORE), llm_dir / "tokenizer_config.json")
+    for name, check in (("special_tokens_map.json", _check_special_tokens), ("added_tokens.json", None),
+                        ("generation_config.json", _check_generation_config)):  # fmt: skip
+        if (llm_dir / name).is_file():
+            config = _read_json(llm_dir / name, RESTORE)
+            if check:
+                check(config, llm_dir / name)
+    if (llm_dir / "tokenizer.json").is_file():  # transformers reads it first, and tokenizer.model only without it
+        _check_fast_tokenizer(llm_dir / "tokenizer.json")
+    else:
+        _check_sentencepiece(llm_dir / "tokenizer.model")
+
+
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def _added_token(value) -> bool:
+    """A token as transformers saves an AddedToken: an object with its text in `content`."""
+    return isinstance(value, dict) and isinstance(value.get("content"), str)
+
+
+def _check_special_tokens(config: dict, path: Path) -> None:
+    for key in SPECIAL_TOKENS:
+        value = config.get(key)
+        if value is not None and not isinstance(value, str) and not _added_token(value):
+            raise _wrong(path, config, key, 'a token (its text, or {"content": text, ...})')
+
+
+def _check_tokenizer_config(config: dict, path: Path) -> None:
+    """The keys of tokenizer_config.json that transformers takes on trust."""
+    _check_special_tokens(config, path)
+    _name(config, "tokenizer_class", path)
+    if config.get("model_max_length") is not None and not _number(config["model_max_length"], positive=True):
+        raise _wrong(path, config, "model_max_length", "a positive number")
+    template = config.get("chat_template")
+    named = isinstance(template, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str)
+                                                and isinstance(t.get("template"), str) for t in template)  # fmt: skip
+    if template is not None and not isinstance(template, str) and not named:
+        raise _wrong(path, config, "chat_template", "a Jinja template (a string) or a list of {name, template}")
+    added = config.get("added_tokens_decoder", {})
+    if not isinstance(added, dict) or not all(_added_token(v) for v in added.values()):
+        raise _wrong(path, config, "added_tokens_decoder", 'a JSON object of id -> {"content": text, ...}')
+
+
+def _check_generation_config(config: dict, path: Path) -> None:
+    for key in TOKEN_IDS:
+        value = config.get(key)
+        ids = value if isinstance(value, list) and key == "eos_token_id" else [value]  # several ids may end a turn
+        if value is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise _wrong(path, config, key, "a token id" + (" or a list of them" if key == "eos_token_id" else ""))
+
+
+TOKENIZER_MODELS = ("BPE", "WordPiece", "WordLevel", "Unigram")
+TOKENIZER_STAGES = ("normalizer", "pre_tokenizer", "post_processor", "decoder")
+
+
+def _check_fast_tokenizer(path: Path) -> None:
+    """The outline of a `tokenizers` file that transformers and `tokenizers` index into without checking."""
+    tok = _read_json(path, RESTORE)
+    model = tok.get("model")
+    if not isinstance(model, dict) or model.get("type", "BPE") not in TOKENIZER_MODELS:
+        raise _wrong(path, tok, "model", f"an object whose type is one of {', '.join(TOKENIZER_MODELS)}")
+    vocab = list if model.get("type") == "Unigram" else dict
+    if not isinstance(model.get("vocab"), vocab):
+        raise CheckpointError(f"{path}: the model's vocab is {_show(model.get('vocab'))}, expected a "
+                              f"{'list' if vocab is list else 'JSON object'} of tokens; {RESTORE}")  # fmt: skip
+    added = tok.get("added_tokens")
+    if not isinstance(added, list) or not all(_added_token(t) and isinstance(t.get("id"), int) for t in added):
+        raise _wrong(path, tok, "added_tokens", 'a list of {"id": ..., "content": ...}')
+    for key in TOKENIZER_STAGES:
+        stage = tok.get(key)
+        if stage is not None and not (isinstance(stage, dict) and isinstance(stage.get("type"), str)):
+            raise _wrong(path, tok, key, 'null or an object with a "type"')
+
+
+def _check_sentencepiece(path: Path) -> None:
+    import sentencepiece
+
+    try:
+        sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise CheckpointError(f"{path}: not a SentencePiece model ({e}); {RESTORE}") from None
 
 
 # ---- the weights against the configs -------------------------------------------------------------------------
