@@ -52,8 +52,8 @@ def _load_projector(ckpt: Checkpoint, order: str | None, dtype: torch.dtype) -> 
 def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | None = None):
     """(VisionEncoder, Projector) on the CPU, eval mode: the image half of the model."""
     if ckpt.s2_scales:
-        raise UnsupportedError(f"{ckpt.root}: S2 multi-scale vision towers are not supported yet")
-    tower_name = get_tower(ckpt.vision_kind, str(ckpt.vision_dir)).hf_class
+        raise UnsupportedError(f"{ckpt.root / 'config.json'}: S2 multi-scale vision towers are not supported yet")
+    tower_name = get_tower(ckpt.vision_kind, str(ckpt.vision_dir / "config.json")).hf_class
     hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
     tower = _TOWER_CLASSES[tower_name].from_pretrained(
         ckpt.vision_dir, dtype=dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
