@@ -173,3 +173,19 @@ def test_the_readme_layout_lists_every_module():
     assert modules - named == set(), "modules missing from the README's Layout table"
     assert named - modules - {"__init__.py", "rtsp_server.py", "awq_quality.py", "vision_w8a8.py", "cpu_engine.py",
                               "live_loop.py", "test_layers.py", "test_rtsp.py"} == set()
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 50
+
+
+def test_modules_and_functions_stay_short():
+    long_modules, long_functions = {}, {}
+    for name, path in module_files().items():
+        text = path.read_text()
+        if (n := len(text.splitlines())) > MAX_MODULE_LINES:
+            long_modules[name] = n
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                    long_functions[f"{name}.{node.name}"] = n
+    assert (long_modules, long_functions) == ({}, {})
