@@ -95,7 +95,7 @@ class Smoothed:
 
 
 def smooth_and_export(ckpt, calib: np.ndarray, held_out: np.ndarray, opts: VisionQuantOptions, out_dir: Path,
-                      log) -> Smoothed:
+                      log, progress: bool = True) -> Smoothed:
     """SmoothQuant folded into the LayerNorms (ranges from the calibration images), then the fp32 ONNX."""
     import onnx
 
@@ -104,7 +104,8 @@ def smooth_and_export(ckpt, calib: np.ndarray, held_out: np.ndarray, opts: Visio
         reference = projector(vision(torch.from_numpy(held_out))).numpy()  # before smoothing: the true fp32
     batches = [torch.from_numpy(calib[i : i + opts.batch]) for i in range(0, len(calib), opts.batch)]
     pairs = get_tower(ckpt.vision_kind).smooth_pairs
-    act_max = input_abs_max(vision.layers, pairs, vision, tqdm(batches, desc="vision SmoothQuant", unit="batch", leave=False))
+    batches = tqdm(batches, desc="vision SmoothQuant", unit="batch", leave=False, disable=not progress)
+    act_max = input_abs_max(vision.layers, pairs, vision, batches)
     smooth = smooth_layers(vision.layers, pairs, act_max, opts.alpha)
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
@@ -114,14 +115,14 @@ def smooth_and_export(ckpt, calib: np.ndarray, held_out: np.ndarray, opts: Visio
 
 
 def calibrate(model, acts: list[str], calib: np.ndarray, opts: VisionQuantOptions, path: Path,
-              threads: int | None) -> dict[str, float]:
+              threads: int | None, progress: bool = True) -> dict[str, float]:
     """The int8 threshold of every activation in `acts`, from ONNX Runtime runs over the calibration images."""
     sess = session(path, threads, _with_outputs(model, acts))
     observer = RangeObserver()
-    for values in _run(sess, calib, opts.batch, acts, "vision ranges"):
+    for values in _run(sess, calib, opts.batch, acts, "vision ranges" if progress else None):
         observer.observe_max(values)
     if opts.method != "max":
-        for values in _run(sess, calib, opts.batch, acts, f"vision {opts.method} histograms"):
+        for values in _run(sess, calib, opts.batch, acts, f"vision {opts.method} histograms" if progress else None):
             observer.observe_hist(values)
     return {a: observer.threshold(a, opts.method) for a in acts}
 
@@ -144,20 +145,21 @@ def evaluate(fp32, w8a8, reference: np.ndarray, held_out: np.ndarray, out_dir: P
     }
 
 
-def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, threads: int | None = None) -> dict:
+def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, threads: int | None = None,
+                    progress: bool = True) -> dict:
     """SmoothQuant + export + calibrate + Q/DQ + evaluate; returns (and writes) the calibration record."""
     import onnx
 
     images, source = calibration_images(opts)
     calib = pixels_of(ckpt, images)
     held_out = pixels_of(ckpt, generated_images(opts.held_out, seed=HELD_OUT_SEED))
-    smoothed = smooth_and_export(ckpt, calib, held_out, opts, out_dir, log)
+    smoothed = smooth_and_export(ckpt, calib, held_out, opts, out_dir, log, progress)
     model = onnx.load(out_dir / VISION_FP32_FILE)
     fold_identities(model)
     targets = quant_targets(model, opts.keep_float)
     acts = sorted({t.activation for t in targets})
     log(f"calibrating {len(acts)} activation ranges on {len(calib)} images ({opts.method})")
-    thresholds = calibrate(model, acts, calib, opts, out_dir / VISION_FP32_FILE, threads)
+    thresholds = calibrate(model, acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress)
     insert_qdq(model, targets, thresholds, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
     save_onnx(model, out_dir / VISION_W8A8_FILE)
     record = {

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                       "weight_bits": "--vision-weight-bits"}, weight_bits={"choices": (7, 8)})
     add_overwrite(q)
     add_allow_pickle(q)
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(run=run)
 
 

@@ -74,7 +74,7 @@ def load_fp_llm(ckpt: Checkpoint):
     ).eval()
 
 
-def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, log):
+def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, log, progress: bool = True):
     """(fp32 llm on the CPU, tokenizer, samples [L, H], the conv mode of media prompts): media needs the whole
     VLM, text only the LLM."""
     spec = opts.calib
@@ -82,7 +82,7 @@ def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, lo
         images = media_images(spec.path, opts.n_samples)
         vila = VilaModel(ckpt, device=device, dtype="float32")
         log(f"calibrating on {len(images)} image(s) from {spec.path}, the model's own answers filling each block")
-        samples, conv_mode = media_embeds(vila, images, opts.n_samples, opts.seqlen, opts.seed, opts.conv_mode)
+        samples, conv_mode = media_embeds(vila, images, opts.n_samples, opts.seqlen, opts.seed, opts.conv_mode, progress)
         return vila.llm.cpu(), vila.tokenizer, samples, conv_mode
     tokenizer = load_tokenizer(ckpt)
     llm = load_fp_llm(ckpt)
@@ -90,7 +90,8 @@ def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, lo
         blocks = text_token_blocks(tokenizer, read_documents(spec.path), opts.n_samples, opts.seqlen, opts.seed)
     else:
         log(f"sampling {opts.n_samples} x {opts.seqlen} calibration tokens from the model itself (seed {opts.seed})")
-        blocks = self_token_blocks(llm.to(device), tokenizer, opts.n_samples, opts.seqlen, opts.seed, device)
+        blocks = self_token_blocks(llm.to(device), tokenizer, opts.n_samples, opts.seqlen, opts.seed, device,
+                                   progress=progress)
     return llm.cpu(), tokenizer, embed_blocks(llm, blocks), opts.conv_mode
 
 
@@ -163,9 +164,7 @@ def check_request(ckpt: Checkpoint, out: Path, opts: QuantizeOptions, overwrite:
 
 
 def baseline_perplexity(ckpt: Checkpoint, llm, tokenizer, opts: QuantizeOptions, device: str):
-    """(fp and RTN perplexity on --eval-text, the scored windows); (None, None) without --eval-text."""
-    if opts.eval_text is None:
-        return None, None
+    """(fp and RTN perplexity on --eval-text, the scored windows)."""
     seqlen = min(opts.eval_seqlen, ckpt.model_max_length)
     windows = eval_tokens(tokenizer, Path(opts.eval_text), opts.eval_tokens, seqlen)
     ppl = {"text": str(opts.eval_text), "tokens": windows.numel(), "seqlen": seqlen, "fp": perplexity(llm, windows, device)}
@@ -183,8 +182,8 @@ def written_perplexity(folder: Path, ppl: dict, windows, device: str) -> None:
     ppl["awq_gap_over_rtn_gap"] = gap_ratio(ppl["fp"], ppl["rtn"], ppl["awq"])
 
 
-def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log) -> dict:
-    vision = quantize_vision(ckpt, folder, opts.vision, log)
+def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log, progress: bool) -> dict:
+    vision = quantize_vision(ckpt, folder, opts.vision, log, progress=progress)
     cos = vision["held_out"]["cosine_mean"]
     if cos < 0.99:
         warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {cos:.4f} against fp32 on held-out "
@@ -202,9 +201,11 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
     check_request(ckpt, out, opts, overwrite)
     device = resolve_device(opts.device)
     with clock.stage("calibration"):
-        llm, tokenizer, samples, conv_mode = calibration_samples(ckpt, opts, device, log)
-    with clock.stage("eval"):
-        ppl, windows = baseline_perplexity(ckpt, llm, tokenizer, opts, device)
+        llm, tokenizer, samples, conv_mode = calibration_samples(ckpt, opts, device, log, progress)
+    ppl, windows = None, None
+    if opts.eval_text is not None:
+        with clock.stage("eval"):
+            ppl, windows = baseline_perplexity(ckpt, llm, tokenizer, opts, device)
     with clock.stage("search"):
         result = run_awq(llm, ckpt.llm_config["model_type"], samples, opts.settings, device, on_layer=_Progress(progress))
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -215,7 +216,7 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
         vision = None
         if opts.vision is not None:
             with clock.stage("vision"):
-                vision = write_vision(ckpt, tmp / VISION_DIR, opts, log)
+                vision = write_vision(ckpt, tmp / VISION_DIR, opts, log, progress)
         if ppl is not None:
             with clock.stage("eval"):
                 written_perplexity(tmp, ppl, windows, device)

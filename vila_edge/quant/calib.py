@@ -70,7 +70,8 @@ def text_token_blocks(tokenizer, docs: list[str], n_samples: int, seqlen: int, s
 
 
 @torch.inference_mode()
-def self_token_blocks(llm, tokenizer, n_samples: int, seqlen: int, seed: int, device: str, batch: int = 16):
+def self_token_blocks(llm, tokenizer, n_samples: int, seqlen: int, seed: int, device: str, batch: int = 16,
+                      progress: bool = True):
     """Sequences sampled from the fp model (temperature 1, seeded), starting from BOS: data-free
     calibration whose statistics are the model's own (as LLM-QAT's self-generated data)."""
     torch.manual_seed(seed)
@@ -82,7 +83,8 @@ def self_token_blocks(llm, tokenizer, n_samples: int, seqlen: int, seed: int, de
             "to find the first layer at fault"
         )
     blocks, steps = [], seqlen - len(start)
-    with tqdm(total=-(-n_samples // batch) * steps, desc="self-calibration", unit="step", leave=False) as bar:
+    with tqdm(total=-(-n_samples // batch) * steps, desc="self-calibration", unit="step", leave=False,
+              disable=not progress) as bar:
         for i in range(0, n_samples, batch):
             b = min(batch, n_samples - i)
             prompt = torch.tensor([start] * b, device=device)
@@ -110,12 +112,13 @@ class _Ticks(StoppingCriteria):
 # ---- media ------------------------------------------------------------------------------------
 
 
-def media_embeds(vila, images: list, n_samples: int, seqlen: int, seed: int, conv_mode: str | None = None):
+def media_embeds(vila, images: list, n_samples: int, seqlen: int, seed: int, conv_mode: str | None = None,
+                 progress: bool = True):
     """(one captioning exchange per sample, the conv mode they are in): the checkpoint's template (or conv_mode),
     one image, a question, and the model's own answer (sampled, seeded) filling the block up to seqlen tokens."""
     captioner = Captioner(vila.info, vila, conv_mode)
     samples = []
-    for i in tqdm(range(n_samples), desc="media calibration", unit="sample", leave=False):
+    for i in tqdm(range(n_samples), desc="media calibration", unit="sample", leave=False, disable=not progress):
         image, question = images[i % len(images)], MEDIA_QUESTIONS[i % len(MEDIA_QUESTIONS)]
         prompt = captioner.prompt_ids(question, 1)
         room = max(16, seqlen - len(prompt) - vila.ckpt.tokens_per_image)
