@@ -4,7 +4,7 @@ Modules are layered, and imports point down only (tests/test_layers.py checks ev
 inside functions included). Modules of one layer may import each other without a cycle; the cpu
 and trt paths never import each other.
 
-    base          errors, atomic, formats (file names, format ids, suffixes), safetensors_header, _runtime (C++)
+    base          errors, atomic, timing, formats (file names, format ids, suffixes), safetensors_header, _runtime (C++)
     facts         arch (every per-architecture fact), targets, device, plan (the memory model)
     load          checkpoint, config_checks, int4 (group quantizer, AutoAWQ GEMM layout), awq_checkpoint
     front, model  conversation, prompt, media, scenes, corpus, generate, backend, caption; model/ (torch reference)
@@ -22,7 +22,7 @@ IMAGE_TOKEN = "<image>"
 
 # (layer, the modules and packages in it), bottom first: the order the docstring above gives.
 LAYERS = (
-    ("base", ("vila_edge", "errors", "atomic", "formats", "safetensors_header", "_runtime")),
+    ("base", ("vila_edge", "errors", "atomic", "timing", "formats", "safetensors_header", "_runtime")),
     ("facts", ("arch", "targets", "device", "plan")),
     ("load", ("checkpoint", "config_checks", "int4", "awq_checkpoint")),
     ("front, model", ("conversation", "prompt", "media", "scenes", "corpus", "generate", "backend", "caption", "model")),

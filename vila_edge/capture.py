@@ -21,8 +21,7 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from .errors import MediaError, UsageError
-from .formats import IMAGE_SUFFIXES, is_image
-from .media import bgr_to_image, load_image, open_video
+from .media import bgr_to_image, image_files, load_image, open_video
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 # Low latency over TCP (no UDP loss on Wi-Fi); a user's own OPENCV_FFMPEG_CAPTURE_OPTIONS wins.
@@ -115,9 +114,7 @@ class ImageFolder:
 
     def __init__(self, path: Path, sampler: FrameSampler):
         self.name, self.sampler, self.dropped, self.tap = str(path), sampler, 0, None
-        self.files = sorted(p for p in path.iterdir() if is_image(p))
-        if not self.files:
-            raise MediaError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        self.files = image_files(path)
 
     def __iter__(self) -> Iterator[Frame]:
         import numpy as np

@@ -162,13 +162,18 @@ def load_video_frames(path: str | Path, n: int) -> list[Image.Image]:
     return [frames[i] if i is not None else Image.new("RGB", size) for i in frame_indices(count, n)]
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder in name order; an error naming the folder where there are none."""
+    files = sorted(f for f in folder.iterdir() if is_image(f))
+    if not files:
+        raise MediaError(f"{folder}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
 def media_files(path: Path) -> list[Path]:
     """An image, a video, or a folder of images (sorted by name)."""
     if path.is_dir():
-        files = sorted(f for f in path.iterdir() if is_image(f))
-        if not files:
-            raise MediaError(f"{path}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
-        return files
+        return image_files(path)
     if not (is_image(path) or is_video(path)):
         raise MediaError(f"{path}: not an image or a video by its extension; pass an image, a video or a folder")
     return [path]

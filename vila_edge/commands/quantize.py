@@ -6,10 +6,8 @@ import math
 import re
 import shutil
 import sys
-import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from ..quant.awq import rtn_quantize, run_awq
 from ..quant.calib import embed_blocks, media_embeds, read_documents, self_token_blocks, text_token_blocks
 from ..quant.options import AwqSettings, QuantizeOptions
 from ..quant.ppl import eval_tokens, gap_ratio, perplexity
+from ..timing import Stopwatch
 
 _LINEAR_WEIGHT = re.compile(r"model\.layers\.\d+\.(.+)\.weight$")
 
@@ -129,25 +128,6 @@ class _Progress:
         self.bar.update(1)
         if self.bar.n == n_layers:
             self.bar.close()
-
-
-@dataclass
-class Stopwatch:
-    """Seconds per named stage; a stage timed twice adds up."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    @contextmanager
-    def stage(self, name: str):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
-
-    def rounded(self) -> dict[str, float]:
-        return {k: round(v, 2) for k, v in self.seconds.items()} | {"total": round(time.perf_counter() - self.started, 2)}
 
 
 def check_request(ckpt: Checkpoint, out: Path, opts: QuantizeOptions, overwrite: bool) -> None:

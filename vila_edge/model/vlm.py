@@ -71,7 +71,6 @@ class VilaModel:
     def __init__(self, ckpt: Checkpoint, device: str = "cpu", dtype: str = "auto", projector_order: str | None = None,
                  vision=None):
         self.ckpt = ckpt
-        self.info = ckpt
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.vision_fn = vision
@@ -88,6 +87,11 @@ class VilaModel:
         end_text = ckpt.family.image_end_text
         self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
         self.cache = None
+
+    @property
+    def info(self) -> Checkpoint:
+        """What the captioning front reads (backend.ModelInfo): the checkpoint itself."""
+        return self.ckpt
 
     @property
     def vocab_size(self) -> int:

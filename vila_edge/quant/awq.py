@@ -18,8 +18,6 @@ minimises || Q(clip(W)) X - W X ||² on `clip_tokens` sampled tokens.
 """
 
 import math
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from ..arch import get_llm
 from ..awq_checkpoint import load_awq_results
 from ..errors import QuantizeError
 from ..int4 import dequantize_groups, pack_awq_gemm, pseudo_quantize, quantize_groups
+from ..timing import Stopwatch
 from .mappings import scale_groups
 from .options import AwqSettings
 
@@ -282,35 +281,26 @@ class _Search:
 
     def layer(self, index: int, layer: nn.Module, chunks: list[torch.Tensor]) -> list[torch.Tensor]:
         """Search, fold, clip and round one decoder layer; returns its (rounded) outputs."""
-        prefix, times, alphas = f"model.layers.{index}", {}, {}
-        with _timed(times, "capture"):
+        prefix, clock, alphas = f"model.layers.{index}", Stopwatch(), {}
+        with clock.stage("capture"):
             layer.to(self.device)
             linears = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
             feats, fp_out = self.capture(layer, chunks)
             rtn_loss = self.rtn_loss(layer, linears, chunks, fp_out)
-        with _timed(times, "scale"):
+        with clock.stage("scale"):
             alphas = self.scale(prefix, layer, feats)
-        with _timed(times, "clip"):
+        with clock.stage("clip"):
             if self.cfg.clip:
                 self.clip(prefix, linears, feats)
         del feats
-        with _timed(times, "quantize"):
+        with clock.stage("quantize"):
             for name, lin in linears.items():
                 self.result.packed[f"{prefix}.{name}"] = round_linear(lin, self.cfg.group_size)
             out = self.forward(layer, chunks, "layer")
             layer.to("cpu")
         awq_loss = sum((o - f).pow(2).sum().item() for o, f in zip(out, fp_out)) / sum(f.numel() for f in fp_out)
-        self.result.layers.append(LayerReport(index, rtn_loss, awq_loss, alphas, times))
+        self.result.layers.append(LayerReport(index, rtn_loss, awq_loss, alphas, clock.seconds))
         return out
-
-
-@contextmanager
-def _timed(times: dict[str, float], stage: str):
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        times[stage] = time.perf_counter() - t
 
 
 def run_awq(llm, model_type: str, samples: list[torch.Tensor], settings: AwqSettings, device: str = "cpu",
