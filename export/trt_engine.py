@@ -9,8 +9,11 @@ Where (2) cannot run, build-engine leaves the bundle and exits 3 with what to co
 """
 
 import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,12 +23,14 @@ from vila_edge.formats import (
     BUILD_SCRIPT,
     MANIFEST_FILE,
     RECIPE_FILE,
+    TRTLLM_CACHE_FILE,
     TRTLLM_CHECKPOINT_DIR,
     TRTLLM_ENGINE_DIR,
     VISION_CACHE_FILE,
+    VISION_DEVICE_CACHE_FILE,
     VISION_PLAN_FILE,
 )
-from vila_edge.plan import Plan, format_plan, memory_plan, recipe_from_checkpoint
+from vila_edge.plan import PLAN_PRECISION, Plan, format_plan, memory_plan, recipe_from_checkpoint
 from vila_edge.runtime.manifest import is_engine, read_manifest, write_manifest
 from vila_edge.runtime.trt import install_hint, probe_environment
 from vila_edge.targets import GPU_TARGETS, Target, get_target
@@ -39,29 +44,73 @@ VISION_CHOICES = {"w8a8": ("w8a8", "int8"), "fp16": ("fp32", "fp16")}
 EXIT_BUNDLE_ONLY = 3
 
 
-def trtllm_build_command(checkpoint_dir: str, output_dir: str, limits: dict) -> list[str]:
+TRTLLM_BUILD = "trtllm-build"
+
+
+def trtllm_build_command(checkpoint_dir: str, output_dir: str, limits: dict, input_cache: str | None = None,
+                         extra: tuple[str, ...] = ()) -> list[str]:
     """trtllm-build with the target's limits. The weight-only int4 plugin follows from the checkpoint's
-    quantization; paged KV cache, packed inputs and fused attention are trtllm-build's defaults; never
-    --use_fused_mlp with an int4 model (TensorRT-LLM's multimodal README)."""
+    quantization; paged KV cache, packed inputs and fused attention are trtllm-build's defaults; `extra`
+    carries the fused-MLP switch (fused_mlp_off), which depends on the trtllm-build version."""
     batch, input_len = limits["max_batch"], limits["max_input_len"]
     return [
-        "trtllm-build", "--checkpoint_dir", checkpoint_dir, "--output_dir", output_dir,
+        TRTLLM_BUILD, "--checkpoint_dir", checkpoint_dir, "--output_dir", output_dir,
         "--gemm_plugin", "float16", "--gpt_attention_plugin", "float16",
         "--max_batch_size", str(batch), "--max_input_len", str(input_len), "--max_seq_len", str(limits["max_seq_len"]),
         "--max_num_tokens", str(batch * input_len), "--max_multimodal_len", str(limits["max_multimodal_len"]),
-        "--output_timing_cache", f"{output_dir}/model.cache", "--workers", "1",
+        *(("--input_timing_cache", input_cache) if input_cache else ()),
+        "--output_timing_cache", f"{output_dir}/{TRTLLM_CACHE_FILE}", "--workers", "1", *extra,
     ]
+
+
+def fused_mlp_off(help_text: str) -> tuple[str, ...]:
+    """The arguments that keep the gated MLP unfused, as TensorRT-LLM's multimodal README asks for an int4 model:
+    0.12-era trtllm-build has `--use_fused_mlp` as a switch that is off unless given (nothing to pass); later ones
+    take `--use_fused_mlp {enable,disable}` with enable the default, so say disable."""
+    choices = re.search(r"--use_fused_mlp[ =]\{([^}]*)\}", help_text)
+    return ("--use_fused_mlp", "disable") if choices and "disable" in choices.group(1) else ()
+
+
+def find_trtllm_build() -> str | None:
+    """trtllm-build on PATH, else beside this interpreter (a venv's bin/) or in ~/.local/bin (pip install --user,
+    as TensorRT-LLM's Jetson README installs it)."""
+    found = shutil.which(TRTLLM_BUILD)
+    if found:
+        return found
+    for folder in (Path(sys.executable).parent, Path.home() / ".local" / "bin"):
+        if os.access(folder / TRTLLM_BUILD, os.X_OK):
+            return str(folder / TRTLLM_BUILD)
+    return None
+
+
+def device_cache_dir(env: dict) -> Path:
+    """Where this device keeps its TensorRT timing caches between builds: one folder per GPU architecture and library
+    versions, since a cache holds tactic timings for exactly those ($VILA_EDGE_CACHE, else ~/.cache/vila-edge)."""
+    root = Path(os.environ.get("VILA_EDGE_CACHE") or Path.home() / ".cache" / "vila-edge")
+    return root / f"trt-sm{env.get('sm')}-trt{env.get('tensorrt')}-trtllm{env.get('tensorrt_llm')}"
+
+
+def keep_cache(built: Path, cache: Path) -> None:
+    """Copies a timing cache a build wrote into the device cache, atomically (a concurrent build reads a whole file)."""
+    if built.is_file() and built.stat().st_size:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        shutil.copyfile(built, tmp)
+        os.replace(tmp, cache)
 
 
 def build_script(target: Target, limits: dict) -> str:
     command = " ".join(trtllm_build_command(TRTLLM_CHECKPOINT_DIR, f"ENGINE/{TRTLLM_ENGINE_DIR}", limits))
+    note = f"\n# Note: {target.support_note}." if target.support_note else ""
     return f"""#!/bin/sh
 # Builds the TensorRT engines of this bundle. Run it on the {target.description} itself: a TensorRT
 # engine runs only on the GPU architecture (sm_{target.sm}) and the TensorRT / TensorRT-LLM versions that built it.
 # Needs {install_hint(target.jetson)}, and vila-edge.
+# Checked against TensorRT {target.stack.supported("tensorrt")} and TensorRT-LLM {target.stack.supported("tensorrt_llm")}.{note}
 # usage: sh {BUILD_SCRIPT} [ENGINE_DIR]   (default: this folder's path + "-engine")
 #
-# The LLM step, for reference (build-engine runs it, then builds the vision plan and writes manifest.json):
+# The LLM step, for reference (build-engine runs it, with the device's timing cache and the fused-MLP switch this
+# trtllm-build takes, then builds the vision plan and writes manifest.json):
 #   {command}
 set -eu
 bundle=$(cd "$(dirname "$0")" && pwd)
@@ -100,13 +149,15 @@ def source_plan(source: Path, from_bundle: bool, target: Target, vision: str, li
         recipe = json.loads((source / m["recipe"]).read_text())
         group, max_positions = m["quantization"]["group_size"], m["llm"]["max_position_embeddings"]
         limits = m["limits"] if m["target"] == target.name else {"images": m["limits"]["images"]}
+        precision = m["vision"]["precision"] if m["vision"] else "none"
     else:
         ckpt, spec = load_gpu_source(source)
         recipe, group, max_positions = recipe_from_checkpoint(ckpt), spec["group_size"], spec["max_position_embeddings"]
         limits = {**limits, "images": limits.get("images", 1) if vision != "none" else 0}
+        precision = PLAN_PRECISION[vision]
     limits = _clamp_to_model(limits, max_positions, target)
     return memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
-                       limits.get("max_input_len"))
+                       limits.get("max_input_len"), precision)
 
 
 def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_mode: str | None, plan: Plan) -> dict:
@@ -133,6 +184,7 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
         vision=vision_spec,
         limits=plan.limits,
         memory_plan={"parts_gb": plan.parts_gb, "total_gb": round(plan.total_gb, 3), "usable_gb": target.usable_gb},
+        requires={"platform": target.stack.platform, **{lib: target.stack.supported(lib) for lib in ("tensorrt", "tensorrt_llm")}},
         recipe=RECIPE_FILE,
         **front,
     )
@@ -145,34 +197,58 @@ def read_bundle(folder: Path) -> dict:
     return read_manifest(folder, GPU_TARGETS, kind="bundle")
 
 
-def _run_trtllm_build(command: list[str], log: Path, target: Target) -> None:
-    if not shutil.which(command[0]):
-        raise UnsupportedError(f"{command[0]} is not on PATH; install {install_hint(target.jetson)}")
+def _trtllm_build_missing() -> str:
+    return (f"{TRTLLM_BUILD} is not on PATH, beside {sys.executable} or in ~/.local/bin; add the folder TensorRT-LLM "
+            "installed it in to PATH")
+
+
+def build_llm_engine(bundle: Path, engine_dir: Path, limits: dict, cache_dir: Path) -> list[str]:
+    """trtllm-build on the bundle's checkpoint into `engine_dir`, reusing and then updating the device's timing
+    cache; returns the command it ran."""
+    exe = find_trtllm_build()
+    if exe is None:
+        raise UnsupportedError(_trtllm_build_missing())
+    usage = subprocess.run([exe, "--help"], capture_output=True, text=True, check=False).stdout
+    cache = cache_dir / TRTLLM_CACHE_FILE
+    command = trtllm_build_command(str(bundle / TRTLLM_CHECKPOINT_DIR), str(engine_dir), limits,
+                                   str(cache) if cache.is_file() else None, fused_mlp_off(usage))
+    print(f"building the LLM engine: {' '.join(command)}", flush=True)
+    engine_dir.mkdir()
+    log = engine_dir / "build.log"
     with open(log, "w") as f:
-        done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run([exe, *command[1:]], stdout=f, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
         raise CheckpointError(f"trtllm-build failed (exit {done.returncode}); the end of its log:\n{tail}")
+    keep_cache(engine_dir / TRTLLM_CACHE_FILE, cache)
+    return command
+
+
+def build_vision(bundle: Path, folder: Path, vision: dict, limits: dict, target: Target, cache_dir: Path) -> dict:
+    """The vision plan into `folder`, starting from the device's timing cache; returns the manifest's vision entry."""
+    from .trt_vision import build_vision_plan
+
+    print(f"building the vision plan ({vision['precision']}) from {vision['onnx']}", flush=True)
+    (folder / "vision").mkdir()
+    cache, own = cache_dir / VISION_DEVICE_CACHE_FILE, folder / VISION_CACHE_FILE
+    reused = cache.is_file()
+    if reused:
+        shutil.copyfile(cache, own)
+    built = build_vision_plan(bundle / vision["onnx"], folder / VISION_PLAN_FILE, own, vision["precision"],
+                              vision["image_size"], limits["max_batch"] * max(1, limits["images"]),
+                              int(target.workspace_gb * 2**30))
+    keep_cache(own, cache)
+    return {**vision, "plan": VISION_PLAN_FILE, "timing_cache": VISION_CACHE_FILE,
+            "build": {**built, "timing_cache_reused": reused}}
 
 
 def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits: dict, overwrite: bool) -> dict:
     """The engine folder from a bundle, on a machine with TensorRT, TensorRT-LLM and the target's GPU."""
-    from .trt_vision import build_vision_plan
-
     m = read_bundle(bundle)
+    cache_dir = device_cache_dir(env)
     with atomic_dir(out, overwrite) as tmp:
-        command = trtllm_build_command(str(bundle / TRTLLM_CHECKPOINT_DIR), str(tmp / TRTLLM_ENGINE_DIR), limits)
-        print(f"building the LLM engine: {' '.join(command)}", flush=True)
-        (tmp / TRTLLM_ENGINE_DIR).mkdir()
-        _run_trtllm_build(command, tmp / TRTLLM_ENGINE_DIR / "build.log", target)
-        vision = m["vision"]
-        if vision:
-            print(f"building the vision plan ({vision['precision']}) from {vision['onnx']}", flush=True)
-            (tmp / "vision").mkdir()
-            built = build_vision_plan(bundle / vision["onnx"], tmp / VISION_PLAN_FILE, tmp / VISION_CACHE_FILE, vision["precision"],
-                                      vision["image_size"], limits["max_batch"] * max(1, limits["images"]),
-                                      int(target.workspace_gb * 2**30))
-            vision = {**vision, "plan": VISION_PLAN_FILE, "timing_cache": VISION_CACHE_FILE, "build": built}
+        command = build_llm_engine(bundle, tmp / TRTLLM_ENGINE_DIR, limits, cache_dir)
+        vision = m["vision"] and build_vision(bundle, tmp, m["vision"], limits, target, cache_dir)
         shutil.copytree(bundle / m["text"]["tokenizer"], tmp / m["text"]["tokenizer"])
         keep = {k: m[k] for k in ("quantization", "text", "preprocessor", "image_aspect_ratio", "built_on")}
         return write_manifest(
@@ -180,8 +256,9 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
             target.name,
             source={**m["source"], "bundle": str(bundle.resolve())},
             built_with=env,
-            llm={**m["llm"], "engine_dir": TRTLLM_ENGINE_DIR, "trtllm_build": command[1:]},
-            vision=vision,
+            llm={**m["llm"], "engine_dir": TRTLLM_ENGINE_DIR, "trtllm_build": command[1:],
+                 "timing_cache_reused": "--input_timing_cache" in command},
+            vision=vision or None,
             limits=limits,
             **keep,
         )
@@ -211,6 +288,8 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
         raise DoesNotFitError(f"the engine would not fit:\n{format_plan(plan)}")
 
     env, missing = probe_environment()
+    if not missing and find_trtllm_build() is None:
+        missing.append(_trtllm_build_missing())
     if env.get("sm") is not None and env["sm"] != target.sm:
         missing.append(f"this GPU ({env.get('gpu')}) is sm_{env['sm']} and {target.name} is sm_{target.sm}; "
                        "an engine runs only on the GPU architecture it was built on")
@@ -253,6 +332,7 @@ def _bundle_message(out: Path, target: Target, missing: list[str]) -> str:
         f"  2. build there:      sh {out.name}/{BUILD_SCRIPT}    (runs vila-edge build-engine {out.name} -o {out.name}-engine "
         f"--target {target.name})\n"
         f"  3. caption:          vila-edge caption {out.name}-engine --image IMAGE --prompt 'Describe the image.'"
+        + (f"\nNote: {target.support_note}." if target.support_note else "")
     )
 
 

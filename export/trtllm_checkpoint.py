@@ -28,6 +28,9 @@ from .common import stacked_awq
 
 QUANT_ALGO = "W4A16_AWQ"
 GROUP_SIZES = (64, 128)  # the CUTLASS fine-grained (scale + zero) int4 GEMM's
+# The head sizes TensorRT-LLM's generation attention kernel is compiled for (decoderMaskedMultiheadAttention.cu,
+# MMHA_SUPPORTED_HEAD_SIZES); any other fails at the first generated token, after a build that succeeds.
+HEAD_SIZES = (32, 48, 64, 80, 96, 104, 112, 128, 144, 160, 192, 224, 256)
 
 
 # ---- one linear -----------------------------------------------------------------------------------
@@ -84,9 +87,13 @@ def trtllm_config(spec: dict) -> dict:
     if group not in GROUP_SIZES:
         raise UnsupportedError(f"AWQ group size {group}: TensorRT-LLM's int4 kernels take groups of "
                                f"{' or '.join(map(str, GROUP_SIZES))}; re-quantize with --group-size 128")
-    multiple = group  # TensorRT-LLM pads a groupwise linear's in/out features to max(64, group)
+    if spec["head_dim"] not in HEAD_SIZES:
+        raise UnsupportedError(f"head size {spec['head_dim']}: TensorRT-LLM's attention kernel runs head sizes "
+                               f"{', '.join(map(str, HEAD_SIZES))}; this model needs the cpu target")
+    multiple = max(64, group)  # TensorRT-LLM pads a groupwise linear's in/out features to max(64, group)
     dims = {"hidden_size": spec["hidden"], "intermediate_size": spec["intermediate"],
-            "q/k/v rows": (spec["heads"] + 2 * spec["kv_heads"]) * spec["head_dim"]}
+            "q/k/v rows": (spec["heads"] + 2 * spec["kv_heads"]) * spec["head_dim"],
+            "attention.dense input": spec["heads"] * spec["head_dim"]}
     odd = {k: v for k, v in dims.items() if v % multiple}
     if odd:
         raise UnsupportedError(f"TensorRT-LLM pads int4 g{group} linears to multiples of {multiple}; "

@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import trtllm_rules  # noqa: E402
 from tiny import build_tiny_checkpoint, llama_tokenizer, qwen2_tokenizer  # noqa: E402
 
 from vila_edge.cli import main  # noqa: E402
@@ -105,10 +106,16 @@ def copy_of(tmp_path):
 
 
 def run_cli(*argv) -> tuple[int, str, str]:
-    """Run `vila-edge ARGV` in-process: (exit code, stdout, stderr)."""
+    """Run `vila-edge ARGV` in-process: (exit code, stdout, stderr). Every TensorRT-LLM checkpoint build-engine
+    writes is held to TensorRT-LLM's load rules (trtllm_rules.py) on the way out."""
+    argv = [str(a) for a in argv]
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in argv])
+        code = main(argv)
+    if argv[0] == "build-engine" and "-o" in argv and code in (0, 3):
+        checkpoint = Path(argv[argv.index("-o") + 1]) / "trtllm_checkpoint"
+        if checkpoint.is_dir():
+            assert trtllm_rules.problems(checkpoint) == [], checkpoint
     return code, out.getvalue(), err.getvalue()
 
 

@@ -70,8 +70,8 @@ def test_a_window_sends_the_recent_frames_together(engine, clip, cli):
 
 
 def test_an_image_folder_in_name_order(engine, cli, tmp_path):
-    for i in (3, 1, 2):
-        write_sample_image(tmp_path / f"frame_{i}.png", size=64, seed=i)
+    for i, seed in ((3, 9), (1, 1), (2, 8)):  # seeds the tiny model tells apart
+        write_sample_image(tmp_path / f"frame_{i}.png", size=64, seed=seed)
     (tmp_path / "notes.txt").write_text("not an image")
     code, out, err = cli("caption", engine, "--source", tmp_path, "--prompt", "Describe the image.", "--max-new-tokens", 2,
                          "--max-captions", 2)

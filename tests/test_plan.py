@@ -53,3 +53,24 @@ def test_plan_cli(cli):
     assert code == 0 and json.loads(out)["fits"] and json.loads(out)["max_multimodal_len"] == 196
     code, _, err = cli("plan", "--recipe", "vila9", "--target", "orin")
     assert code == 2 and "known: " in err and "Traceback" not in err
+
+
+def test_the_vision_plan_counts_at_its_precision():
+    recipe = load_recipe("vila1.5-3b")
+    plans = {p: memory_plan(recipe, TARGETS["orin-nano"], vision_precision=p) for p in ("int8", "fp16", "none")}
+    int8, fp16 = plans["int8"].parts_gb["vision engine (int8)"], plans["fp16"].parts_gb["vision engine (fp16)"]
+    assert fp16 == pytest.approx(2 * int8, rel=1e-2) and 0.38 < int8 < 0.43  # SigLIP-so400m: +0.4 GB in fp16
+    assert plans["none"].parts_gb["vision engine (none)"] == 0
+    assert plans["none"].parts_gb["activations"] < plans["int8"].parts_gb["activations"]  # no tower activations
+    with pytest.raises(Exception, match="vision precision 'int4'"):
+        memory_plan(recipe, TARGETS["orin"], vision_precision="int4")
+
+
+def test_plan_cli_takes_the_vision_choice_and_labels_unsupported_jetsons(cli):
+    code, int8, _ = cli("plan", "--recipe", "vila1.5-3b", "--target", "orin-nano", "--format", "json")
+    code16, fp16, _ = cli("plan", "--recipe", "vila1.5-3b", "--target", "orin-nano", "--format", "json", "--vision", "fp16")
+    assert code == code16 == 0 and json.loads(fp16)["total_gb"] > json.loads(int8)["total_gb"] + 0.35
+    _, text, _ = cli("plan", "--recipe", "vila1.5-3b", "--target", "orin-nano")
+    assert "not officially supported by TensorRT-LLM v0.12.0-jetson" in text
+    _, text, _ = cli("plan", "--recipe", "vila1.5-3b", "--target", "orin")
+    assert "not officially supported" not in text

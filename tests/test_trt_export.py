@@ -110,6 +110,10 @@ def test_config_fields():
         trtllm_config({**spec, "intermediate": 6900})
     with pytest.raises(UnsupportedError, match="groups of 64 or 128"):
         trtllm_config({**spec, "group_size": 32})
+    with pytest.raises(UnsupportedError, match="head size 16: TensorRT-LLM's attention kernel runs head sizes 32, 48"):
+        trtllm_config({**spec, "head_dim": 16, "hidden": 320})
+    with pytest.raises(UnsupportedError, match="attention.dense input 1600"):  # an explicit head_dim: heads·hd ≠ hidden
+        trtllm_config({**spec, "head_dim": 80})
 
 
 def test_a_group_size_tensorrt_llm_cannot_run_is_refused_before_writing(awq, tmp_path, cli):
@@ -193,7 +197,7 @@ def test_fp16_vision_and_text_only_bundles(awq, tmp_path, cli):
     assert code == 3, err
     m = json.loads((tmp_path / "fp16/manifest.json").read_text())
     assert m["vision"]["precision"] == "fp16" and (tmp_path / "fp16" / m["vision"]["onnx"]).name == "vision_fp32.onnx"
-    assert "JetPack" not in err and "pip install tensorrt_llm" in err
+    assert "JetPack" not in err and "'tensorrt_llm>=1.0,<1.3'" in err
     code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "text", "--target", "orin-nano", "--vision", "none")
     m = json.loads((tmp_path / "text/manifest.json").read_text())
     assert code == 3 and m["vision"] is None and m["limits"]["max_multimodal_len"] == 0
@@ -233,7 +237,8 @@ def test_the_prompt_table_holds_the_image_rows_in_order_within_the_engines_limit
     limits = {"images": 2, "max_multimodal_len": 6, "max_input_len": 12}
     p = table_prompt([1, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX, 2], embeds, 100, [], limits)
     assert p.ids.tolist() == [1, 100, 101, 102, 103, 104, 105, 2] and len(p) == 8
-    np.testing.assert_array_equal(p.table[4], embeds[1, 1])  # row k is fake id vocab + k
+    assert p.table.shape == (1, 6, 4)  # one prompt task: ModelRunnerCpp indexes the table by task
+    np.testing.assert_array_equal(p.table[0, 4], embeds[1, 1])  # row k is fake id vocab + k
     assert table_prompt([1, 2], None, 100, [], limits).table is None
     with pytest.raises(Exception, match="built for 1 .* --images 2"):
         table_prompt([1, IMAGE_TOKEN_INDEX, IMAGE_TOKEN_INDEX], embeds, 100, [], {**limits, "images": 1, "max_multimodal_len": 3})

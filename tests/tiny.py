@@ -11,8 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from vila_edge.synthetic import write_projector, write_siglip_tower, write_top_config
 
 VISION = dict(image_size=70, hidden=32, layers=3, heads=2, intermediate=64)  # 5x5 patches, odd like 27
-LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-           num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+# 2 heads of 32 (grouped 2:1) and every dimension a multiple of 64: what TensorRT-LLM's int4 GEMM and attention
+# kernels run (its attention has no code for a head size of 16)
+LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+           num_key_value_heads=1, max_position_embeddings=512, rms_norm_eps=1e-5,
            initializer_range=0.5)  # large weights, so every position (images too) moves the argmax
 QWEN2_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"

@@ -37,6 +37,8 @@ CPU_LAYOUT = "q4-pair64/1"  # int4 pairs of 32 per byte (export/cpu_engine.py); 
 TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, RECIPE_FILE = "trtllm_checkpoint", "llm", "recipe.json"
 TRTLLM_CONFIG_FILE, TRTLLM_WEIGHTS_FILE = "config.json", "rank0.safetensors"
 VISION_PLAN_FILE, VISION_CACHE_FILE = "vision/vision.plan", "vision/timing.cache"
+TRTLLM_CACHE_FILE = "model.cache"  # trtllm-build's timing cache: in the engine's llm/ and the device cache folder
+VISION_DEVICE_CACHE_FILE = "vision.cache"  # the vision plan's timing cache, in the device cache folder
 
 # ---- results ---------------------------------------------------------------------------------------------
 BENCH_FORMAT, BENCH_FORMAT_VERSION = "vila-edge-bench", 1

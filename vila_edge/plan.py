@@ -13,6 +13,8 @@ from .targets import Target
 RECIPES = next((p for p in (Path(__file__).resolve().parents[1] / "recipes", Path(sys.prefix) / "share/vila-edge/recipes")
                 if p.is_dir()), Path(__file__).resolve().parents[1] / "recipes")
 GB = 1e9
+VISION_BYTES = {"int8": 1, "fp16": 2, "none": 0}  # per vision parameter, by the vision plan's precision
+PLAN_PRECISION = {"w8a8": "int8", "fp16": "fp16", "none": "none"}  # build-engine --vision -> the vision plan's precision
 
 
 def load_recipe(name: str) -> dict:
@@ -97,8 +99,11 @@ class Plan:
 
 
 def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int = 1, max_seq_len: int | None = None,
-                max_batch: int | None = None, max_input_len: int | None = None) -> Plan:
-    """W4A16 LLM (fp16 group scales and zeros, fp16 embeddings and lm_head), W8A8 vision, fp16 KV cache."""
+                max_batch: int | None = None, max_input_len: int | None = None, vision_precision: str = "int8") -> Plan:
+    """W4A16 LLM (fp16 group scales and zeros, fp16 embeddings and lm_head), the vision plan in `vision_precision`
+    (int8, fp16, or none: text only), fp16 KV cache."""
+    if vision_precision not in VISION_BYTES:
+        raise UsageError(f"vision precision {vision_precision!r}: one of {', '.join(VISION_BYTES)}")
     llm, vision = recipe["llm"], recipe["vision"]
     batch = max_batch or target.max_batch
     seq = max_seq_len or target.max_seq_len
@@ -112,13 +117,13 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
     bits = 4 + 32 / group_size  # int4 + an fp16 scale and an fp16 zero per group
     tables = (1 if llm.get("tied") else 2) * llm["vocab"] * llm["hidden"] * 2
     tokens = input_len * batch  # activations are sized for a full prefill of max_num_tokens
-    tiles = vision_tiles(vision) * images * batch
+    tiles = vision_tiles(vision) * images * batch if vision_precision != "none" else 0
     patches = (vision["image_size"] // vision["patch"]) ** 2
     parts = {
         "llm weights (int4)": llm_linear_params(llm) * bits / 8 / GB,
         "embeddings + lm_head (fp16)": tables / GB,
         "kv cache (fp16, max_seq_len)": 2 * llm["layers"] * llm["kv_heads"] * hd * 2 * seq * batch / GB,
-        "vision engine (int8)": vision_params(vision) / GB,
+        f"vision engine ({vision_precision})": vision_params(vision) * VISION_BYTES[vision_precision] / GB,
         "activations": (tokens * (2 * llm["intermediate"] + 4 * llm["hidden"]) * 2 + batch * llm["vocab"] * 4
                         + tiles * patches * vision["intermediate"] * 2 * 2) / GB,
         "runtime (CUDA, TensorRT)": target.runtime_gb,
@@ -134,6 +139,8 @@ def format_plan(plan: Plan) -> str:
     lines += [f"  {name:<30} {gb:7.2f} GB" for name, gb in plan.parts_gb.items()]
     lines.append(f"  {'total':<30} {plan.total_gb:7.2f} GB of {t.usable_gb:.1f} GB usable ({t.memory_gb:g} GB, "
                  f"{t.reserved_gb:g} GB kept by the system)")
+    if t.support_note:
+        lines.append(f"  note: {t.support_note}")
     if plan.fits:
         lines.append(f"  fits, {t.usable_gb - plan.total_gb:.2f} GB to spare")
     else:

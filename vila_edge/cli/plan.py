@@ -4,7 +4,7 @@ import inspect
 import json
 
 from ..errors import UsageError
-from ..plan import format_plan, load_recipe, memory_plan
+from ..plan import PLAN_PRECISION, format_plan, load_recipe, memory_plan
 from ..quant.options import AwqSettings
 from ..targets import GPU_TARGETS, get_target
 from .options import add_format
@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     q.add_argument("--images", type=int, default=IMAGES, help=f"images per prompt (default: {IMAGES})")
     q.add_argument("--group-size", type=int, default=AwqSettings.group_size,
                    help=f"AWQ group size (default: quantize's, {AwqSettings.group_size})")
+    q.add_argument("--vision", choices=PLAN_PRECISION, default="w8a8",
+                   help="the vision plan, as build-engine --vision: w8a8 (int8), fp16, or none (default: w8a8)")
     add_format(q, "text", "json")
     q.set_defaults(run=run)
 
@@ -29,6 +31,7 @@ def run(args) -> int:
     target = get_target(args.target)
     if not target.is_gpu:
         raise UsageError("--target cpu: the cpu engine has no memory plan here; its weights_mb is in the engine's manifest")
-    plan = memory_plan(load_recipe(args.recipe), target, args.group_size, args.images, args.max_seq_len, args.max_batch)
+    plan = memory_plan(load_recipe(args.recipe), target, args.group_size, args.images if args.vision != "none" else 0,
+                       args.max_seq_len, args.max_batch, vision_precision=PLAN_PRECISION[args.vision])
     print(json.dumps(plan.to_json(), indent=2) if args.format == "json" else format_plan(plan))
     return 0 if plan.fits else 1

@@ -91,7 +91,9 @@ class EngineInfo:
 
     @property
     def model_max_length(self) -> int:
-        return self.manifest["text"]["model_max_length"]
+        """The model's limit, or a GPU engine's max_seq_len where that is shorter (the engine holds no more)."""
+        engine_limit = (self.manifest.get("limits") or {}).get("max_seq_len")
+        return min(self.manifest["text"]["model_max_length"], engine_limit or float("inf"))
 
     @property
     def num_video_frames(self) -> int:

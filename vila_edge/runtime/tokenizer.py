@@ -44,6 +44,7 @@ def save_engine_tokenizer(hf_tokenizer, folder: Path) -> None:
         "bos_token_id": hf_tokenizer.bos_token_id,
         "eos_token": hf_tokenizer.eos_token,
         "eos_token_id": hf_tokenizer.eos_token_id,
+        "pad_token_id": hf_tokenizer.pad_token_id,
         "prefix_ids": prefix,
         "suffix_ids": suffix,
         "clean_up_tokenization_spaces": _cleans_up_spaces(hf_tokenizer),
@@ -78,6 +79,7 @@ class EngineTokenizer:
         self.backend = backend
         self.bos_token, self.bos_token_id = meta["bos_token"], meta["bos_token_id"]
         self.eos_token, self.eos_token_id = meta["eos_token"], meta["eos_token_id"]
+        self.pad_token_id = meta.get("pad_token_id")  # engines built before it was recorded: None
         self.prefix_ids, self.suffix_ids = list(meta["prefix_ids"]), list(meta["suffix_ids"])
         self.clean_up_tokenization_spaces = bool(meta["clean_up_tokenization_spaces"])
         self.special_tokens_map = dict(meta["special_tokens_map"])

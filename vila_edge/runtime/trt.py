@@ -14,43 +14,60 @@ import numpy as np
 from ..device import TEGRA_RELEASE, jetpack_release, l4t_release
 from ..errors import CheckpointError, UnsupportedError, UsageError
 from ..prompt import splice_parts
-from ..targets import GPU_TARGETS, TARGETS
+from ..targets import DESKTOP_STACK, GPU_TARGETS, JETSON_STACK, TARGETS
 from .manifest import EngineInfo, read_manifest
 
-LIBRARIES = ("tensorrt", "tensorrt_llm")
+LIBRARIES = {"tensorrt": "TensorRT", "tensorrt_llm": "TensorRT-LLM"}
+DEVICE = "cuda"  # where tensors for TensorRT go (the CPU tests run the calls against stand-ins on "cpu")
 
 
 def install_hint(jetson: bool) -> str:
-    if jetson:
-        return "JetPack 6.1+ (TensorRT 10.3) and TensorRT-LLM v0.12.0-jetson (its wheel, or the dustynv/tensorrt_llm container)"
-    return "the NVIDIA driver, TensorRT 10 and TensorRT-LLM (pip install tensorrt_llm)"
+    return (JETSON_STACK if jetson else DESKTOP_STACK).install
 
 
 # ---- what this machine builds and runs -----------------------------------------------------------
 
 
 def probe_environment() -> tuple[dict, list[str]]:
-    """({tensorrt, tensorrt_llm, cuda, gpu, sm, l4t, jetpack} as far as present, [what is missing to build or run])."""
+    """({tensorrt, tensorrt_llm, cuda, gpu, sm, l4t, jetpack} as far as present, [what is missing to build or run]).
+    Library versions outside the range the code was checked against (targets.Stack) count as missing."""
     env, missing = {}, []
+    jetson = TEGRA_RELEASE.is_file()
+    if jetson:
+        env["l4t"] = l4t_release(TEGRA_RELEASE.read_text(errors="replace"))
+        env["jetpack"] = jetpack_release()
     for module in LIBRARIES:
         try:
             env[module] = importlib.import_module(module).__version__
         except Exception as e:  # ImportError, or an OSError from a library it loads
             missing.append(f"{module} does not import ({type(e).__name__}: {e})")
+    missing += version_problems(env, jetson)
+    missing += _probe_gpu(env, jetson)
+    return env, missing
+
+
+def version_problems(env: dict, jetson: bool) -> list[str]:
+    """The TensorRT / TensorRT-LLM versions in `env` this code was not checked against, each with the supported range."""
+    stack = JETSON_STACK if jetson else DESKTOP_STACK
+    return [f"{LIBRARIES[lib]} {env[lib]} is not supported on {stack.platform}: vila-edge was checked against "
+            f"{LIBRARIES[lib]} {stack.supported(lib)} (install {stack.install})"
+            for lib in LIBRARIES if lib in env and not stack.accepts(lib, env[lib])]
+
+
+def _probe_gpu(env: dict, jetson: bool) -> list[str]:
     try:
         import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            env |= {"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0), "sm": 10 * major + minor}
-        else:
-            missing.append("no CUDA GPU is visible")
     except ImportError:
-        missing.append("torch does not import (it finds the GPU and moves tensors to it)")
-    if TEGRA_RELEASE.is_file():
-        env["l4t"] = l4t_release(TEGRA_RELEASE.read_text(errors="replace"))
-        env["jetpack"] = jetpack_release()
-    return env, missing
+        return ["torch does not import (it finds the GPU and moves tensors to it)"]
+    if torch.version.cuda is None:
+        cuda_torch = "NVIDIA's torch wheel for this JetPack" if jetson else "a CUDA build of torch"
+        return [f"torch {torch.__version__} is a CPU-only build (on a GPU machine, a plain `pip install torch` "
+                f"can replace the CUDA one); install {cuda_torch}"]
+    if not torch.cuda.is_available():
+        return [f"no CUDA GPU is visible (torch {torch.__version__}, CUDA {torch.version.cuda})"]
+    major, minor = torch.cuda.get_device_capability(0)
+    env |= {"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0), "sm": 10 * major + minor}
+    return []
 
 
 def engine_mismatches(built_with: dict, env: dict) -> list[str]:
@@ -97,7 +114,7 @@ def table_prompt(ids: list[int], image_embeds: np.ndarray | None, vocab_size: in
     if len(fake) > limits["max_input_len"]:
         raise UsageError(f"the prompt is {len(fake)} tokens with its images; this engine takes {limits['max_input_len']} "
                          "(build-engine --max-input-len)")
-    return TablePrompt(fake, None if image_embeds is None else image_embeds.reshape(n * t, -1))
+    return TablePrompt(fake, None if image_embeds is None else image_embeds.reshape(1, n * t, -1))
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -105,7 +122,8 @@ def table_prompt(ids: list[int], image_embeds: np.ndarray | None, vocab_size: in
 
 @dataclass
 class TablePrompt:
-    """A spliced prompt for TensorRT-LLM: ids with fake image ids, and the prompt table [N·T, H] they index."""
+    """A spliced prompt for TensorRT-LLM: ids with fake image ids, and the prompt table they index: [1, N·T, H],
+    one task (this request's images) of N·T rows, as ModelRunnerCpp indexes the table by prompt task."""
 
     ids: np.ndarray
     table: np.ndarray | None
@@ -139,13 +157,15 @@ class TrtVision:
         torch = self.torch
         outs = []
         for start in range(0, len(pixels), self.max_batch):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.max_batch])).to("cuda", self.in_dtype)
-            self.context.set_input_shape(self.input, tuple(x.shape))
-            y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device="cuda")
-            self.context.set_tensor_address(self.input, x.data_ptr())
-            self.context.set_tensor_address(self.output, y.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT failed to run the vision plan")
+            # the upload, the cast and the output on the stream TensorRT runs on, so the plan never reads a half-cast input
+            with torch.cuda.stream(self.stream):
+                x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.max_batch])).to(DEVICE, self.in_dtype)
+                self.context.set_input_shape(self.input, tuple(x.shape))
+                y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device=DEVICE)
+                self.context.set_tensor_address(self.input, x.data_ptr())
+                self.context.set_tensor_address(self.output, y.data_ptr())
+                if not self.context.execute_async_v3(self.stream.cuda_stream):
+                    raise RuntimeError("TensorRT failed to run the vision plan")
             self.stream.synchronize()
             outs.append(y.float().cpu().numpy())
         return np.concatenate(outs)
@@ -174,13 +194,15 @@ class TrtEngine:
 
     @staticmethod
     def _runner(engine_dir: Path, limits: dict):
+        """TensorRT-LLM's C++ runner (the Python ModelRunner takes neither the KV-cache cap nor a 3-D prompt table)."""
         try:
-            from tensorrt_llm.runtime import ModelRunnerCpp as Runner
-        except ImportError:  # builds without the C++ runtime bindings
-            from tensorrt_llm.runtime import ModelRunner as Runner
+            from tensorrt_llm.runtime import ModelRunnerCpp
+        except ImportError as e:
+            raise UnsupportedError(f"this TensorRT-LLM has no ModelRunnerCpp ({e}); vila-edge runs engines through it: "
+                                   f"install {DESKTOP_STACK.install}, or on Jetson {JETSON_STACK.install}") from None
         # The KV cache sized for the engine's limits, not 90 % of free memory: Jetson shares it with the CPU.
-        return Runner.from_dir(engine_dir=str(engine_dir), rank=0,
-                               max_tokens_in_paged_kv_cache=limits["max_batch"] * limits["max_seq_len"])
+        return ModelRunnerCpp.from_dir(engine_dir=str(engine_dir), rank=0,
+                                       max_tokens_in_paged_kv_cache=limits["max_batch"] * limits["max_seq_len"])
 
     @property
     def vocab_size(self) -> int:
@@ -192,6 +214,14 @@ class TrtEngine:
     def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> "TablePrompt":
         return table_prompt(ids, image_embeds, self.vocab_size, self.image_end_ids, self.manifest["limits"])
 
+    def max_new_tokens(self, prompt_len: int, wanted: int) -> int:
+        """`wanted`, within what the engine's max_seq_len leaves after the prompt (ModelRunnerCpp refuses more)."""
+        room = self.manifest["limits"]["max_seq_len"] - prompt_len
+        if room <= 0:
+            raise UsageError(f"the prompt is {prompt_len} tokens; this engine holds {self.manifest['limits']['max_seq_len']} "
+                             "with the answer: shorten the prompt, or rebuild with build-engine --max-seq-len")
+        return min(wanted, room)
+
     def generate_tokens(self, inputs: TablePrompt, params):
         import torch
 
@@ -199,9 +229,9 @@ class TrtEngine:
         greedy = params.temperature <= 0
         outputs = self.runner.generate(
             batch_input_ids=[torch.from_numpy(ids)],
-            prompt_table=None if table is None else torch.from_numpy(table).to("cuda", torch.float16),
+            prompt_table=None if table is None else torch.from_numpy(table).to(DEVICE, torch.float16),
             prompt_tasks=None if table is None else "0",
-            max_new_tokens=params.max_new_tokens,
+            max_new_tokens=self.max_new_tokens(len(ids), params.max_new_tokens),
             end_id=self.tokenizer.eos_token_id,
             pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
             temperature=1.0 if greedy else params.temperature,
