@@ -264,3 +264,15 @@ def test_without_trtllm_build_the_checkpoint_becomes_a_bundle_that_says_where_it
     assert code == 3 and "trtllm-build is not on PATH, beside" in err and "~/.local/bin" in err
     assert "not officially supported by TensorRT-LLM v0.12.0-jetson" in err
     assert "not officially supported" in (tmp_path / "b/build.sh").read_text()
+
+
+def test_bench_drives_the_trt_backend_within_its_limits(orin_bundle, stand_ins, monkeypatch, tmp_path, cli):
+    m = engine_from_bundle(orin_bundle, tmp_path / "engine", monkeypatch, stand_ins)
+    (tmp_path / "engine/llm/rank0.engine").write_bytes(bytes(1000))
+    code, out, err = cli("bench", tmp_path / "engine", "--prompt-len", 160, "--gen-len", 4, "--images", 1, "--repeat", 1,
+                         "--format", "json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["backend"] == "trt" and r["target"] == "orin" and r["decode_tokens"] == 3
+    calls = [c for runner in standins.ModelRunnerCpp.instances for c in runner.calls]
+    assert calls and all(c["table"].shape == (1, m["limits"]["max_multimodal_len"], m["llm"]["hidden"]) for c in calls)
