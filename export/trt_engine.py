@@ -287,12 +287,7 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
     if not plan.fits:
         raise DoesNotFitError(f"the engine would not fit:\n{format_plan(plan)}")
 
-    env, missing = probe_environment()
-    if not missing and find_trtllm_build() is None:
-        missing.append(_trtllm_build_missing())
-    if env.get("sm") is not None and env["sm"] != target.sm:
-        missing.append(f"this GPU ({env.get('gpu')}) is sm_{env['sm']} and {target.name} is sm_{target.sm}; "
-                       "an engine runs only on the GPU architecture it was built on")
+    env, missing = device_check(target)
     if from_bundle:
         if missing:
             raise UnsupportedError(f"cannot build {source} here: {'; '.join(missing)}. Install {install_hint(target.jetson)}")
@@ -309,15 +304,27 @@ def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, visi
     return 0, _built_message(out, m)
 
 
+def device_check(target: Target) -> tuple[dict, list[str]]:
+    """(what this machine has, what it lacks to build `target`'s engine here): the libraries in their supported
+    versions, the GPU of the target's architecture, trtllm-build."""
+    env, missing = probe_environment()
+    if not missing and find_trtllm_build() is None:
+        missing.append(_trtllm_build_missing())
+    if env.get("sm") is not None and env["sm"] != target.sm:
+        missing.append(f"this GPU ({env.get('gpu')}) is sm_{env['sm']} and {target.name} is sm_{target.sm}; "
+                       "an engine runs only on the GPU architecture it was built on")
+    return env, missing
+
+
 def _dry_run(plan: Plan, vision: str) -> tuple[int, str]:
     target = plan.target
-    _, missing = probe_environment()
+    _, missing = device_check(target)
     lines = [format_plan(plan), "", "would run: " + " ".join(trtllm_build_command(TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, plan.limits))]
     if vision != "none":
         precision = VISION_CHOICES[vision][1]
         lines.append(f"and build the vision plan: {precision}, batch 1..{plan.max_batch * max(1, plan.images)}, "
                      f"workspace {target.workspace_gb:g} GB, timing cache saved beside it")
-    lines.append("here: " + ("TensorRT, TensorRT-LLM and the GPU are present; it would build the engine"
+    lines.append("here: " + ("TensorRT, TensorRT-LLM, trtllm-build and the GPU are present; it would build the engine"
                              if not missing else "it would write the portable bundle and exit 3 (" + "; ".join(missing) + ")"))
     return (0 if plan.fits else 1), "\n".join(lines)
 
