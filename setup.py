@@ -53,6 +53,36 @@ runtime = Pybind11Extension(
     ],
 )
 
+CORE = [
+    "tokenizers>=0.22",
+    "safetensors>=0.4",
+    "sentencepiece>=0.2",  # checks Llama tokenizer.model files
+    "numpy>=1.26",  # TensorRT-LLM 0.12 on Jetson pins 1.26.1
+    "pillow>=10",
+    "opencv-python-headless>=4.8",
+    "jinja2>=3.1",
+    "tqdm>=4.66",
+    "onnxruntime>=1.17",  # the cpu engine's vision ONNX; a range, as JetPack 6's Python 3.10 has no newest wheel
+]
+QUANTIZE = [  # quantize, eval-ppl, demo-checkpoint, build-engine from a checkpoint, caption CHECKPOINT (torch reference)
+    "torch>=2.6",  # no exact pin: a CPU or CUDA build the user chose; 2.6 is transformers 5's floor
+    "transformers>=5.23,<6",  # the tests run on 5.23
+    "accelerate>=1.0",  # transformers needs it to load a GGUF
+    "gguf>=0.10",  # demo checkpoint: SmolLM2 ships as a GGUF
+    "onnx>=1.16",  # the vision tower's ONNX (fp32 and W8A8 QDQ), written at IR 9
+    "protobuf>=4",  # transformers' sentencepiece conversion, onnx
+]
+EXTRAS = {
+    "quantize": QUANTIZE,
+    # Desktop GPUs. TensorRT-LLM (tensorrt_llm>=1.0,<1.3) is not here: it comes from NVIDIA's index,
+    # pip install --extra-index-url https://pypi.nvidia.com 'tensorrt_llm>=1.0,<1.3'
+    "trt": ["tensorrt-cu12>=10.3,<12"],
+    # Jetson: power and clocks in bench. TensorRT, TensorRT-LLM and torch come from JetPack and NVIDIA's wheels.
+    "jetson": ["jetson-stats>=4.2"],
+    "plot": ["matplotlib>=3.8"],  # bench-table --plot
+    "test": [*QUANTIZE, "matplotlib>=3.8", "packaging>=23", "pytest>=8", "ruff==0.17.6"],  # what `make test` installs
+}
+
 # Code outside vila_edge/ is installed under the vila_edge namespace: export/ as vila_edge.export.
 setup(
     name="vila-edge",
@@ -64,24 +94,9 @@ setup(
     data_files=[("share/vila-edge/recipes", sorted(glob.glob("recipes/*.json")))],
     ext_modules=[runtime],
     cmdclass={"build_ext": BuildWithIsaFlags},
-    install_requires=[
-        "torch==2.13.0",  # a CPU build lies on disk; an unpinned torch pulls several GB of CUDA
-        "transformers==5.23.0",
-        "tokenizers>=0.22",
-        "safetensors>=0.4",
-        "sentencepiece>=0.2",  # Llama tokenizer.model files
-        "protobuf>=4",
-        "numpy>=1.26",
-        "pillow>=10",
-        "opencv-python-headless>=4.8",
-        "jinja2>=3.1",
-        "tqdm>=4.66",
-        "gguf>=0.10",  # demo checkpoint: SmolLM2 ships as a GGUF
-        "accelerate>=1.0",  # transformers needs it to load a GGUF
-        "onnx==1.23.2",  # the vision tower's ONNX (fp32 and W8A8 QDQ)
-        "onnxruntime==1.31.1",  # runs it on the CPU
-    ],
-    # plot: bench-table --plot; test (what `make test` installs) takes everything the tests exercise, and the linter
-    extras_require={"plot": ["matplotlib>=3.8"], "test": ["pytest>=8", "matplotlib>=3.8", "ruff==0.17.6"]},
+    # The core runs a built engine (caption, bench), plan, inspect and bench-table: no torch, no transformers. A Jetson
+    # keeps JetPack's CUDA torch that way; the extras bring the rest. `make test` pins the versions the tests ran on.
+    install_requires=CORE,
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["vila-edge=vila_edge.cli:main"]},
 )

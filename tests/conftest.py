@@ -1,4 +1,7 @@
 import io
+import json
+import os
+import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -122,3 +125,40 @@ def run_cli(*argv) -> tuple[int, str, str]:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# The quantize extra's packages (setup.py): a built engine, plan, inspect and bench-table run without them.
+QUANTIZE_EXTRA = ("torch", "transformers", "accelerate", "gguf", "onnx")
+WITHOUT_QUANTIZE_EXTRA = f"""
+import io, json, sys
+from contextlib import redirect_stderr, redirect_stdout
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {QUANTIZE_EXTRA!r}:
+            raise ImportError(f"{{name}} is blocked in this test")
+
+sys.meta_path.insert(0, Block())
+from vila_edge.cli import main
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(argv)
+    results.append((code, out.getvalue(), err.getvalue()))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {QUANTIZE_EXTRA!r})
+assert not loaded, f"imported {{loaded}}"
+print(json.dumps(results))
+"""
+
+
+def cli_without_quantize_extra(*commands) -> list[tuple[int, str, str]]:
+    """Run each `vila-edge ARGV` of `commands` in one fresh interpreter where torch, transformers, accelerate, gguf
+    and onnx cannot be imported (as after a core install); (exit code, stdout, stderr) for each. Fails if any of
+    them got imported all the same."""
+    argvs = json.dumps([[str(a) for a in argv] for argv in commands])
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run([sys.executable, "-c", WITHOUT_QUANTIZE_EXTRA, argvs], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    return [tuple(r) for r in json.loads(run.stdout)]

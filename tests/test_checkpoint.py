@@ -131,6 +131,50 @@ def test_cli_inspect(tiny, cli):
     assert info["parameters"]["mm_projector"] > 0
 
 
+TEMPLATE_LAYOUTS = ("tokenizer_config", "list", "jinja", "jinja+named", "named", "none")
+
+
+def lay_out_chat_template(llm, layout: str) -> None:
+    """Move the tokenizer's chat template to one of the places transformers reads it from (or remove it)."""
+    config = json.loads((llm / "tokenizer_config.json").read_text())
+    template = config.pop("chat_template")
+    if layout in ("tokenizer_config", "named"):
+        config["chat_template"] = template
+    elif layout == "list":
+        config["chat_template"] = [{"name": "default", "template": template}]
+    elif layout.startswith("jinja"):
+        (llm / "chat_template.jinja").write_text(template)
+    (llm / "tokenizer_config.json").write_text(json.dumps(config))
+    if layout.endswith("named"):
+        (llm / "additional_chat_templates").mkdir()
+        (llm / "additional_chat_templates" / "tool_use.jinja").write_text("{{ messages[0]['content'] }}")
+
+
+@pytest.mark.parametrize("layout", TEMPLATE_LAYOUTS)
+def test_the_chat_template_is_read_as_transformers_reads_it(tiny, copy_of, layout):
+    """inspect reads the template without transformers; what it finds is what AutoTokenizer finds."""
+    from vila_edge.model.vlm import load_tokenizer
+
+    root = copy_of(tiny(arch="qwen2"))
+    lay_out_chat_template(root / "llm", layout)
+    ckpt = load_checkpoint(root)
+    assert ckpt.chat_template == load_tokenizer(ckpt).chat_template
+    assert bool(ckpt.chat_template) == (layout != "none")
+
+
+def test_cli_inspect_an_engine(caption_engine, cli):
+    code, out, err = cli("inspect", caption_engine)
+    assert code == 0, err
+    assert f"engine       {caption_engine} (cpu engine from " in out and "quantization awq int4 group 32" in out
+    assert "conv mode    vicuna_v1 (from manifest.json (build-engine))" in out and "w8a8 ONNX" in out
+    code, out, _ = cli("inspect", caption_engine, "--format", "json", "--conv-mode", "llama_3")
+    info = json.loads(out)
+    assert info["engine"] == str(caption_engine) and info["kind"] == "engine" and info["llm"]["layers"] == 2
+    assert (info["conv_mode"], info["conv_mode_source"]) == ("llama_3", "--conv-mode")
+    code, _, err = cli("inspect", caption_engine, "--projector-order", "row")
+    assert code == 2 and "fixed by build-engine" in err
+
+
 def test_cli_inspect_without_projector_fails_cleanly(tiny, copy_of, cli):
     root = copy_of(tiny())
     shutil.rmtree(root / "mm_projector")

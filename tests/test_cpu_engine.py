@@ -4,8 +4,6 @@ torch reference on the same dequantised weights, torch-free captioning, and ever
 import json
 import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,23 +257,10 @@ def test_trim_replays_a_shared_prefix(engines):
         eng.trim(99)
 
 
-BLOCK_TORCH = (
-    "import sys\n"
-    "class Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name.split('.')[0] in ('torch', 'transformers'):\n"
-    "            raise ImportError(f'{name} is blocked in this test')\n"
-    "sys.meta_path.insert(0, Block())\n"
-    "from vila_edge.cli import main\n"
-    "code = main(sys.argv[1:])\n"
-    "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
-    "sys.exit(code)\n"
-)
+def caption_without_torch(*argv) -> tuple[int, str, str]:
+    from conftest import cli_without_quantize_extra
 
-
-def caption_without_torch(*argv):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH, *map(str, argv)], capture_output=True, text=True, env=env)
+    return cli_without_quantize_extra(argv)[0]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -289,9 +274,9 @@ def test_engine_captions_like_the_torch_backend_with_torch_unimportable(arch, en
     code, out, err = cli("caption", quant, "--backend", "onnx", *args)
     assert code == 0, err
     reference = json.loads(out)
-    run = caption_without_torch("caption", engine, *args, "--activations", "fp32")
-    assert run.returncode == 0, run.stderr
-    answer = json.loads(run.stdout)
+    code, out, err = caption_without_torch("caption", engine, *args, "--activations", "fp32")
+    assert code == 0, err
+    answer = json.loads(out)
     assert answer["backend"].startswith("cpu")
     assert answer["token_ids"] == reference["token_ids"] and answer["prompt_tokens"] == reference["prompt_tokens"]
 
@@ -300,11 +285,11 @@ def test_bench_reports_its_fields_without_torch(engines, tmp_path, cli):
     from vila_edge.safetensors_header import read_header
 
     engine, out = engines["qwen2"][1], tmp_path / "results" / "qwen2-cpu.json"
-    run = caption_without_torch("bench", engine, "--prompt-len", 40, "--gen-len", 4, "--images", 1, "--repeat", 2,
-                                "--warmup", 0, "--threads", 1, "--format", "json", "-o", out)
-    assert run.returncode == 0, run.stderr
-    r = json.loads(run.stdout)
-    assert json.loads(out.read_text()) == r and f"wrote {out}" in run.stderr
+    code, stdout, stderr = caption_without_torch("bench", engine, "--prompt-len", 40, "--gen-len", 4, "--images", 1,
+                                                 "--repeat", 2, "--warmup", 0, "--threads", 1, "--format", "json", "-o", out)
+    assert code == 0, stderr
+    r = json.loads(stdout)
+    assert json.loads(out.read_text()) == r and f"wrote {out}" in stderr
     for key in ("ttft_s", "ttft_median_s", "ttft_p90_s", "vision_ms", "prefill_tok_s", "decode_tok_s", "peak_rss_mb",
                 "bandwidth_gb_s", "bytes_per_token_mb", "decode_ceiling_tok_s", "decode_pct_of_ceiling", "weights_mb"):
         assert isinstance(r[key], float) and r[key] > 0, key
@@ -441,9 +426,9 @@ def test_demo_engine_against_the_reference(tmp_path, cli):
     question = ("--prompt", "Describe a cat in one sentence.", "--temperature", 0, "--max-new-tokens", 24, "--format", "jsonl")
     code, out, stderr = cli("caption", quant, *question)
     assert code == 0, stderr
-    run = caption_without_torch("caption", engine, *question, "--activations", "fp32")
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["token_ids"] == json.loads(out)["token_ids"]
+    code, stdout, stderr = caption_without_torch("caption", engine, *question, "--activations", "fp32")
+    assert code == 0, stderr
+    assert json.loads(stdout)["token_ids"] == json.loads(out)["token_ids"]
 
 
 @pytest.mark.parametrize("rope", [

@@ -192,6 +192,14 @@ def test_a_bundle_is_not_an_engine_yet(bundle, cli):
     assert code == 0 and "on orin-nano" in plan and "--max_seq_len 512 " in plan  # the same weights, another device
 
 
+def test_inspect_shows_a_bundle_and_what_to_run_next(bundle, cli):
+    out, _ = bundle
+    code, text, err = cli("inspect", out)
+    assert code == 0, err
+    assert "(orin bundle from " in text and "int8 ONNX" in text and "memory plan  " in text
+    assert f"sh {out}/build.sh" in text
+
+
 def test_fp16_vision_and_text_only_bundles(awq, tmp_path, cli):
     code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "fp16", "--target", "rtx4090", "--vision", "fp16")
     assert code == 3, err

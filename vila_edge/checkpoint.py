@@ -52,6 +52,21 @@ class Checkpoint:
                 return jinja.stem, jinja.name
         return None
 
+    @property
+    def chat_template(self) -> str | dict | None:
+        """The tokenizer's chat template as transformers finds it, read without transformers: chat_template.jinja
+        and additional_chat_templates/*.jinja (a dict of them, unless the default is alone) over the one in
+        tokenizer_config.json."""
+        found = [("default", self.llm_dir / "chat_template.jinja")]
+        found += [(f.stem, f) for f in sorted((self.llm_dir / "additional_chat_templates").glob("*.jinja"))]
+        templates = {name: _read_text(path) for name, path in found if path.is_file()}
+        if templates:
+            return templates["default"] if list(templates) == ["default"] else templates
+        template = read_json(self.llm_dir / "tokenizer_config.json", RESTORE).get("chat_template")
+        if isinstance(template, list):  # named templates, checked by check_llm_files
+            return {t["name"]: t["template"] for t in template}
+        return template
+
     def is_pickle(self, part: str) -> bool:
         """True where that subfolder's weights are pickle files (accepted with allow_pickle only)."""
         return self.weights[part][0].suffix != ".safetensors"
@@ -181,6 +196,13 @@ def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
             "safetensors, or pass --allow-pickle if you trust where they came from"
         )
     return pickles
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e}); {RESTORE}") from None
 
 
 def tensor_shapes(files: list[Path]) -> dict[str, list[int]]:

@@ -2,8 +2,9 @@
 
 import sys
 
-from ..errors import UsageError
+from ..errors import UsageError, require_extra
 from ..export.options import VISION_CHOICES, BuildOptions
+from ..runtime.manifest import is_engine
 from ..targets import TARGETS
 from .options import add_conv_mode, add_fields, add_overwrite, from_args
 
@@ -32,6 +33,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     opts = from_args(BuildOptions, args, "vision", "lm_head", "conv_mode", *GPU_LIMITS)
+    if not is_engine(args.quantized):  # a GPU bundle is built on the device, with the torch TensorRT-LLM runs on
+        require_extra("quantize", "build-engine from a checkpoint")
     if TARGETS[args.target].is_gpu:
         from ..export.trt_engine import build_gpu_engine
 

@@ -1,5 +1,7 @@
 """`vila-edge demo-checkpoint OUT`: the demo checkpoint (real SmolLM2-135M + an untrained SigLIP tower)."""
 
+from ..errors import require_extra
+
 
 def add_parser(sub) -> None:
     q = sub.add_parser("demo-checkpoint", help="write the demo checkpoint (SmolLM2 + random vision tower)")
@@ -9,6 +11,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    require_extra("quantize", "demo-checkpoint")
     from ..demo import build_demo_checkpoint
 
     out = build_demo_checkpoint(args.out, seed=args.seed)

@@ -2,6 +2,7 @@
 
 import json
 
+from ..errors import require_extra
 from ..quant.options import PplOptions
 from .options import add_allow_pickle, add_device, add_fields, add_format, from_args
 
@@ -20,6 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    require_extra("quantize", "eval-ppl")
     from ..commands.eval_ppl import eval_ppl
     from ..commands.quantize import ppl_line
 

@@ -1,14 +1,16 @@
-"""`vila-edge inspect CHECKPOINT`: validate a checkpoint and show its shapes, projector and conv mode."""
+"""`vila-edge inspect CHECKPOINT|ENGINE`: validate a checkpoint and show its shapes, projector and conv mode, or show
+what an engine folder (or a GPU bundle) was built from and for."""
 
 import json
 
-from ..commands.inspect import format_text, inspect_checkpoint
+from ..commands.inspect import inspect_folder
 from .options import HELP, add_allow_pickle, add_format
 
 
 def add_parser(sub) -> None:
-    q = sub.add_parser("inspect", help="validate a checkpoint and show its shapes, projector and conv mode")
-    q.add_argument("checkpoint")
+    q = sub.add_parser("inspect", help="validate a checkpoint and show its shapes, projector and conv mode; or show "
+                                       "an engine's manifest")
+    q.add_argument("checkpoint", metavar="CHECKPOINT|ENGINE")
     q.add_argument("--conv-mode", help="show this conv mode instead of the resolved one")
     q.add_argument("--projector-order", choices=("row", "column"), help=HELP["projector_order"])
     add_allow_pickle(q)
@@ -17,6 +19,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    info = inspect_checkpoint(args.checkpoint, args.conv_mode, args.projector_order, args.allow_pickle)
-    print(json.dumps(info, indent=2) if args.format == "json" else format_text(info))
+    info, text = inspect_folder(args.checkpoint, args.conv_mode, args.projector_order, args.allow_pickle)
+    print(json.dumps(info, indent=2) if args.format == "json" else text)
     return 0

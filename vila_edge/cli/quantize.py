@@ -3,7 +3,7 @@
 import sys
 import warnings
 
-from ..errors import UsageError
+from ..errors import UsageError, require_extra
 from ..quant.options import METHODS, AwqSettings, QuantizeOptions, VisionQuantOptions, parse_calib
 from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_overwrite, from_args, shown_size, size
 
@@ -53,6 +53,7 @@ def options(args) -> QuantizeOptions:
 
 
 def run(args) -> int:
+    require_extra("quantize", "quantize")
     from ..commands.quantize import quantize_checkpoint, summary_lines
 
     opts = options(args)

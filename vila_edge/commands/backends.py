@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..backend import Backend
-from ..errors import UsageError
+from ..errors import UsageError, require_extra
 from ..formats import MANIFEST_FILE, VISION_DIR, VISION_W8A8_FILE
 from ..runtime.manifest import is_engine
 from ..targets import TARGETS
@@ -61,6 +61,8 @@ def load_backend(folder, opts: BackendOptions) -> tuple[Backend, str]:
         return open_engine(folder, opts)
     if opts.backend in ("cpu", "trt"):
         raise UsageError(f"{folder}: --backend {opts.backend} runs engine folders; build one with vila-edge build-engine")
+    require_extra("quantize", f"{folder} is a checkpoint: captioning it on the torch reference",
+                  "caption an engine folder from build-engine (no torch)")
     from ..checkpoint import load_checkpoint
     from ..model.vlm import VilaModel
 

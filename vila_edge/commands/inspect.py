@@ -1,19 +1,27 @@
-"""`vila-edge inspect CHECKPOINT`: what the loader sees, as a record and as text."""
+"""`vila-edge inspect CHECKPOINT|ENGINE`: what the loader sees, or what build-engine made, as a record and as text.
+Neither reads a weight nor imports torch or transformers."""
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 from ..arch import PROJECTORS
 from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint, tensor_shapes
 from ..conversation import resolve_conv_mode
+from ..errors import UsageError
+from ..formats import BUILD_SCRIPT
+from ..runtime.manifest import EngineInfo, is_engine, read_manifest
+from ..targets import TARGETS
 
 LLM_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size")
 VISION_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
 
 
-def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | None, tokenizer) -> dict:
-    """Everything `inspect` shows, as one JSON-able record."""
-    mode, source = resolve_conv_mode(ckpt, conv_mode, tokenizer)
+def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | None) -> dict:
+    """Everything `inspect` shows of a checkpoint, as one JSON-able record."""
+    # the conv mode falls back on the tokenizer's chat template, which is all it reads of the tokenizer
+    mode, source = resolve_conv_mode(ckpt, conv_mode, SimpleNamespace(chat_template=ckpt.chat_template))
     params = {n: sum(math.prod(s) for s in tensor_shapes(ckpt.weights[n]).values())
               for n in SUBFOLDERS if not ckpt.is_pickle(n)}
     return {
@@ -63,7 +71,47 @@ def format_text(info: dict) -> str:
 
 
 def inspect_checkpoint(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool) -> dict:
-    from ..model.vlm import load_tokenizer
+    return describe(load_checkpoint(path, allow_pickle=allow_pickle), conv_mode, projector_order)
 
-    ckpt = load_checkpoint(path, allow_pickle=allow_pickle)
-    return describe(ckpt, conv_mode, projector_order, load_tokenizer(ckpt))
+
+def inspect_engine(path: str, conv_mode: str | None, projector_order: str | None) -> dict:
+    """An engine's or a bundle's manifest, with the conv mode caption would use."""
+    if projector_order:
+        raise UsageError(f"{path}: an engine's image token order was fixed by build-engine; drop --projector-order")
+    manifest = read_manifest(path, tuple(TARGETS), kind=None)
+    mode, source = resolve_conv_mode(EngineInfo(Path(path), manifest), conv_mode)
+    return {"engine": str(path), "conv_mode": mode, "conv_mode_source": source, **manifest}
+
+
+def format_engine_text(info: dict) -> str:
+    llm, q, vis = info["llm"], info["quantization"], info["vision"]
+    lines = [
+        f"engine       {info['engine']} ({info['target']} {info['kind']} from {info['source']['name']}, "
+        f"vila-edge {info['toolkit_version']})",
+        f"llm          {llm['architecture']}: hidden {llm['hidden']}, {llm['layers']} layers, {llm['heads']} heads / "
+        f"{llm['kv_heads']} kv, ffn {llm['intermediate']}, vocab {llm['vocab']}",
+        f"quantization {q['method']} int{q['w_bit']} group {q['group_size']}, lm_head {q['lm_head']}",
+        "vision       " + (f"{vis['precision']} {'TensorRT plan' if 'plan' in vis else 'ONNX'}, {vis['image_size']} px, "
+                           f"{vis['tokens_per_image']} tokens per image ({vis['projector']}, "
+                           f"{vis['projector_order']}-major)" if vis else "none (text only)"),
+        f"conv mode    {info['conv_mode']} (from {info['conv_mode_source']})",
+    ]
+    if info.get("memory_plan"):
+        plan = info["memory_plan"]
+        lines.append(f"memory plan  {plan['total_gb']:.2f} GB of {plan['usable_gb']} GB usable")
+    if info.get("memory", {}).get("weights_mb"):
+        lines.append(f"weights      {info['memory']['weights_mb']} MB")
+    if info.get("built_with"):
+        lines.append("built with   " + ", ".join(f"{k} {v}" for k, v in info["built_with"].items()))
+    if info["kind"] == "bundle":
+        lines.append(f"next         build the engine on the device: sh {info['engine']}/{BUILD_SCRIPT}")
+    return "\n".join(lines)
+
+
+def inspect_folder(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool) -> tuple[dict, str]:
+    """(the record, its text) of a checkpoint or an engine folder (one with a manifest.json)."""
+    if is_engine(path):
+        info = inspect_engine(path, conv_mode, projector_order)
+        return info, format_engine_text(info)
+    info = inspect_checkpoint(path, conv_mode, projector_order, allow_pickle)
+    return info, format_text(info)

@@ -24,9 +24,9 @@ def is_engine(path: str | Path) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
-def read_manifest(folder: str | Path, target: str | tuple[str, ...], kind: str = "engine") -> dict:
-    """The manifest of an engine (or, with kind="bundle", a portable bundle) for `target` (or one of several)
-    written by this format version; else an error that says what differs and how to rebuild."""
+def read_manifest(folder: str | Path, target: str | tuple[str, ...], kind: str | None = "engine") -> dict:
+    """The manifest of an engine (or, with kind="bundle", a portable bundle; with None, either) for `target` (or
+    one of several) written by this format version; else an error that says what differs and how to rebuild."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     targets = (target,) if isinstance(target, str) else target
