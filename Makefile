@@ -9,7 +9,7 @@ TESTED := transformers==5.23.0 onnx==1.23.2 onnxruntime==1.31.1
 
 .PHONY: test demo bench clean rtsp-server
 
-$(VENV)/.installed: setup.py pyproject.toml
+$(VENV)/.installed: setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

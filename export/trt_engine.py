@@ -99,9 +99,19 @@ def keep_cache(built: Path, cache: Path) -> None:
         os.replace(tmp, cache)
 
 
+# how build.sh tells the user to install vila-edge on the device (README: Install), by target.jetson
+_VILA_EDGE_INSTALL = {
+    True: ("without replacing JetPack's torch",
+           "pip install --no-deps -e <vila_edge source> && pip install 'vila-edge[jetson]' numpy==1.26.1"),
+    False: ("with its [trt] extra", "pip install -e '<vila_edge source>[trt]' && "
+                                    "pip install --extra-index-url https://pypi.nvidia.com 'tensorrt_llm>=1.0,<1.3'"),
+}
+
+
 def build_script(target: Target, limits: dict) -> str:
     command = " ".join(trtllm_build_command(TRTLLM_CHECKPOINT_DIR, f"ENGINE/{TRTLLM_ENGINE_DIR}", limits))
     note = f"\n# Note: {target.support_note}." if target.support_note else ""
+    how, install = _VILA_EDGE_INSTALL[target.jetson]
     return f"""#!/bin/sh
 # Builds the TensorRT engines of this bundle. Run it on the {target.description} itself: a TensorRT
 # engine runs only on the GPU architecture (sm_{target.sm}) and the TensorRT / TensorRT-LLM versions that built it.
@@ -116,7 +126,9 @@ set -eu
 bundle=$(cd "$(dirname "$0")" && pwd)
 out=${{1:-$bundle-engine}}
 if ! command -v vila-edge >/dev/null 2>&1; then
-    echo "vila-edge is not installed on this device; install it (pip install -e <vila_edge source>) and re-run" >&2
+    echo "vila-edge is not installed on this device; install it {how}:" >&2
+    echo "  {install}" >&2
+    echo "then re-run this script (vila-edge's README: Install)" >&2
     exit 1
 fi
 exec vila-edge build-engine "$bundle" -o "$out" --target {target.name}

@@ -65,6 +65,8 @@ class Stack:
 
     def supported(self, library: str) -> str:
         (lo_major, lo_minor), (hi_major, hi_minor) = getattr(self, library)
+        if (hi_major, hi_minor) == (lo_major, lo_minor + 1):
+            return f"{lo_major}.{lo_minor}.x"
         last = f"{hi_major - 1}.x" if hi_minor == 0 else f"{hi_major}.{hi_minor - 1}.x"
         return f"{lo_major}.{lo_minor} to {last}"
 
