@@ -32,10 +32,11 @@ from vila_edge.targets import GPU_TARGETS, Target, get_target
 
 from .common import copy_vision, load_awq_source, read_llm_state, write_front
 from .options import BuildOptions
+from .trt_qdq import check_for_tensorrt
 from .trtllm_checkpoint import QUANT_ALGO, trtllm_config, write_trtllm_checkpoint
 
-# --vision on a GPU target -> (the ONNX it starts from, the plan's precision)
-VISION_CHOICES = {"w8a8": ("w8a8", "int8"), "fp16": ("fp32", "fp16")}
+# --vision on a GPU target -> (the ONNX it starts from, formats.VISION_FP16_FILES; the plan's precision)
+VISION_CHOICES = {"w8a8": ("w8a8_fp16", "int8"), "fp16": ("fp16", "fp16")}
 EXIT_BUNDLE_ONLY = 3
 
 
@@ -120,6 +121,7 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
         onnx_kind, precision = VISION_CHOICES[vision]
         vision_spec = {**copy_vision(ckpt, onnx_kind, folder), "precision": precision}
         vision_spec["onnx"] = vision_spec.pop("file")
+        check_for_tensorrt(folder / vision_spec["onnx"], f"re-quantize the original of {ckpt.root} with vila-edge quantize")
     (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     (folder / BUILD_SCRIPT).write_text(build_script(target, plan.limits))
     (folder / BUILD_SCRIPT).chmod(0o755)
@@ -160,6 +162,8 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
     from .trt_vision import build_vision_plan
 
     m = read_bundle(bundle)
+    if m["vision"]:  # before the long LLM build: a bundle from an older vila-edge carries an fp32 ONNX
+        check_for_tensorrt(bundle / m["vision"]["onnx"], f"re-make {bundle} with this vila-edge from the quantized checkpoint")
     with atomic_dir(out, overwrite) as tmp:
         command = trtllm_build_command(str(bundle / TRTLLM_CHECKPOINT_DIR), str(tmp / TRTLLM_ENGINE_DIR), limits)
         print(f"building the LLM engine: {' '.join(command)}", flush=True)
