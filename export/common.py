@@ -1,5 +1,6 @@
 """What every engine export shares: the AWQ source checkpoint and its LLM facts, the int4 linears unpacked
-and stacked, the vision ONNX copied in, and the front (tokenizer, template, preprocessing) in the manifest."""
+and stacked, the vision ONNX copied in (or converted to fp16 for TensorRT, from a checkpoint quantized before
+quantize wrote those files), and the front (tokenizer, template, preprocessing) in the manifest."""
 
 import hashlib
 import platform
@@ -15,9 +16,11 @@ from vila_edge.awq_checkpoint import is_awq
 from vila_edge.checkpoint import Checkpoint, load_checkpoint
 from vila_edge.conversation import get_template, resolve_conv_mode
 from vila_edge.errors import UnsupportedError, UsageError
-from vila_edge.formats import ENGINE_TOKENIZER_DIR, VISION_DIR, VISION_FILES
+from vila_edge.formats import ENGINE_TOKENIZER_DIR, VISION_DIR, VISION_FILES, VISION_FP16_FILES, VISION_FP16_SOURCE
 from vila_edge.int4 import unpack_awq_gemm
+from vila_edge.quant.options import VisionQuantOptions
 from vila_edge.runtime.tokenizer import save_engine_tokenizer
+from vila_edge.scenes import generated_images
 
 
 def llm_spec(ckpt: Checkpoint) -> dict:
@@ -85,26 +88,42 @@ def fingerprint(ckpt: Checkpoint) -> str:
 
 
 def copy_vision(ckpt: Checkpoint, vision: str, out: Path) -> dict | None:
+    """The vision ONNX of kind `vision` (formats.VISION_FILES: ONNX Runtime's; VISION_FP16_FILES: TensorRT's) into
+    out/vision; returns the manifest's vision fields. A checkpoint quantized before the TensorRT files existed gets
+    its file converted here from the fp32 one beside it, checked as quantize checks it (the check goes in the manifest)."""
     if vision == "none":
         return None
-    src = ckpt.root / VISION_DIR / VISION_FILES[vision]
-    if not src.is_file():
+    name = {**VISION_FILES, **VISION_FP16_FILES}[vision]
+    src = ckpt.root / VISION_DIR / name
+    source = src.with_name(VISION_FP16_SOURCE.get(name, name))
+    if not source.is_file():
         raise UsageError(
-            f"{src}: missing; engines take the vision tower as ONNX from `vila-edge quantize` "
-            f"(--vision w8a8 writes both {', '.join(VISION_FILES.values())}). Re-quantize, or pass --vision none for text only"
+            f"{src}: missing; engines take the vision tower as ONNX from `vila-edge quantize` (--vision w8a8 writes "
+            f"{', '.join([*VISION_FILES.values(), *VISION_FP16_FILES.values()])}). Re-quantize, or pass --vision none for text only"
         )
     (out / VISION_DIR).mkdir()
-    for f in (src, src.with_name(src.name + ".data")):
-        if f.is_file():
-            shutil.copy2(f, out / VISION_DIR / f.name)
-    return {
-        "file": f"{VISION_DIR}/{src.name}",
+    spec = {
+        "file": f"{VISION_DIR}/{name}",
         "precision": vision,
         "image_size": ckpt.image_size,
         "tokens_per_image": ckpt.tokens_per_image,
         "projector": ckpt.projector_type,
         "projector_order": ckpt.projector_order(),
     }
+    if not src.is_file():
+        return {**spec, "tensorrt_fp16": _converted_now(ckpt, source, out / VISION_DIR / name)}
+    for f in (src, src.with_name(src.name + ".data")):
+        if f.is_file():
+            shutil.copy2(f, out / VISION_DIR / f.name)
+    return spec
+
+
+def _converted_now(ckpt: Checkpoint, source: Path, dst: Path) -> dict:
+    """dst converted from source (the checkpoint predates quantize writing it), checked on quantize's held-out images."""
+    from .vision_w8a8 import HELD_OUT_SEED, pixels_of, tensorrt_fp16
+
+    pixels = pixels_of(ckpt, generated_images(VisionQuantOptions.held_out, seed=HELD_OUT_SEED))
+    return {**tensorrt_fp16(source, dst, pixels), "converted_by": "build-engine (the checkpoint has no such file)"}
 
 
 def load_awq_source(source: str | Path) -> tuple[Checkpoint, dict]:

@@ -37,10 +37,11 @@ from vila_edge.targets import GPU_TARGETS, Target, get_target
 
 from .common import copy_vision, load_awq_source, read_llm_state, write_front
 from .options import BuildOptions
+from .trt_qdq import check_for_tensorrt
 from .trtllm_checkpoint import QUANT_ALGO, trtllm_config, write_trtllm_checkpoint
 
-# --vision on a GPU target -> (the ONNX it starts from, the plan's precision)
-VISION_CHOICES = {"w8a8": ("w8a8", "int8"), "fp16": ("fp32", "fp16")}
+# --vision on a GPU target -> (the ONNX it starts from, formats.VISION_FP16_FILES; the plan's precision)
+VISION_CHOICES = {"w8a8": ("w8a8_fp16", "int8"), "fp16": ("fp16", "fp16")}
 EXIT_BUNDLE_ONLY = 3
 
 
@@ -183,6 +184,7 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
         onnx_kind, precision = VISION_CHOICES[vision]
         vision_spec = {**copy_vision(ckpt, onnx_kind, folder), "precision": precision}
         vision_spec["onnx"] = vision_spec.pop("file")
+        check_for_tensorrt(folder / vision_spec["onnx"], f"re-quantize the original of {ckpt.root} with vila-edge quantize")
     (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     (folder / BUILD_SCRIPT).write_text(build_script(target, plan.limits))
     (folder / BUILD_SCRIPT).chmod(0o755)
@@ -258,6 +260,8 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
     """The engine folder from a bundle, on a machine with TensorRT, TensorRT-LLM and the target's GPU."""
     m = read_bundle(bundle)
     cache_dir = device_cache_dir(env)
+    if m["vision"]:  # before the long LLM build: a bundle from an older vila-edge carries an fp32 ONNX
+        check_for_tensorrt(bundle / m["vision"]["onnx"], f"re-make {bundle} with this vila-edge from the quantized checkpoint")
     with atomic_dir(out, overwrite) as tmp:
         command = build_llm_engine(bundle, tmp / TRTLLM_ENGINE_DIR, limits, cache_dir)
         vision = m["vision"] and build_vision(bundle, tmp, m["vision"], limits, target, cache_dir)

@@ -1,10 +1,11 @@
-"""The vision tower + projector ONNX -> a TensorRT plan, on the GPU that will run it (TensorRT 10 API).
+"""The vision tower + projector ONNX -> a TensorRT plan, on the GPU that will run it (TensorRT 10.3 to 11).
 
-int8: the W8A8 Q/DQ ONNX in a strongly typed network. The Q/DQ nodes say what runs in int8, so no
-precision flags are set (TensorRT's explicit quantization); the rest keeps the ONNX's float type.
-fp16: the fp32 ONNX with the FP16 builder flag (no quantization).
-One optimization profile over batch 1..max_batch; the timing cache is saved beside the plan, so a
-rebuild on the same device skips the tactic timing.
+Always a strongly typed network, and no precision flag: the ONNX says what runs in which type (TensorRT's explicit
+quantization). BuilderFlag.FP16 and INT8 are deprecated in TensorRT 10.13 and gone in 11, so neither is used.
+int8: vision_w8a8_fp16.onnx, int8 where its Q/DQ say and fp16 elsewhere; fp16: vision_fp16.onnx. Both are the
+fp16 copies (onnx_fp16.py) of the fp32 files ONNX Runtime runs; their I/O stays float32.
+One optimization profile over batch 1..max_batch; the timing cache is read from `cache` when it exists and
+written there after the build.
 """
 
 from pathlib import Path
@@ -15,17 +16,24 @@ from vila_edge.runtime.onnx_vision import INPUT
 PRECISIONS = ("int8", "fp16")
 
 
+def network_flags(trt) -> int:
+    """STRONGLY_TYPED where the enum has it. TensorRT 11 keeps it only for compatibility ("Deprecated: always
+    enabled", ignored); a release without it is strongly typed anyway."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
 def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, image_size: int, max_batch: int,
                       workspace_bytes: int) -> dict:
-    """Writes `plan` and `cache`; returns what the manifest records about the build."""
+    """Writes `plan` and `cache`; returns what the manifest records about the build. `precision` names what the
+    ONNX holds (its Q/DQ and float types decide the plan's); it is recorded, not set."""
     import tensorrt as trt
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: one of {PRECISIONS}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if precision == "int8" else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -33,8 +41,6 @@ def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, image
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     shape = lambda b: (b, 3, image_size, image_size)  # noqa: E731
     profile.set_shape(INPUT, shape(1), shape(max(1, max_batch // 2)), shape(max_batch))
@@ -47,5 +53,5 @@ def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, image
         raise CheckpointError(f"{onnx}: TensorRT could not build a plan from it (see the TensorRT log above)")
     plan.write_bytes(bytes(serialized))
     cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return {"precision": precision, "strongly_typed": precision == "int8", "max_batch": max_batch,
+    return {"precision": precision, "strongly_typed": True, "max_batch": max_batch,
             "workspace_bytes": workspace_bytes, "plan_bytes": plan.stat().st_size}

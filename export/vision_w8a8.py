@@ -1,13 +1,17 @@
-"""W8A8 vision tower: SmoothQuant (in PyTorch) -> fp32 ONNX -> calibrated Q/DQ ONNX, with its accuracy measured.
+"""W8A8 vision tower: SmoothQuant (in PyTorch) -> fp32 ONNX -> calibrated Q/DQ ONNX, with its accuracy measured,
+and both in fp16 for TensorRT.
 
-Three stages, each a function: `smooth_and_export` (SmoothQuant folded into the tower, fp32 ONNX),
+Four stages, each a function: `smooth_and_export` (SmoothQuant folded into the tower, fp32 ONNX),
 `calibrate` (activation ranges through ONNX Runtime), `evaluate` (cosine against fp32 PyTorch on
-held-out images, overall and layer by layer). Writes into a `vision/` folder: vision_fp32.onnx,
-vision_w8a8.onnx and calibration.json (the media used, the method, every activation range, the accuracy).
+held-out images, overall and layer by layer), `tensorrt_fp16` (an fp16 copy for TensorRT, onnx_fp16.py,
+and its cosine against the fp32 file on the same images). Writes into a `vision/` folder: vision_fp32.onnx
+and vision_w8a8.onnx (what ONNX Runtime runs), vision_fp16.onnx and vision_w8a8_fp16.onnx (what TensorRT
+builds), and calibration.json (the media used, the method, every activation range, the accuracy).
 """
 
 import json
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,14 @@ from tqdm import tqdm
 
 from vila_edge.arch import get_tower
 from vila_edge.errors import MediaError, UsageError
-from vila_edge.formats import VISION_FP32_FILE, VISION_RECORD_FILE, VISION_RECORD_FORMAT, VISION_W8A8_FILE
+from vila_edge.formats import (
+    VISION_FP16_FILE,
+    VISION_FP32_FILE,
+    VISION_RECORD_FILE,
+    VISION_RECORD_FORMAT,
+    VISION_W8A8_FILE,
+    VISION_W8A8_FP16_FILE,
+)
 from vila_edge.media import media_images, preprocess
 from vila_edge.model.vlm import load_vision
 from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, insert_qdq, quant_targets
@@ -27,9 +38,17 @@ from vila_edge.quant.smoothquant import input_abs_max, smooth_layers
 from vila_edge.runtime.onnx_vision import INPUT, OUTPUT, session
 from vila_edge.scenes import generated_images
 
+from .onnx_fp16 import convert_file
 from .vision_onnx import export_vision_onnx, save_onnx
 
 HELD_OUT_SEED = 10_000  # generated held-out images never coincide with generated calibration ones
+# calibration.json's tensorrt_fp16 entries: (the TensorRT file, the fp32 file it is converted from and checked against)
+TENSORRT_FP16 = {"w8a8_fp16_vs_w8a8": (VISION_W8A8_FP16_FILE, VISION_W8A8_FILE),
+                 "fp16_vs_fp32": (VISION_FP16_FILE, VISION_FP32_FILE)}
+FP16_MIN_COSINE = {VISION_W8A8_FP16_FILE: 0.99, VISION_FP16_FILE: 0.999}  # below: a warning
+ORT_CHECK = ("ONNX Runtime's CPU provider with graph optimizations off for both files (Q/DQ run as float ops, not fused "
+             "int8 kernels). It has fp16 kernels for few ops and runs the others (ort_ran_in_fp32) in fp32 through casts it "
+             "inserts, so this checks the conversion and its fp16 weights, scales and constants, not fp16 arithmetic")
 
 
 def pixels_of(ckpt, images: list) -> np.ndarray:
@@ -145,9 +164,62 @@ def evaluate(fp32, w8a8, reference: np.ndarray, held_out: np.ndarray, out_dir: P
     }
 
 
+def _unfused_session(path: Path, threads: int | None, save_as: Path | None = None):
+    """An ORT CPU session without graph optimizations; save_as: where ORT writes the graph it runs (casts included)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    if save_as is not None:
+        opts.optimized_model_filepath = str(save_as)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{save_as.name}.data")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_fp32_ops(ran) -> list[str]:
+    """The op types ONNX Runtime computed in float32 in the graph it ran (`ran`, saved by the session): Casts aside,
+    those reading a float32 tensor."""
+    from onnx import TensorProto, shape_inference
+
+    inferred = shape_inference.infer_shapes(ran).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.input, *inferred.value_info)}
+    types.update({i.name: i.data_type for i in ran.graph.initializer})
+    return sorted({n.op_type for n in ran.graph.node
+                   if n.op_type != "Cast" and any(types.get(i) == TensorProto.FLOAT for i in n.input)})
+
+
+def fp16_agreement(fp16: Path, fp32: Path, pixels: np.ndarray, batch: int, threads: int | None = None) -> dict:
+    """Cosine of the fp16 file's image embeddings against the fp32 file's on `pixels`, and what ORT ran in fp32."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ran = Path(tmp) / "ran.onnx"
+        sessions = _unfused_session(fp16, threads, ran), _unfused_session(fp32, threads)
+        fp32_ops = ort_fp32_ops(onnx.load(ran, load_external_data=False))
+    fp16_out, fp32_out = (np.concatenate([p[OUTPUT] for p in _run(s, pixels, batch, [OUTPUT])]) for s in sessions)
+    cos = cosine(fp16_out, fp32_out)
+    return {"file": fp16.name, "against": fp32.name, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "ort_ran_in_fp32": fp32_ops}
+
+
+def tensorrt_fp16(src: Path, dst: Path, pixels: np.ndarray, batch: int = 1, threads: int | None = None) -> dict:
+    """dst: src converted to fp16 for TensorRT; returns how far dst is from src on `pixels`, and what the conversion moved."""
+    moved = convert_file(src, dst)
+    check = {**fp16_agreement(dst, src, pixels, batch, threads), "conversion": moved}
+    least = FP16_MIN_COSINE.get(dst.name, max(FP16_MIN_COSINE.values()))
+    if check["cosine_min"] < least:
+        warnings.warn(f"{dst.name} (for TensorRT) reaches cosine {check['cosine_min']:.5f} against {src.name} on held-out "
+                      f"images (below {least}): values fp16 cannot hold? conversion: {moved}")
+    return check
+
+
 def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, threads: int | None = None,
                     progress: bool = True) -> dict:
-    """SmoothQuant + export + calibrate + Q/DQ + evaluate; returns (and writes) the calibration record."""
+    """SmoothQuant + export + calibrate + Q/DQ + evaluate + the fp16 copies for TensorRT; returns (and writes) the
+    calibration record."""
     import onnx
 
     images, source = calibration_images(opts)
@@ -162,6 +234,9 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
     thresholds = calibrate(model, acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress)
     insert_qdq(model, targets, thresholds, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
     save_onnx(model, out_dir / VISION_W8A8_FILE)
+    log("converting both to fp16 for TensorRT, checked against them with ONNX Runtime")
+    trt = {key: tensorrt_fp16(out_dir / src, out_dir / dst, held_out, opts.batch, threads)
+           for key, (dst, src) in TENSORRT_FP16.items()}
     record = {
         "format": VISION_RECORD_FORMAT,
         "media": source,
@@ -173,6 +248,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "quantized_nodes": len(targets),
         "kept_float": list(opts.keep_float),
         **evaluate(smoothed.fp32, model, smoothed.reference, held_out, out_dir, opts, threads),
+        "tensorrt_fp16": {"check": ORT_CHECK, **trt},
         "ranges": {a: thresholds[a] for a in acts},
         "smooth_scales_max": {k: float(v.max()) for k, v in smoothed.smooth_scales.items()},
     }

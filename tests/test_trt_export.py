@@ -4,9 +4,11 @@ bundle and exit 3, dry runs, the fake-id prompt, and the refusals of engines fro
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from vila_edge.awq_checkpoint import dequantize_state
 from vila_edge.checkpoint import load_checkpoint
 from vila_edge.device import l4t_release
 from vila_edge.export.common import llm_spec, read_llm_state
+from vila_edge.export.trt_qdq import qdq_problems
 from vila_edge.export.trtllm_checkpoint import (
     dequantize_checkpoint,
     pack_int4_rows,
@@ -141,7 +144,7 @@ def test_without_tensorrt_build_engine_leaves_a_complete_bundle_and_exits_3(bund
     assert f"sh {out.name}/build.sh" in err and f"scp -r {out}" in err and "JetPack 6.1" in err
     files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert files == {"manifest.json", "build.sh", "recipe.json", "trtllm_checkpoint/config.json",
-                     "trtllm_checkpoint/rank0.safetensors", "vision/vision_w8a8.onnx", "tokenizer/tokenizer.json",
+                     "trtllm_checkpoint/rank0.safetensors", "vision/vision_w8a8_fp16.onnx", "tokenizer/tokenizer.json",
                      "tokenizer/tokenizer_meta.json"}
     assert not list(out.parent.glob(".vila-orin.tmp-*"))
     header = read_header(out / "trtllm_checkpoint/rank0.safetensors")
@@ -154,7 +157,8 @@ def test_without_tensorrt_build_engine_leaves_a_complete_bundle_and_exits_3(bund
     assert m["kind"] == "bundle" and m["target"] == "orin" and m["text"]["conv_mode"] == "vicuna_v1"
     assert m["limits"] == {"max_batch": 1, "max_input_len": 511, "max_seq_len": 512, "max_multimodal_len": 9, "images": 1}
     assert m["quantization"]["group_size"] == 64 and m["llm"]["architecture_trtllm"] == "LlamaForCausalLM"
-    assert m["vision"]["precision"] == "int8" and m["vision"]["onnx"] == "vision/vision_w8a8.onnx"
+    assert m["vision"]["precision"] == "int8" and m["vision"]["onnx"] == "vision/vision_w8a8_fp16.onnx"
+    assert "tensorrt_fp16" not in m["vision"]  # quantize wrote it and checked it: copied as it is
     assert m["source"]["fingerprint"] and m["memory_plan"]["total_gb"] < m["memory_plan"]["usable_gb"]
     assert json.loads((out / "recipe.json").read_text())["tokens_per_image"] == 9
 
@@ -204,13 +208,57 @@ def test_fp16_vision_and_text_only_bundles(awq, tmp_path, cli):
     code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "fp16", "--target", "rtx4090", "--vision", "fp16")
     assert code == 3, err
     m = json.loads((tmp_path / "fp16/manifest.json").read_text())
-    assert m["vision"]["precision"] == "fp16" and (tmp_path / "fp16" / m["vision"]["onnx"]).name == "vision_fp32.onnx"
+    assert m["vision"]["precision"] == "fp16" and (tmp_path / "fp16" / m["vision"]["onnx"]).name == "vision_fp16.onnx"
+    assert qdq_problems(onnx.load(tmp_path / "fp16" / m["vision"]["onnx"]), "float16") == []
     assert "JetPack" not in err and "'tensorrt_llm>=1.0,<1.3'" in err
     code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "text", "--target", "orin-nano", "--vision", "none")
     m = json.loads((tmp_path / "text/manifest.json").read_text())
     assert code == 3 and m["vision"] is None and m["limits"]["max_multimodal_len"] == 0
     code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "cpu", "--target", "cpu", "--vision", "fp16")
     assert code == 2 and "--vision w8a8|fp32|none" in err
+
+
+def test_every_vision_onnx_a_bundle_carries_meets_tensorrts_qdq_rules_in_fp16(bundle):
+    """The GPU audit's item 5: the plan runs in the ONNX's float type, so the bundle's must be float16."""
+    out, _ = bundle
+    files = sorted((out / "vision").glob("*.onnx"))
+    assert [f.name for f in files] == ["vision_w8a8_fp16.onnx"]
+    for f in files:
+        assert qdq_problems(onnx.load(f), "float16") == []
+
+
+def test_a_checkpoint_quantized_before_the_fp16_files_gets_them_converted_in_the_bundle(awq, copy_of, tmp_path, cli):
+    old = copy_of(awq("llama", 64))
+    for f in ("vision_w8a8_fp16.onnx", "vision_fp16.onnx"):
+        (old / "vision" / f).unlink()
+    for vision, name in (("w8a8", "vision_w8a8_fp16.onnx"), ("fp16", "vision_fp16.onnx")):
+        code, _, err = cli("build-engine", old, "-o", tmp_path / vision, "--target", "orin", "--vision", vision,
+                           "--conv-mode", "vicuna_v1")
+        assert code == 3, err
+        m = json.loads((tmp_path / vision / "manifest.json").read_text())
+        check = m["vision"]["tensorrt_fp16"]
+        assert m["vision"]["onnx"] == f"vision/{name}" and check["file"] == name and check["converted_by"]
+        assert check["cosine_min"] > (0.99 if vision == "w8a8" else 0.999)
+        assert qdq_problems(onnx.load(tmp_path / vision / "vision" / name), "float16") == []
+    assert not (old / "vision" / "vision_fp16.onnx").exists()  # the source checkpoint is only read
+
+
+def test_a_bundle_with_an_fp32_vision_onnx_is_refused_before_the_llm_build(bundle, copy_of, awq):
+    """A bundle from before the fp16 files carried vision_fp32.onnx for --vision fp16: TensorRT would build it in fp32."""
+    from vila_edge.errors import CheckpointError
+    from vila_edge.export.trt_engine import build_from_bundle
+    from vila_edge.targets import get_target
+
+    old = copy_of(bundle[0])
+    (old / "vision" / "vision_w8a8_fp16.onnx").unlink()
+    shutil.copy2(awq("llama", 64) / "vision" / "vision_fp32.onnx", old / "vision")
+    m = json.loads((old / "manifest.json").read_text())
+    m["vision"] |= {"onnx": "vision/vision_fp32.onnx", "precision": "fp16"}
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="vision_fp32.onnx: not what TensorRT builds strongly typed in float16: "
+                                              "float type is float32.*re-make .* with this vila-edge"):
+        build_from_bundle(old, old.parent / "engine", get_target("orin"), ORIN_ENV, m["limits"], False)
+    assert not (old.parent / "engine").exists()
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(awq, tmp_path, cli):

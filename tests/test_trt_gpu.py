@@ -1,5 +1,6 @@
 """On a machine with TensorRT, TensorRT-LLM and a CUDA GPU: build-engine builds the engine itself (exit 0),
-the vision plan agrees with ONNX Runtime on the same ONNX, and the trt backend answers as the reference does.
+the vision plan (built from the fp16 copy of the W8A8 ONNX) agrees with ONNX Runtime on the fp32 W8A8 ONNX, and
+the trt backend answers as the reference does.
 Skipped elsewhere (conftest says what is missing)."""
 
 import json

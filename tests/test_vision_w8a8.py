@@ -11,10 +11,13 @@ from test_model import independent_image_embeds
 
 from vila_edge.checkpoint import load_checkpoint
 from vila_edge.demo import write_sample_image
+from vila_edge.export.trt_qdq import plan_float_type, qdq_problems
 from vila_edge.export.vision_w8a8 import cosine, pixels_of, quantize_vision
+from vila_edge.formats import VISION_FP16_FILE as FP16_FILE
 from vila_edge.formats import VISION_FP32_FILE as FP32_FILE
 from vila_edge.formats import VISION_RECORD_FILE as RECORD_FILE
 from vila_edge.formats import VISION_W8A8_FILE as W8A8_FILE
+from vila_edge.formats import VISION_W8A8_FP16_FILE as W8A8_FP16_FILE
 from vila_edge.quant.options import VisionQuantOptions
 from vila_edge.scenes import generated_images
 
@@ -114,6 +117,47 @@ def test_int8_agrees_with_fp32_on_unseen_images(kind, exported):
     assert record["held_out"]["cosine_min"] >= 0.99  # the record's own held-out set (generated scenes)
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_tensorrt_fp16_files_agree_with_the_fp32_ones(kind, exported):
+    """calibration.json's check (ONNX Runtime on the CPU, the held-out scenes), then the independent fp32 reference
+    on unseen noise photos."""
+    _, _, record = exported(kind)
+    trt = record["tensorrt_fp16"]
+    assert trt["fp16_vs_fp32"]["cosine_min"] > 0.9999 and trt["w8a8_fp16_vs_w8a8"]["cosine_min"] > 0.999
+    for check in (trt["fp16_vs_fp32"], trt["w8a8_fp16_vs_w8a8"]):  # what ORT could not run in fp16 is said
+        assert check["ort_ran_in_fp32"] == sorted(check["ort_ran_in_fp32"]) and "Cast" not in check["ort_ran_in_fp32"]
+        assert check["conversion"]["scales_raised_to_fp16_min_normal"] == check["conversion"]["values_clipped_to_fp16_max"] == 0
+    got, want = onnx_and_reference(kind, exported, FP16_FILE)
+    assert cosine(got, want).min() > 0.9999
+    got, want = onnx_and_reference(kind, exported, W8A8_FP16_FILE)
+    assert cosine(got, want).min() >= 0.99
+
+
+def test_the_tensorrt_files_are_fp16_inside_fp32_outside_and_meet_tensorrts_qdq_rules(exported):
+    _, out, _ = exported("vila15")
+    w8a8, w8a8_fp16, fp16 = (onnx.load(out / f) for f in (W8A8_FILE, W8A8_FP16_FILE, FP16_FILE))
+    for m in (w8a8_fp16, fp16):
+        assert m.ir_version == 9 and m.opset_import[0].version == 19
+        io = [(v.name, v.type.tensor_type.elem_type) for v in (*m.graph.input, *m.graph.output)]
+        assert io == [("pixel_values", onnx.TensorProto.FLOAT), ("image_embeds", onnx.TensorProto.FLOAT)]
+        assert {i.data_type for i in m.graph.initializer} <= {onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+                                                              onnx.TensorProto.INT64}
+        assert plan_float_type(m) == "float16" and qdq_problems(m, "float16") == []
+    # the same quantization: the int8 weights as they were, the scales within fp16's rounding
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in w8a8.graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in w8a8_fp16.graph.initializer}
+    assert before.keys() == after.keys()
+    for name, a in before.items():
+        if a.dtype == np.int8:
+            np.testing.assert_array_equal(after[name], a)
+        elif name.endswith("_scale"):
+            np.testing.assert_allclose(after[name].astype(np.float32), a, rtol=2**-11)
+    # the GPU audit's item 5: the fp32 W8A8 file meets the Q/DQ rules, but its plan would run in fp32
+    assert qdq_problems(w8a8) == [] and plan_float_type(w8a8) == "float32"
+    assert qdq_problems(w8a8, "float16") == [
+        "float type is float32: TensorRT's strongly typed plan would run in float32, not float16"]
+
+
 def test_dynamic_batch(exported):
     root, out, _ = exported("vila15")
     one, three = run(out / W8A8_FILE, held_out_pixels(root, 1)), run(out / W8A8_FILE, held_out_pixels(root, 3))
@@ -144,6 +188,9 @@ def test_quantize_writes_vision_and_caption_runs_it(tiny, tmp_path, cli):
     assert record["media"] == str(frames) and record["calibration_images"] == 3
     report = json.loads((out / "quant_report.json").read_text())
     assert report["vision"]["held_out"]["cosine_mean"] >= 0.99
+    assert report["vision"]["tensorrt_fp16"]["fp16_vs_fp32"]["cosine_min"] > 0.9999
+    assert sorted(f.name for f in (out / "vision").iterdir()) == [
+        RECORD_FILE, FP16_FILE, FP32_FILE, W8A8_FILE, W8A8_FP16_FILE]
     code, stdout, err = cli("caption", out, "--image", frames / "0.png", "--prompt", "Describe.", "--backend", "onnx",
                             "--conv-mode", "vicuna_v1", "--max-new-tokens", 4, "--format", "jsonl")
     assert code == 0, err

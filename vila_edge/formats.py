@@ -23,7 +23,12 @@ QUANT_REPORT_FILE = "quant_report.json"
 VISION_DIR = "vision"  # the tower + projector as ONNX, beside llm/
 VISION_FP32_FILE = "vision_fp32.onnx"
 VISION_W8A8_FILE = "vision_w8a8.onnx"
-VISION_FILES = {"w8a8": VISION_W8A8_FILE, "fp32": VISION_FP32_FILE}
+VISION_FILES = {"w8a8": VISION_W8A8_FILE, "fp32": VISION_FP32_FILE}  # what ONNX Runtime runs (cpu engines, --backend onnx)
+# what TensorRT builds: the same graphs with fp16 float parts and Q/DQ scales (export/onnx_fp16.py), beside their sources
+VISION_W8A8_FP16_FILE = "vision_w8a8_fp16.onnx"
+VISION_FP16_FILE = "vision_fp16.onnx"
+VISION_FP16_FILES = {"w8a8_fp16": VISION_W8A8_FP16_FILE, "fp16": VISION_FP16_FILE}
+VISION_FP16_SOURCE = {VISION_W8A8_FP16_FILE: VISION_W8A8_FILE, VISION_FP16_FILE: VISION_FP32_FILE}
 VISION_RECORD_FILE = "calibration.json"
 VISION_RECORD_FORMAT = "vila_edge.vision_w8a8/1"
 

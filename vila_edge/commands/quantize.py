@@ -169,7 +169,7 @@ def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log, pro
         warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {cos:.4f} against fp32 on held-out "
                       "images (below 0.99); see vision/calibration.json, or pass --vision none")
     return {k: vision[k] for k in ("media", "calibration_images", "method", "smooth_alpha", "weights",
-                                   "quantized_nodes", "held_out")}
+                                   "quantized_nodes", "held_out", "tensorrt_fp16")}
 
 
 def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions, overwrite: bool = False,
