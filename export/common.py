@@ -2,6 +2,7 @@
 and stacked, the vision ONNX copied in (or converted to fp16 for TensorRT, from a checkpoint quantized before
 quantize wrote those files), and the front (tokenizer, template, preprocessing) in the manifest."""
 
+import dataclasses
 import hashlib
 import platform
 import shutil
@@ -157,4 +158,5 @@ def write_front(ckpt: Checkpoint, source: str | Path, conv_mode: str | None, fol
         },
         "preprocessor": ckpt.preprocessor,
         "image_aspect_ratio": ckpt.image_aspect_ratio,
+        "vision_layout": dataclasses.asdict(ckpt.vision_layout),
     }

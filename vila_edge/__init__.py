@@ -5,7 +5,8 @@ inside functions included). Modules of one layer may import each other without a
 and trt paths never import each other.
 
     base          errors, atomic, timing, formats (file names, format ids, suffixes), safetensors_header, _runtime (C++)
-    facts         arch (every per-architecture fact), targets, device, plan (the memory model)
+    facts         arch (every per-architecture fact), targets, device, plan (the memory model), tiling (tile grids,
+                  multi-scale merges)
     load          checkpoint, config_checks, int4 (group quantizer, AutoAWQ GEMM layout), awq_checkpoint
     front, model  conversation, prompt, media, scenes, corpus, generate, backend, caption; model/ (torch reference)
     quant         quant/: AWQ search, calibration data, SmoothQuant, int8 Q/DQ, perplexity
@@ -23,7 +24,7 @@ IMAGE_TOKEN = "<image>"
 # (layer, the modules and packages in it), bottom first: the order the docstring above gives.
 LAYERS = (
     ("base", ("vila_edge", "errors", "atomic", "timing", "formats", "safetensors_header", "_runtime")),
-    ("facts", ("arch", "targets", "device", "plan")),
+    ("facts", ("arch", "targets", "device", "plan", "tiling")),
     ("load", ("checkpoint", "config_checks", "int4", "awq_checkpoint")),
     ("front, model", ("conversation", "prompt", "media", "scenes", "corpus", "generate", "backend", "caption", "model")),
     ("quant", ("quant",)),

@@ -24,6 +24,8 @@ class ModelInfo(Protocol):
     @property
     def image_aspect_ratio(self) -> str: ...
     @property
+    def vision_layout(self): ...  # tiling.VisionLayout: how images become tower tiles
+    @property
     def model_max_length(self) -> int: ...
     @property
     def num_video_frames(self) -> int: ...
@@ -43,6 +45,9 @@ class Backend(Protocol):
 
     def splice(self, ids: list[int], image_embeds):
         """Prompt ids with IMAGE_TOKEN_INDEX markers + [N, T, H] image blocks -> the backend's prefill input."""
+
+    # S2 / NVILA multi-scale images need the tower and the projector apart (tiling.encode_multiscale); so far only
+    # the torch reference has encode_multiscale(layout, images) -> a [T, H] block per image.
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ from .errors import UsageError
 from .generate import SamplingParams, TextStream, generate
 from .media import preprocess
 from .prompt import tokenize_prompt, user_turn
+from .tiling import ImageTiles, image_tiles
 
 
 @dataclass
@@ -27,30 +28,62 @@ class Answer:
     decode_tok_s: float
 
 
-class Captioner:
-    """Holds a loaded model; answers questions with the checkpoint's conversation template."""
+@dataclass
+class Encoded:
+    """A prompt's images encoded: the image blocks in prompt order, and how the prompt places them."""
 
-    def __init__(self, ckpt: ModelInfo, model: Backend, conv_mode: str | None = None):
+    blocks: object  # the backend's [N, T, H] blocks, or a list of [T, H] ones of different T; None without images
+    tiles: list[ImageTiles]
+
+    @property
+    def tiles_per_image(self) -> list[int]:
+        """Per image, the `<image>` places it takes when tiled (NVILA-Lite), else 0: one plain placeholder."""
+        return [t.blocks if t.kind == "tiles" else 0 for t in self.tiles]
+
+    @property
+    def tower_passes(self) -> int:
+        return sum(len(t.pixels) for t in self.tiles)
+
+
+class Captioner:
+    """Holds a loaded model; answers questions with the checkpoint's conversation template.
+    `max_tiles` caps NVILA's tiles per image (VILA's max_tiles; 1: one tile)."""
+
+    def __init__(self, ckpt: ModelInfo, model: Backend, conv_mode: str | None = None, max_tiles: int | None = None):
         self.ckpt, self.model = ckpt, model
         self.tokenizer = model.tokenizer
         self.conv_mode, self.conv_mode_source = resolve_conv_mode(ckpt, conv_mode, self.tokenizer)
         self.template = get_template(self.conv_mode)
+        self.layout = ckpt.vision_layout.with_max_tiles(max_tiles)
 
-    def prompt_ids(self, question: str, n_images: int) -> list[int]:
-        turn = user_turn(question, n_images, self.ckpt.family.image_text)
+    def prompt_ids(self, question: str, n_images: int, tiles: list[int] | None = None) -> list[int]:
+        turn = user_turn(question, n_images, self.ckpt.family.image_text, tiles)
         return tokenize_prompt(self.tokenizer, render(self.template, turn, self.tokenizer))
 
+    def _preprocess(self, image: Image.Image) -> np.ndarray:
+        # a tile, a multi-image or a video frame of a tiling checkpoint: the processor's own resize
+        aspect = self.ckpt.image_aspect_ratio if self.layout.mode in ("single", "s2") else "resize"
+        return preprocess(image, self.ckpt.preprocessor, aspect)
+
     def pixels(self, images: list[Image.Image]) -> np.ndarray:
-        """[N, 3, S, S] float32, preprocessed as the checkpoint's processor does."""
-        return np.stack([preprocess(im, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio) for im in images])
+        """[N, 3, S, S] float32, preprocessed as the checkpoint's processor does (one tile per image)."""
+        return np.stack([self._preprocess(im) for im in images])
+
+    def encode(self, images: list[Image.Image]) -> Encoded:
+        """The images as the checkpoint's layout has them: tiles through the tower, merged, projected."""
+        tiles = image_tiles(self.layout, images, self._preprocess)
+        if not tiles:
+            return Encoded(None, [])
+        if all(t.kind in ("single", "tiles") for t in tiles):  # tower + projector per tile: any backend
+            return Encoded(self.model.encode_images(np.concatenate([t.pixels for t in tiles])), tiles)
+        return Encoded(self.model.encode_multiscale(self.layout, tiles), tiles)
 
     def __call__(self, images: list[Image.Image], question: str, params: SamplingParams,
                  on_text: Callable[[str], None] | None = None) -> Answer:
         t0 = time.perf_counter()
-        ids = self.prompt_ids(question, len(images))
-        image_embeds = None
-        if images:
-            image_embeds = self.model.encode_images(self.pixels(images))
+        encoded = self.encode(images)
+        ids = self.prompt_ids(question, len(images), encoded.tiles_per_image)
+        image_embeds = encoded.blocks
         vision_s = time.perf_counter() - t0
         inputs = self.model.splice(ids, image_embeds)
         max_length = self.ckpt.model_max_length
@@ -61,7 +94,7 @@ class Captioner:
             )
         stream = TextStream(self.tokenizer, stop_strings(self.template, self.tokenizer))
         gen = generate(self.model, inputs, len(inputs), stream, params, max_length, on_text)
-        image_tokens = 0 if image_embeds is None else image_embeds.shape[0] * image_embeds.shape[1]
+        image_tokens = 0 if image_embeds is None else sum(len(b) for b in image_embeds)
         return Answer(
             text=gen.text,
             token_ids=gen.token_ids,

@@ -26,6 +26,7 @@ from .errors import CheckpointError
 from .formats import CHECKPOINT_PARTS as SUBFOLDERS
 from .formats import PICKLE_SUFFIXES
 from .safetensors_header import read_header
+from .tiling import VisionLayout
 
 
 @dataclass
@@ -113,6 +114,21 @@ class Checkpoint:
         if not (self.config.get("s2") or self.config.get("dynamic_s2")):
             return []
         return [int(s) for s in str(self.config.get("s2_scales", "")).split(",") if s.strip()]
+
+    @property
+    def vision_layout(self) -> VisionLayout:
+        """How images become tower tiles: S2 scales, NVILA's dynamic tiling, or one resized image."""
+        c, aspect = self.config, self.image_aspect_ratio
+        if c.get("s2"):
+            mode = "s2"
+        elif c.get("dynamic_s2") or aspect == "dynamic_s2":
+            mode = "dynamic_s2"
+        else:
+            mode = "dynamic" if aspect == "dynamic" else "single"
+        return VisionLayout(mode, tile=self.image_size, scales=tuple(sorted(self.s2_scales)),
+                            split=int(c.get("s2_max_split_size") or self.image_size),
+                            output_scale=int(c.get("s2_resize_output_to_scale_idx") or 0),
+                            min_tiles=int(c.get("min_tiles") or 1), max_tiles=int(c.get("max_tiles") or 12))
 
     @property
     def mm_hidden(self) -> int:

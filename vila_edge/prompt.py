@@ -4,15 +4,18 @@ from . import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from .errors import UsageError
 
 
-def user_turn(question: str, n_images: int, image_text: str) -> str:
-    """VILA's user turn: one image placeholder per image or frame before the question,
-    unless the question already places exactly that many `<image>` tags itself."""
+def user_turn(question: str, n_images: int, image_text: str, tiles: list[int] | None = None) -> str:
+    """VILA's user turn: one image placeholder per image or frame before the question, unless the question
+    already places exactly that many `<image>` tags itself. `tiles`: an image NVILA-Lite cut into k tiles takes
+    `<image>\n` k times in place of its one placeholder or tag (VILA HEAD's generate_content)."""
+    tiles = tiles or [0] * n_images
     n_tags = question.count(IMAGE_TOKEN)
-    if n_tags == 0:
-        return image_text * n_images + question
-    if n_tags != n_images:
+    if n_tags not in (0, n_images):
         raise UsageError(f"the prompt has {n_tags} {IMAGE_TOKEN} tags but {n_images} images or frames were given")
-    return question
+    if n_tags == 0:
+        return "".join(f"{IMAGE_TOKEN}\n" * k if k else image_text for k in tiles) + question
+    parts = question.split(IMAGE_TOKEN)
+    return parts[0] + "".join((f"{IMAGE_TOKEN}\n" * k if k else IMAGE_TOKEN) + rest for k, rest in zip(tiles, parts[1:]))
 
 
 def tokenize_prompt(tokenizer, prompt: str) -> list[int]:

@@ -11,6 +11,7 @@ from ..awq_checkpoint import is_awq, load_awq_llm
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError, UsageError
 from ..prompt import splice_parts
+from ..tiling import encode_multiscale
 from .projector import Projector
 from .vision import VisionEncoder
 
@@ -51,8 +52,6 @@ def _load_projector(ckpt: Checkpoint, order: str | None, dtype: torch.dtype) -> 
 
 def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | None = None):
     """(VisionEncoder, Projector) on the CPU, eval mode: the image half of the model."""
-    if ckpt.s2_scales:
-        raise UnsupportedError(f"{ckpt.root / 'config.json'}: S2 multi-scale vision towers are not supported yet")
     tower_name = get_tower(ckpt.vision_kind, str(ckpt.vision_dir / "config.json")).hf_class
     hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
     tower = _TOWER_CLASSES[tower_name].from_pretrained(
@@ -104,6 +103,26 @@ class VilaModel:
             return torch.from_numpy(self.vision_fn(pixels)).to(self.device, self.dtype)
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         return self.projector(self.vision(x))
+
+    @torch.inference_mode()
+    def tower_features(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [n, 3, t, t] -> the selected tower features [n, P, C], float32."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        return self.vision(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """[m, P, C·scales] -> image tokens [m, T, H], float32."""
+        return self.projector(torch.from_numpy(features).to(self.device, self.dtype)).float().cpu().numpy()
+
+    def encode_multiscale(self, layout, images) -> list[torch.Tensor]:
+        """S2 / NVILA images (tiling.ImageTiles): tower on the tiles, VILA's multi-scale merge (numpy, float32, as
+        VILA merges in float32), the projector; one [T, H] block per image."""
+        if self.vision_fn is not None:
+            raise UnsupportedError(f"{self.ckpt.root}: multi-scale (S2 / NVILA) images run on the PyTorch tower only so "
+                                   "far; use --backend torch")
+        blocks = encode_multiscale(layout, images, self.tower_features, self.project)
+        return [torch.from_numpy(b).to(self.device, self.dtype) for b in blocks]
 
     @torch.inference_mode()
     def embed(self, ids: list[int]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from .. import __version__
 from ..arch import FAMILIES, Family
 from ..errors import CheckpointError, UsageError
 from ..formats import BUILD_SCRIPT, ENGINE_FORMAT, ENGINE_FORMAT_VERSION, MANIFEST_FILE
+from ..tiling import VisionLayout
 from .tokenizer import EngineTokenizer
 
 
@@ -88,6 +89,14 @@ class EngineInfo:
     @property
     def image_aspect_ratio(self) -> str:
         return self.manifest["image_aspect_ratio"]
+
+    @property
+    def vision_layout(self) -> VisionLayout:
+        """The checkpoint's tiling, recorded by build-engine (engines from before it: one resized image)."""
+        layout = self.manifest.get("vision_layout")
+        if not layout:
+            return VisionLayout("single", tile=0)
+        return VisionLayout(**{**layout, "scales": tuple(layout.get("scales", ()))})
 
     @property
     def model_max_length(self) -> int:
