@@ -63,7 +63,10 @@ class Captioner:
     def _preprocess(self, image: Image.Image) -> np.ndarray:
         # a tile, a multi-image or a video frame of a tiling checkpoint: the processor's own resize
         aspect = self.ckpt.image_aspect_ratio if self.layout.mode in ("single", "s2") else "resize"
-        return preprocess(image, self.ckpt.preprocessor, aspect)
+        pre, size = self.ckpt.preprocessor, self.layout.processor_size
+        if size:
+            pre = {**pre, "size": {"height": size, "width": size}, "crop_size": {"height": size, "width": size}}
+        return preprocess(image, pre, aspect)
 
     def pixels(self, images: list[Image.Image]) -> np.ndarray:
         """[N, 3, S, S] float32, preprocessed as the checkpoint's processor does (one tile per image)."""

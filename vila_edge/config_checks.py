@@ -226,10 +226,15 @@ def check_preprocessor(ckpt) -> None:
         size = _pixels(crop, path, "crop_size", edge=False)
     else:
         size = _pixels(pre.get("size"), path, "size", edge=True)
-    if size != (ckpt.image_size, ckpt.image_size):
+    layout = ckpt.vision_layout
+    if layout.mode == "dynamic_s2":  # NVILA's tower sets the size itself (its first scale)
+        return
+    want, what = ((layout.scales[-1], "S2's largest scale") if layout.mode == "s2" else
+                  (ckpt.image_size, f"the vision tower takes ({ckpt.vision_dir / 'config.json'})"))
+    if size != (want, want):
         raise CheckpointError(
-            f"{path}: the processor makes {size[0]}x{size[1]} images, the vision tower takes {ckpt.image_size}x"
-            f"{ckpt.image_size} ({ckpt.vision_dir / 'config.json'}); copy the tower's own preprocessor_config.json from the source checkpoint"
+            f"{path}: the processor makes {size[0]}x{size[1]} images, {what} is {want}x{want}; copy the tower's own "
+            "preprocessor_config.json from the source checkpoint"
         )
 
 

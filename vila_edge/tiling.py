@@ -117,8 +117,7 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def area_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[B, C, H, W] -> [B, C, *size] as F.interpolate(mode="area"), in float32."""
-    rows, cols = _area_matrix(x.shape[2], size[0]), _area_matrix(x.shape[3], size[1])
-    return np.einsum("ih,bchw,jw->bcij", rows, x.astype(np.float64), cols).astype(np.float32)
+    return _separable(x, _area_matrix(x.shape[2], size[0]), _area_matrix(x.shape[3], size[1]))
 
 
 def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
@@ -141,8 +140,12 @@ def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
 
 def bicubic_resize(x: np.ndarray, size: int) -> np.ndarray:
     """[B, C, S, S] -> [B, C, size, size] as F.interpolate(mode="bicubic") on float32."""
-    rows, cols = _cubic_matrix(x.shape[2], size), _cubic_matrix(x.shape[3], size)
-    return np.einsum("ih,bchw,jw->bcij", rows, x.astype(np.float64), cols).astype(np.float32)
+    return _separable(x, _cubic_matrix(x.shape[2], size), _cubic_matrix(x.shape[3], size))
+
+
+def _separable(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """rows @ x @ colsᵀ on every [H, W] plane, in float64 (two matmuls, not a 4-index contraction)."""
+    return (rows @ x.astype(np.float64) @ cols.T).astype(np.float32)
 
 
 # ---- a prompt's images as tower tiles ----------------------------------------------------------------------------
@@ -172,13 +175,41 @@ class VisionLayout:
     def with_max_tiles(self, max_tiles: int | None) -> "VisionLayout":
         if max_tiles is None:
             return self
+        if self.mode not in ("dynamic", "dynamic_s2"):
+            raise UsageError(f"--max-tiles {max_tiles}: this checkpoint does not tile its images "
+                             f"({'S2: fixed scales' if self.mode == 's2' else 'one resized image'}); drop the option")
         return VisionLayout(self.mode, self.tile, self.scales, self.split, self.output_scale,
                             min(self.min_tiles, max_tiles), max_tiles)
+
+    @property
+    def processor_size(self) -> int | None:
+        """The size images are preprocessed to, where the tower class sets it (VILA's siglip_encoder): S2 the largest
+        scale, dynamic_s2 the first (the tile); otherwise the preprocessor_config's."""
+        return {"s2": self.scales[-1:], "dynamic_s2": self.scales[:1]}.get(self.mode, [None])[0]
 
     @property
     def channel_copies(self) -> int:
         """How many tower feature maps side by side the projector takes (the number of scales)."""
         return len(self.scales) if self.mode in ("s2", "dynamic_s2") else 1
+
+
+def per_image(layout: VisionLayout, tokens_per_tile: int) -> dict:
+    """A single image's cost under `layout`, from its fewest to its most tiles: tower passes and image tokens
+    (multi-image prompts and video frames take one pass and tokens_per_tile each). s2 assumes the merged map takes
+    the first scale's size, as VILA1.5-3B-S2 sets it."""
+    if layout.mode == "s2":
+        passes = sum((s // layout.split) ** 2 for s in layout.scales)
+        return {"tower_passes": [passes, passes], "tokens": [tokens_per_tile, tokens_per_tile]}
+    if layout.mode == "dynamic":
+        most = layout.max_tiles + (layout.max_tiles > 1)  # the thumbnail
+        return {"tower_passes": [1, most], "tokens": [tokens_per_tile, tokens_per_tile * most]}
+    if layout.mode == "dynamic_s2" and layout.max_tiles > 1:
+        fixed = sum((s // layout.scales[0]) ** 2 for s in layout.scales[:-1])
+        least = (layout.scales[-1] // layout.scales[0]) ** 2
+        grids = (least, layout.max_tiles) if layout.max_tiles >= least else (1, 1)
+        return {"tower_passes": [fixed + grids[0], fixed + grids[1]],
+                "tokens": [tokens_per_tile * grids[0], tokens_per_tile * grids[1]]}
+    return {"tower_passes": [1, 1], "tokens": [tokens_per_tile, tokens_per_tile]}
 
 
 @dataclass

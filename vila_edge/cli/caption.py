@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     add_conv_mode(q)
     add_fields(q, SamplingParams, *SAMPLING)
     q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
-    add_fields(q, BackendOptions, "backend", *CPU_ENGINE, backend={"choices": BACKENDS},
+    add_fields(q, BackendOptions, "backend", *CPU_ENGINE, "max_tiles", backend={"choices": BACKENDS},
                activations={"choices": ("int8", "fp32")})
     add_device(q)
     add_fields(q, BackendOptions, *TORCH, dtype={"choices": ("auto", "float32", "float16", "bfloat16")},
@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     params = from_args(SamplingParams, args, *SAMPLING)
-    backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "device", *TORCH, "allow_pickle")
+    backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "max_tiles", "device", *TORCH, "allow_pickle")
     capture = from_args(CaptureOptions, args, *CAPTURE)
     if args.source is not None:
         for record in caption_source(args.model, args.source, args.prompt, params, backend, args.conv_mode, capture,

@@ -13,12 +13,13 @@ def add_parser(sub) -> None:
     q.add_argument("checkpoint", metavar="CHECKPOINT|ENGINE")
     q.add_argument("--conv-mode", help="show this conv mode instead of the resolved one")
     q.add_argument("--projector-order", choices=("row", "column"), help=HELP["projector_order"])
+    q.add_argument("--max-tiles", type=int, metavar="N", help=HELP["max_tiles"])
     add_allow_pickle(q)
     add_format(q, "text", "json")
     q.set_defaults(run=run)
 
 
 def run(args) -> int:
-    info, text = inspect_folder(args.checkpoint, args.conv_mode, args.projector_order, args.allow_pickle)
+    info, text = inspect_folder(args.checkpoint, args.conv_mode, args.projector_order, args.allow_pickle, args.max_tiles)
     print(json.dumps(info, indent=2) if args.format == "json" else text)
     return 0

@@ -26,6 +26,8 @@ HELP = {
     "max_seq": "cpu engine KV cache positions (default: the model's max length)",
     "activations": "cpu engine: int8 blocks into the int4 linears (fast) or fp32 (exact with an fp16 lm_head; slower)",
     "dtype": "auto: float16 on CUDA (as VILA), float32 on CPU",
+    "max_tiles": "NVILA / NVILA-Lite: tiles per image at most (default: the checkpoint's max_tiles, 12); 1 is one "
+    "tile (fastest)",
     # live sources
     "every": "--source: caption every Nth frame",
     "fps": "--source: caption at most F frames per second of the source (instead of --every)",

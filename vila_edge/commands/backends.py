@@ -25,6 +25,7 @@ class BackendOptions:
     dtype: str = "auto"  # torch
     projector_order: str | None = None  # torch
     allow_pickle: bool = False  # torch
+    max_tiles: int | None = None  # NVILA: tiles per image at most (default: the checkpoint's max_tiles; 1: one tile)
 
 
 def engine_backend(folder) -> str:

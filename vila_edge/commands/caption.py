@@ -45,7 +45,7 @@ def caption_media(model: str, image_paths: list[str] | None, video: str | None, 
         images, source = load_video_frames(video, num_frames or engine.info.num_video_frames), video
     else:
         images, source = [load_image(p) for p in image_paths or []], ",".join(image_paths or [])
-    captioner = Captioner(engine.info, engine, conv_mode)
+    captioner = Captioner(engine.info, engine, conv_mode, backend.max_tiles)
     answer = captioner(images, prompt, params, on_text=on_text)
     stats = (f"[{answer.prompt_tokens} prompt tokens ({answer.image_tokens} image), {len(answer.token_ids)} new, "
              f"TTFT {answer.ttft_s:.2f} s, decode {answer.decode_tok_s:.1f} tok/s, conv mode {captioner.conv_mode}]")
@@ -74,7 +74,7 @@ def caption_source(model: str, spec: str, prompt: str, params: SamplingParams, b
             recorder = Recorder(capture.record, source.fps, alerts=alert is not None)
             source.tap = recorder.write
         engine, _ = load_backend(model, backend)
-        captioner = Captioner(engine.info, engine, conv_mode)
+        captioner = Captioner(engine.info, engine, conv_mode, backend.max_tiles)
         loop = caption_frames(captioner, source, prompt, params, capture.window, capture.max_captions, alert, recorder)
         with closing(loop):
             for captions, record in enumerate(loop, start=1):

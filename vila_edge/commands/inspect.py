@@ -12,14 +12,16 @@ from ..errors import UsageError
 from ..formats import BUILD_SCRIPT
 from ..runtime.manifest import EngineInfo, is_engine, read_manifest
 from ..targets import TARGETS
+from ..tiling import per_image
 
 LLM_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "vocab_size")
 VISION_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size")
 
 
-def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | None) -> dict:
+def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | None, max_tiles: int | None = None) -> dict:
     """Everything `inspect` shows of a checkpoint, as one JSON-able record."""
+    layout = ckpt.vision_layout.with_max_tiles(max_tiles)
     # the conv mode falls back on the tokenizer's chat template, which is all it reads of the tokenizer
     mode, source = resolve_conv_mode(ckpt, conv_mode, SimpleNamespace(chat_template=ckpt.chat_template))
     params = {n: sum(math.prod(s) for s in tensor_shapes(ckpt.weights[n]).values())
@@ -38,7 +40,10 @@ def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | Non
         },
         "projector": {"type": ckpt.projector_type, "order": ckpt.projector_order(projector_order) or None,
                       "downsample": PROJECTORS[ckpt.projector_type].downsample},
-        "tokens_per_image": ckpt.tokens_per_image,
+        "tokens_per_image": ckpt.tokens_per_image,  # per tile, or per 448 block for NVILA
+        "tiling": {"mode": layout.mode, "scales": list(layout.scales) or None,
+                   "max_tiles": layout.max_tiles if layout.mode.startswith("dynamic") else None,
+                   **per_image(layout, ckpt.tokens_per_image)},
         "num_video_frames": ckpt.num_video_frames,
         "conv_mode": mode,
         "conv_mode_source": source,
@@ -58,7 +63,7 @@ def format_text(info: dict) -> str:
         f"{vis['num_attention_heads']} heads, {vis['image_size']} px / patch {vis['patch_size']}; "
         f"layer {vis['select_layer']} {vis['select_feature']}, {vis['image_aspect_ratio']}",
         f"projector    {proj['type']}" + (f" ({proj['order']}-major tokens)" if proj["order"] else ""),
-        f"image tokens {info['tokens_per_image']} per image; {info['num_video_frames']} frames per video",
+        f"image tokens {_tokens_line(info)}; {info['num_video_frames']} frames per video",
         f"conv mode    {info['conv_mode']} (from {info['conv_mode_source']})",
     ]
     if info["quantization"]:
@@ -70,8 +75,23 @@ def format_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-def inspect_checkpoint(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool) -> dict:
-    return describe(load_checkpoint(path, allow_pickle=allow_pickle), conv_mode, projector_order)
+def _tokens_line(info: dict) -> str:
+    t, per = info["tiling"], info["tokens_per_image"]
+    span = lambda r: str(r[0]) if r[0] == r[1] else f"{r[0]} to {r[1]}"  # noqa: E731
+    scales = ",".join(map(str, t["scales"] or []))
+    if t["mode"] == "single":
+        return f"{per} per image"
+    if t["mode"] == "s2":
+        return f"{per} per image, {span(t['tower_passes'])} tower passes (S2 scales {scales})"
+    where = (f"dynamic tiles, {per} per tile" if t["mode"] == "dynamic" else
+             f"dynamic_s2 scales {scales}, {per} per block")
+    return (f"{span(t['tokens'])} per image alone in its prompt, {span(t['tower_passes'])} tower passes ({where}, "
+            f"max_tiles {t['max_tiles']}); {per} per image or frame of a multi-image prompt")
+
+
+def inspect_checkpoint(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool,
+                       max_tiles: int | None = None) -> dict:
+    return describe(load_checkpoint(path, allow_pickle=allow_pickle), conv_mode, projector_order, max_tiles)
 
 
 def inspect_engine(path: str, conv_mode: str | None, projector_order: str | None) -> dict:
@@ -108,10 +128,13 @@ def format_engine_text(info: dict) -> str:
     return "\n".join(lines)
 
 
-def inspect_folder(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool) -> tuple[dict, str]:
+def inspect_folder(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool,
+                   max_tiles: int | None = None) -> tuple[dict, str]:
     """(the record, its text) of a checkpoint or an engine folder (one with a manifest.json)."""
     if is_engine(path):
+        if max_tiles is not None:
+            raise UsageError(f"{path}: --max-tiles shows a checkpoint's tiling; caption takes it for an engine")
         info = inspect_engine(path, conv_mode, projector_order)
         return info, format_engine_text(info)
-    info = inspect_checkpoint(path, conv_mode, projector_order, allow_pickle)
+    info = inspect_checkpoint(path, conv_mode, projector_order, allow_pickle, max_tiles)
     return info, format_text(info)

@@ -1,0 +1,138 @@
+"""VILA1.5-3B-S2, NVILA (dynamic_s2) and NVILA-Lite (dynamic) through the reference pipeline, against the
+independent implementation written from the upstream code (tests/upstream_vila.py) on tiny random checkpoints
+in the published layouts (tests/tiny_nvila.py): tiles, merged features, blocks, prompt text, then captions."""
+
+import json
+
+import numpy as np
+import pytest
+import upstream_vila as uv
+from PIL import Image
+from tiny_nvila import build_all
+
+from vila_edge.caption import Captioner
+from vila_edge.checkpoint import load_checkpoint
+from vila_edge.model.vlm import VilaModel
+
+LAYOUTS = ("s2", "nvila", "nvila_lite")
+CONV = {"s2": "vicuna_v1", "nvila": "qwen2", "nvila_lite": "qwen2"}
+
+
+def image(w, h, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory, tokenizer_dirs):
+    return build_all(tmp_path_factory.mktemp("multiscale"), tokenizer_dirs)
+
+
+@pytest.fixture(scope="module")
+def captioners(layouts):
+    """(folder, Captioner over the fp32 torch reference) per layout, with max_tiles left to the checkpoint."""
+    out = {}
+    for name in LAYOUTS:
+        ckpt = load_checkpoint(layouts[name])
+        out[name] = (layouts[name], ckpt, VilaModel(ckpt, dtype="float32"))
+    return out
+
+
+def blocks_of(encoded):
+    return [np.asarray(b.float()) for b in encoded.blocks]
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("size", [(168, 112), (112, 168), (70, 70), (300, 90)])
+def test_one_image_encodes_as_upstream(captioners, name, size):
+    folder, ckpt, model = captioners[name]
+    im = image(*size, seed=sum(size))
+    got = Captioner(ckpt, model, CONV[name]).encode([im])
+    want = uv.encode_image_upstream(folder, im)
+    assert got.tower_passes == want.tower_passes
+    assert [b.shape for b in blocks_of(got)] == [tuple(b.shape) for b in want.blocks]
+    for mine, theirs in zip(blocks_of(got), want.blocks):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_several_images_are_never_tiled(captioners, name):
+    folder, ckpt, model = captioners[name]
+    ims = [image(168, 112, 1), image(90, 140, 2)]
+    got = Captioner(ckpt, model, CONV[name]).encode(ims)
+    want = uv.encode_images_upstream(folder, ims)
+    assert got.tower_passes == want.tower_passes and got.tiles_per_image == [0, 0]
+    for mine, theirs in zip(blocks_of(got), want.blocks):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("max_tiles", [2, 4, 6, 12])
+def test_max_tiles_caps_the_grid_as_vilas_max_tiles(captioners, max_tiles):
+    for name in ("nvila", "nvila_lite"):
+        folder, ckpt, model = captioners[name]
+        im = image(300, 130, max_tiles)
+        got = Captioner(ckpt, model, CONV[name], max_tiles=max_tiles).encode([im])
+        want = uv.encode_image_upstream(folder, im, max_tiles=max_tiles)
+        assert got.tower_passes == want.tower_passes, name
+        for mine, theirs in zip(blocks_of(got), want.blocks):
+            np.testing.assert_allclose(mine, theirs.numpy(), rtol=0, atol=2e-5)
+
+
+def test_max_tiles_1_is_one_tile_as_with_tiling_off(captioners):
+    """NVILA at --max-tiles 1: one tower pass, the features once per scale (the untiled path of a multi-image prompt)."""
+    folder, ckpt, model = captioners["nvila"]
+    a, b = image(168, 112, 5), image(90, 140, 6)
+    got = Captioner(ckpt, model, "qwen2", max_tiles=1).encode([a])
+    want = uv.encode_images_upstream(folder, [a, b])
+    assert got.tower_passes == 1
+    np.testing.assert_allclose(blocks_of(got)[0], want.blocks[0].numpy(), rtol=0, atol=2e-5)
+
+
+def test_a_lite_image_puts_an_image_tag_per_tile_in_the_prompt(captioners):
+    folder, ckpt, model = captioners["nvila_lite"]
+    captioner = Captioner(ckpt, model, "qwen2")
+    im = image(168, 112)
+    want = uv.encode_image_upstream(folder, im)
+    tiles = captioner.encode([im]).tiles_per_image
+    from vila_edge.prompt import user_turn
+
+    assert user_turn("Describe.", 1, ckpt.family.image_text, tiles) == want.image_text[0] + "Describe."
+    assert user_turn("<image>Describe.", 1, ckpt.family.image_text, tiles) == want.image_text[0] + "Describe."
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_caption_runs_each_layout_and_counts_its_image_tokens(layouts, name, cli, tmp_path):
+    image(168, 112).save(tmp_path / "frame.png")
+    code, out, err = cli("caption", layouts[name], "--image", tmp_path / "frame.png", "--prompt", "Describe the image.",
+                         "--max-new-tokens", 3, "--temperature", 0, "--format", "jsonl", "--conv-mode", CONV[name])
+    assert code == 0, err
+    want = uv.encode_image_upstream(layouts[name], Image.open(tmp_path / "frame.png"))
+    assert json.loads(out)["image_tokens"] == sum(len(b) for b in want.blocks)
+
+
+def test_max_tiles_on_the_command_line(layouts, cli, tmp_path):
+    image(300, 130).save(tmp_path / "wide.png")
+    args = ("--image", tmp_path / "wide.png", "--prompt", "Describe.", "--max-new-tokens", 1, "--format", "jsonl",
+            "--conv-mode", "qwen2")
+    tokens = {}
+    for n in (1, 12):
+        code, out, err = cli("caption", layouts["nvila_lite"], *args, "--max-tiles", n)
+        assert code == 0, err
+        tokens[n] = json.loads(out)["image_tokens"]
+    assert tokens[1] < tokens[12]
+    code, _, err = cli("caption", layouts["nvila_lite"], *args, "--max-tiles", 0)
+    assert code == 2 and "--max-tiles 0: at least 1" in err
+    code, _, err = cli("caption", layouts["s2"], *args[:-1], "vicuna_v1", "--max-tiles", 4)
+    assert code == 2 and "does not tile its images (S2: fixed scales)" in err
+
+
+def test_inspect_reports_tiles_and_tokens_per_image(layouts, cli):
+    want = {"s2": ([5, 5], [9, 9]), "nvila": ([14, 17], [36, 48]), "nvila_lite": ([1, 13], [4, 52])}
+    for name, (passes, tokens) in want.items():
+        code, out, err = cli("inspect", layouts[name], "--format", "json")
+        assert code == 0, err
+        tiling = json.loads(out)["tiling"]
+        assert (tiling["tower_passes"], tiling["tokens"]) == (passes, tokens), name
+    code, out, _ = cli("inspect", layouts["nvila"], "--max-tiles", 1, "--format", "json")
+    assert json.loads(out)["tiling"]["tokens"] == [4, 4]
+    code, out, _ = cli("inspect", layouts["nvila"])
+    assert "36 to 48 per image alone in its prompt, 14 to 17 tower passes" in out
