@@ -52,7 +52,9 @@ ORT_CHECK = ("ONNX Runtime's CPU provider with graph optimizations off for both 
 
 
 def pixels_of(ckpt, images: list) -> np.ndarray:
-    return np.stack([preprocess(im, ckpt.preprocessor, ckpt.image_aspect_ratio) for im in images])
+    """One tower tile per image, preprocessed as captioning does (a tiling checkpoint's tiles: the processor's resize)."""
+    aspect = "resize" if ckpt.vision_layout.mode != "single" else ckpt.image_aspect_ratio
+    return np.stack([preprocess(im, ckpt.preprocessor, aspect) for im in images])
 
 
 def _with_outputs(model, names: list[str]) -> bytes:

@@ -136,3 +136,41 @@ def test_inspect_reports_tiles_and_tokens_per_image(layouts, cli):
     assert json.loads(out)["tiling"]["tokens"] == [4, 4]
     code, out, _ = cli("inspect", layouts["nvila"])
     assert "36 to 48 per image alone in its prompt, 14 to 17 tower passes" in out
+
+
+def test_nvila_lite_tiles_run_on_the_cpu_engine_without_torch(layouts, tmp_path, cli):
+    """quantize (AWQ calibrated on tiled captioning exchanges, W8A8 tower) -> build-engine cpu -> caption, with
+    torch and transformers unimportable: each tile through the W8A8 ONNX, a tag per tile, as the reference does."""
+    from conftest import QUICK_QUANT, cli_without_quantize_extra
+
+    (tmp_path / "media").mkdir()
+    for i in range(3):
+        image(168, 112 + 20 * i, i).save(tmp_path / "media" / f"{i}.png")
+    code, _, err = cli("quantize", layouts["nvila_lite"], "-o", tmp_path / "q", "--group-size", 32, *QUICK_QUANT,
+                       "--calib-media", tmp_path / "media")
+    assert code == 0, err
+    code, _, err = cli("build-engine", tmp_path / "q", "-o", tmp_path / "cpu", "--target", "cpu")
+    assert code == 0, err
+    args = ["--image", str(tmp_path / "media/0.png"), "--prompt", "Describe.", "--max-new-tokens", "2", "--format", "jsonl"]
+    (code, out, err), (code1, out1, err1) = cli_without_quantize_extra(
+        ["caption", str(tmp_path / "cpu"), *args], ["caption", str(tmp_path / "cpu"), *args, "--max-tiles", "1"])
+    assert code == 0 and code1 == 0, err + err1
+    want = uv.encode_image_upstream(layouts["nvila_lite"], Image.open(tmp_path / "media/0.png"))
+    assert json.loads(out)["image_tokens"] == sum(len(b) for b in want.blocks) > json.loads(out1)["image_tokens"]
+
+
+@pytest.mark.parametrize("name,model_type", [("nvila_hf", "nvila"), ("vila_hf", "vila")])
+def test_hf_format_conversions_are_refused_in_one_line(layouts, name, model_type, cli, tmp_path):
+    code, _, err = cli("inspect", layouts[name])
+    assert code == 1 and f"HF-format conversion (model_type '{model_type}'" in err and "Traceback" not in err
+    code, _, err = cli("quantize", layouts[name], "-o", tmp_path / "q")
+    assert code == 1 and "HF-format conversion" in err and not (tmp_path / "q").exists()
+
+
+def test_nvila_video_temporal_pooling_is_refused_not_guessed(layouts, copy_of, cli):
+    folder = copy_of(layouts["nvila"])
+    config = json.loads((folder / "config.json").read_text())
+    tsp = {"_target_": "llava.model.encoders.TSPVideoEncoder", "pool_sizes": [[8, 1, 1]]}  # scripts/NVILA/stage4.sh
+    (folder / "config.json").write_text(json.dumps({**config, "video_encoder": tsp, "num_time_tokens": 100}))
+    code, _, err = cli("inspect", folder)
+    assert code == 1 and "TSPVideoEncoder" in err and "not supported yet" in err and "Traceback" not in err

@@ -41,36 +41,38 @@ class BenchSettings:
                 raise UsageError(f"--{name} must be 0 or more")
 
 
-def prompt_ids(captioner: Captioner, n_text: int, n_images: int) -> list[int]:
-    """A chat prompt holding n_images image places and exactly n_text text tokens (real English)."""
+def prompt_ids(captioner: Captioner, n_text: int, n_images: int, tiles: list[int] | None = None) -> list[int]:
+    """A chat prompt holding n_images images (NVILA-Lite: `tiles` places each) and exactly n_text text tokens."""
     from .corpus import stdlib_docs
 
     words = " ".join(stdlib_docs("eval")).split()[: 2 * n_text + 64]  # enough: a word is at least one token
-    base = len(captioner.prompt_ids("", n_images)) - n_images
+    n_places = sum(k or 1 for k in tiles or [0] * n_images)
+    encode = lambda text: captioner.prompt_ids(text, n_images, tiles)  # noqa: E731
+    base = len(encode("")) - n_places
     if n_text < base + 1:
         raise UsageError(f"--prompt-len {n_text}: the template alone takes {base} tokens; ask for more")
     lo, hi = 1, len(words)
     while lo < hi:  # the longest question whose prompt fits n_text tokens
         mid = (lo + hi + 1) // 2
-        if len(captioner.prompt_ids(" ".join(words[:mid]), n_images)) - n_images <= n_text:
+        if len(encode(" ".join(words[:mid]))) - n_places <= n_text:
             lo = mid
         else:
             hi = mid - 1
-    ids = captioner.prompt_ids(" ".join(words[:lo]), n_images)
+    ids = encode(" ".join(words[:lo]))
     filler = captioner.tokenizer(" the", add_special_tokens=False).input_ids[-1]
     mid = len(ids) // 2  # inside the question: pad to the exact length
-    return ids[:mid] + [filler] * (n_text - (len(ids) - n_images)) + ids[mid:]
+    return ids[:mid] + [filler] * (n_text - (len(ids) - n_places)) + ids[mid:]
 
 
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def timed_run(engine, ids: list[int], pixels: np.ndarray | None, gen_len: int, monitor: JetsonMonitor) -> dict:
-    """One prompt, greedy: vision, then the token stream (our sampler over the cpu engine's logits, or
-    TensorRT-LLM's own stream). TTFT is the first token; decode is the rest, power sampled meanwhile."""
+def timed_run(engine, captioner: Captioner, ids: list[int], images: list, gen_len: int, monitor: JetsonMonitor) -> dict:
+    """One prompt, greedy: vision (tiled as captioning tiles), then the token stream (our sampler over the cpu
+    engine's logits, or TensorRT-LLM's own stream). TTFT is the first token; decode is the rest, power sampled meanwhile."""
     t0 = time.perf_counter()
-    embeds = engine.encode_images(pixels) if pixels is not None else None
+    embeds = captioner.encode(images).blocks
     t1 = time.perf_counter()
     inputs = engine.splice(ids, embeds)
     params = SamplingParams(temperature=0.0, max_new_tokens=gen_len)
@@ -110,14 +112,12 @@ def weights_mb(engine) -> float:
 def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | None]:
     """(the timed runs after the warm-up, the device they ran on, the Jetson power mode or None)."""
     captioner = Captioner(engine.info, engine)
-    ids = prompt_ids(captioner, settings.prompt_len, settings.images)
-    pixels = None
-    if settings.images:
-        pixels = captioner.pixels([draw_scene(480, seed=i) for i in range(settings.images)])
+    images = [draw_scene(480, seed=i) for i in range(settings.images)]
+    ids = prompt_ids(captioner, settings.prompt_len, settings.images, captioner.encode(images).tiles_per_image)
     with JetsonMonitor() as monitor:
         runs = []
         for i in range(settings.warmup + settings.repeat):
-            run = timed_run(engine, ids, pixels, settings.gen_len, monitor)
+            run = timed_run(engine, captioner, ids, images, settings.gen_len, monitor)
             if i < settings.warmup:
                 monitor.samples.clear()
             else:

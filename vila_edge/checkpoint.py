@@ -22,11 +22,11 @@ from .config_checks import (
     read_json,
     string_list,
 )
-from .errors import CheckpointError
+from .errors import CheckpointError, UnsupportedError
 from .formats import CHECKPOINT_PARTS as SUBFOLDERS
 from .formats import PICKLE_SUFFIXES
 from .safetensors_header import read_header
-from .tiling import VisionLayout
+from .tiling import VisionLayout, layout_from_config
 
 
 @dataclass
@@ -118,17 +118,7 @@ class Checkpoint:
     @property
     def vision_layout(self) -> VisionLayout:
         """How images become tower tiles: S2 scales, NVILA's dynamic tiling, or one resized image."""
-        c, aspect = self.config, self.image_aspect_ratio
-        if c.get("s2"):
-            mode = "s2"
-        elif c.get("dynamic_s2") or aspect == "dynamic_s2":
-            mode = "dynamic_s2"
-        else:
-            mode = "dynamic" if aspect == "dynamic" else "single"
-        return VisionLayout(mode, tile=self.image_size, scales=tuple(sorted(self.s2_scales)),
-                            split=int(c.get("s2_max_split_size") or self.image_size),
-                            output_scale=int(c.get("s2_resize_output_to_scale_idx") or 0),
-                            min_tiles=int(c.get("min_tiles") or 1), max_tiles=int(c.get("max_tiles") or 12))
+        return layout_from_config(self.config, self.image_size, self.s2_scales)
 
     @property
     def mm_hidden(self) -> int:
@@ -174,6 +164,12 @@ def _subfolder(root: Path, config: dict, name: str) -> Path:
     if isinstance(value, str):
         named = Path(value) if Path(value).is_absolute() else root / value
         path = next((p for p in (named, root / Path(value).name) if p.is_dir()), path)
+    if not path.is_dir() and "text_config" in config:  # NVILA-*-hf / NVILA-Lite-*-hf-preview: one prefixed model
+        raise UnsupportedError(
+            f"{root}: an HF-format conversion (model_type {config.get('model_type')!r}, weights prefixed llm. / "
+            "vision_tower. / mm_projector. in one folder) is not supported yet; use the VILA-layout release of the "
+            "same model (llm/, vision_tower/ and mm_projector/ beside config.json)"
+        )
     if not path.is_dir():
         raise CheckpointError(
             f"{root}: no {name}/ folder ({path} is missing). A VILA checkpoint holds llm/, vision_tower/ "

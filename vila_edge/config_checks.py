@@ -107,6 +107,18 @@ def check_top_config(config: dict, path: Path) -> None:
         pieces = scales.split(",") if isinstance(scales, str) else []
         if not pieces or not all(p.strip().isdigit() and int(p) > 0 for p in pieces):
             raise _wrong(path, config, "s2_scales", 'comma-separated image sizes such as "336,672,1008"')
+    check_video_encoder(config, path)
+
+
+def check_video_encoder(config: dict, path: Path) -> None:
+    """NVILA-8B-Video's temporal pooling (TSPVideoEncoder) and time tokens are not implemented: refused, not guessed."""
+    encoder = config.get("video_encoder")
+    target = encoder.get("_target_", "") if isinstance(encoder, dict) else str(encoder or "")
+    if "TSP" in target or (config.get("num_time_tokens") or 0) > 0:
+        raise UnsupportedError(
+            f"{path}: video_encoder {target or '?'} / num_time_tokens {config.get('num_time_tokens')}: NVILA-Video's "
+            "temporal pooling and time tokens are not supported yet; use NVILA-8B, or NVILA-Lite, for video"
+        )
 
 
 def check_feature_selection(ckpt) -> None:

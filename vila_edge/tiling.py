@@ -212,6 +212,22 @@ def per_image(layout: VisionLayout, tokens_per_tile: int) -> dict:
     return {"tower_passes": [1, 1], "tokens": [tokens_per_tile, tokens_per_tile]}
 
 
+def layout_from_config(config: dict, tower_size: int, s2_scales: list[int]) -> VisionLayout:
+    """A checkpoint's layout from its top config (NVILA-8B says s2 false and dynamic_s2 true; VILA's defaults:
+    s2_resize_output_to_scale_idx 0, min_tiles 1, max_tiles 12)."""
+    aspect = config.get("image_aspect_ratio", "resize")
+    if config.get("s2"):
+        mode = "s2"
+    elif config.get("dynamic_s2") or aspect == "dynamic_s2":
+        mode = "dynamic_s2"
+    else:
+        mode = "dynamic" if aspect == "dynamic" else "single"
+    return VisionLayout(mode, tile=tower_size, scales=tuple(sorted(s2_scales)),
+                        split=int(config.get("s2_max_split_size") or tower_size),
+                        output_scale=int(config.get("s2_resize_output_to_scale_idx") or 0),
+                        min_tiles=int(config.get("min_tiles") or 1), max_tiles=int(config.get("max_tiles") or 12))
+
+
 @dataclass
 class ImageTiles:
     """One prompt image as the tower sees it: `pixels` [n, 3, t, t] and how their features make its blocks."""
