@@ -14,7 +14,8 @@ class BuildOptions:
     max_batch: int | None = None  # GPU: default the target's (1 on Jetson)
     max_input_len: int | None = None  # GPU: prompt tokens, images included (default: the target's)
     max_seq_len: int | None = None  # GPU: prompt + answer tokens (default: the target's, within the model's)
+    max_tiles: int | None = None  # GPU, NVILA: tiles per image the engine is sized for (default: the checkpoint's)
 
     def limits(self) -> dict:
         return {"images": self.images, "max_batch": self.max_batch, "max_input_len": self.max_input_len,
-                "max_seq_len": self.max_seq_len}
+                "max_seq_len": self.max_seq_len, "max_tiles": self.max_tiles}

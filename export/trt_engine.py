@@ -161,7 +161,7 @@ def source_plan(source: Path, from_bundle: bool, target: Target, vision: str, li
         m = read_bundle(source)
         recipe = json.loads((source / m["recipe"]).read_text())
         group, max_positions = m["quantization"]["group_size"], m["llm"]["max_position_embeddings"]
-        limits = m["limits"] if m["target"] == target.name else {"images": m["limits"]["images"]}
+        limits = m["limits"] if m["target"] == target.name else {k: m["limits"].get(k) for k in ("images", "max_tiles")}
         precision = m["vision"]["precision"] if m["vision"] else "none"
     else:
         ckpt, spec = load_gpu_source(source)
@@ -170,7 +170,7 @@ def source_plan(source: Path, from_bundle: bool, target: Target, vision: str, li
         precision = PLAN_PRECISION[vision]
     limits = _clamp_to_model(limits, max_positions, target)
     return memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
-                       limits.get("max_input_len"), precision)
+                       limits.get("max_input_len"), precision, limits.get("max_tiles"))
 
 
 def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_mode: str | None, plan: Plan) -> dict:
@@ -178,6 +178,9 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
     ckpt, spec = load_gpu_source(source)
     recipe = recipe_from_checkpoint(ckpt)
     front = write_front(ckpt, source, conv_mode, folder)
+    if plan.max_tiles is not None:  # the engine is sized for this many tiles: caption tiles up to it
+        front["vision_layout"] = {**front["vision_layout"], "max_tiles": plan.max_tiles,
+                                  "min_tiles": min(front["vision_layout"]["min_tiles"], plan.max_tiles)}
     config = write_trtllm_checkpoint(ckpt, spec, read_llm_state(ckpt), folder / TRTLLM_CHECKPOINT_DIR)
     vision_spec = None
     if vision != "none":
@@ -249,7 +252,7 @@ def build_vision(bundle: Path, folder: Path, vision: dict, limits: dict, target:
     if reused:
         shutil.copyfile(cache, own)
     built = build_vision_plan(bundle / vision["onnx"], folder / VISION_PLAN_FILE, own, vision["precision"],
-                              vision["image_size"], limits["max_batch"] * max(1, limits["images"]),
+                              vision["image_size"], limits.get("tower_batch") or limits["max_batch"] * max(1, limits["images"]),
                               int(target.workspace_gb * 2**30))
     keep_cache(own, cache)
     return {**vision, "plan": VISION_PLAN_FILE, "timing_cache": VISION_CACHE_FILE,
@@ -338,7 +341,7 @@ def _dry_run(plan: Plan, vision: str) -> tuple[int, str]:
     lines = [format_plan(plan), "", "would run: " + " ".join(trtllm_build_command(TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, plan.limits))]
     if vision != "none":
         precision = VISION_CHOICES[vision][1]
-        lines.append(f"and build the vision plan: {precision}, batch 1..{plan.max_batch * max(1, plan.images)}, "
+        lines.append(f"and build the vision plan: {precision}, batch 1..{plan.tower_batch}, "
                      f"workspace {target.workspace_gb:g} GB, timing cache saved beside it")
     lines.append("here: " + ("TensorRT, TensorRT-LLM, trtllm-build and the GPU are present; it would build the engine"
                              if not missing else "it would write the portable bundle and exit 3 (" + "; ".join(missing) + ")"))

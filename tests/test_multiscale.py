@@ -174,3 +174,17 @@ def test_nvila_video_temporal_pooling_is_refused_not_guessed(layouts, copy_of, c
     (folder / "config.json").write_text(json.dumps({**config, "video_encoder": tsp, "num_time_tokens": 100}))
     code, _, err = cli("inspect", folder)
     assert code == 1 and "TSPVideoEncoder" in err and "not supported yet" in err and "Traceback" not in err
+
+
+def test_a_gpu_bundle_is_sized_for_the_tiles_it_was_built_for(layouts, tmp_path, cli):
+    from conftest import QUICK_QUANT
+
+    code, _, err = cli("quantize", layouts["nvila_lite"], "-o", tmp_path / "q", "--group-size", 64, *QUICK_QUANT)
+    assert code == 0, err
+    code, _, err = cli("build-engine", tmp_path / "q", "-o", tmp_path / "b", "--target", "orin", "--max-tiles", 4)
+    assert code == 3, err
+    m = json.loads((tmp_path / "b/manifest.json").read_text())
+    assert m["vision_layout"]["mode"] == "dynamic" and m["vision_layout"]["max_tiles"] == 4
+    assert m["limits"]["max_multimodal_len"] == (4 + 1) * 4 and m["limits"]["tower_batch"] == 5  # 4 tiles + thumbnail
+    code, out, _ = cli("build-engine", tmp_path / "q", "-o", tmp_path / "b2", "--target", "orin", "--dry-run")
+    assert code == 0 and "batch 1..13" in out  # the checkpoint's 12 tiles and the thumbnail

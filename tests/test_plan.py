@@ -25,7 +25,8 @@ def test_parameter_counts_match_the_published_model_sizes():
 @pytest.mark.parametrize("recipe", RECIPE_NAMES)
 @pytest.mark.parametrize("target", GPU_TARGETS, ids=lambda t: t.name)
 def test_every_recipe_gets_a_plan_on_every_target(recipe, target):
-    plan = memory_plan(load_recipe(recipe), target)
+    tiled = "tiling" in load_recipe(recipe)["vision"]
+    plan = memory_plan(load_recipe(recipe), target, max_tiles=1 if tiled else None)  # NVILA: one tile, 256 tokens
     assert all(gb > 0 for gb in plan.parts_gb.values())
     assert plan.max_multimodal_len == plan.max_batch * load_recipe(recipe)["tokens_per_image"]
     assert plan.fits == (plan.total_gb <= target.usable_gb)
@@ -74,3 +75,19 @@ def test_plan_cli_takes_the_vision_choice_and_labels_unsupported_jetsons(cli):
     assert "not officially supported by TensorRT-LLM v0.12.0-jetson" in text
     _, text, _ = cli("plan", "--recipe", "vila1.5-3b", "--target", "orin")
     assert "not officially supported" not in text
+
+
+def test_nvila_is_sized_for_its_tiles():
+    """NVILA-8B alone in its prompt: 1 + 4 + 9..12 tower passes and rows·cols·256 tokens at max_tiles 12; 1 + 4 + 1
+    and 256 below 9 tiles (VILA finds no grid); one pass at --max-tiles 1."""
+    recipe, h100 = load_recipe("nvila-8b"), TARGETS["h100"]
+    full = memory_plan(recipe, h100, max_batch=1)
+    assert (full.max_multimodal_len, full.tower_batch, full.max_tiles) == (12 * 256, 17, 12)
+    assert (memory_plan(recipe, h100, max_batch=1, max_tiles=4).tower_batch, memory_plan(recipe, h100, max_batch=1,
+            max_tiles=4).max_multimodal_len) == (6, 256)
+    one = memory_plan(recipe, h100, max_batch=2, max_tiles=1)
+    assert (one.max_multimodal_len, one.tower_batch) == (2 * 256, 2)
+    assert full.parts_gb["activations"] > memory_plan(recipe, h100, max_batch=1, max_tiles=1).parts_gb["activations"]
+    with pytest.raises(Exception, match="3072 tokens leave no room.*--max-tiles"):
+        memory_plan(recipe, TARGETS["orin"])  # 2048 prompt tokens by default
+    assert memory_plan(load_recipe("vila1.5-3b-s2"), TARGETS["orin"]).tower_batch == 5  # S2: 1 + 4 passes, 196 tokens

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .targets import Target
+from .tiling import VisionLayout, per_image
 
 # The repository's recipes/ (a checkout or an editable install), else where setup.py's data_files put them.
 RECIPES = next((p for p in (Path(__file__).resolve().parents[1] / "recipes", Path(sys.prefix) / "share/vila-edge/recipes")
@@ -35,6 +36,10 @@ def recipe_from_checkpoint(ckpt) -> dict:
               "image_size": ckpt.image_size, "patch": v["patch_size"]}
     if ckpt.s2_scales:
         vision["s2_scales"] = ckpt.s2_scales
+    layout = ckpt.vision_layout
+    if layout.mode != "single":
+        vision["tiling"] = {"mode": layout.mode, "split": layout.split, "output_scale": layout.output_scale,
+                            "min_tiles": layout.min_tiles, "max_tiles": layout.max_tiles}
     return {
         "name": ckpt.name,
         "llm": {"arch": c["model_type"], "hidden": c["hidden_size"], "layers": c["num_hidden_layers"],
@@ -60,10 +65,19 @@ def vision_params(vision: dict) -> int:
     return vision["layers"] * (4 * h * h + 2 * h * i) + 3 * vision["patch"] ** 2 * h + patches * h
 
 
-def vision_tiles(vision: dict) -> int:
-    """Tower passes per image: 1, or Σ (scale / base)² over S2 scales."""
-    scales = vision.get("s2_scales") or [vision["image_size"]]
-    return sum((s // scales[0]) ** 2 for s in scales)
+def recipe_layout(vision: dict, max_tiles: int | None = None) -> VisionLayout:
+    """A recipe's tiling: its "tiling" entry (S2 / NVILA), else S2 when it lists scales, else one image."""
+    t = vision.get("tiling") or {"mode": "s2" if vision.get("s2_scales") else "single"}
+    layout = VisionLayout(t["mode"], tile=vision["image_size"], scales=tuple(vision.get("s2_scales") or ()),
+                          split=t.get("split") or vision["image_size"], output_scale=t.get("output_scale", 0),
+                          min_tiles=t.get("min_tiles", 1), max_tiles=t.get("max_tiles", 12))
+    return layout.with_max_tiles(max_tiles)
+
+
+def image_cost(recipe: dict, max_tiles: int | None = None) -> tuple[int, int]:
+    """(tower passes, image tokens) of the costliest single image: an engine is sized for it."""
+    cost = per_image(recipe_layout(recipe["vision"], max_tiles), recipe["tokens_per_image"])
+    return cost["tower_passes"][1], cost["tokens"][1]
 
 
 @dataclass
@@ -76,18 +90,22 @@ class Plan:
     max_multimodal_len: int
     images: int  # per prompt
     parts_gb: dict[str, float]
+    tower_batch: int = 1  # tower passes of a full batch of prompts: the vision plan's largest batch
+    max_tiles: int | None = None  # NVILA: the tiles per image the plan was sized for
 
     def to_json(self) -> dict:
         return {"recipe": self.recipe, "target": self.target.name, "max_batch": self.max_batch,
                 "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
                 "max_multimodal_len": self.max_multimodal_len, "parts_gb": self.parts_gb,
-                "total_gb": round(self.total_gb, 3), "usable_gb": self.target.usable_gb, "fits": self.fits}
+                "total_gb": round(self.total_gb, 3), "usable_gb": self.target.usable_gb, "fits": self.fits,
+                "tower_batch": self.tower_batch, "max_tiles": self.max_tiles}
 
     @property
     def limits(self) -> dict:
         """The engine limits, as build-engine passes them to TensorRT-LLM and the manifest records them."""
         return {"max_batch": self.max_batch, "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
-                "max_multimodal_len": self.max_multimodal_len, "images": self.images}
+                "max_multimodal_len": self.max_multimodal_len, "images": self.images, "tower_batch": self.tower_batch,
+                "max_tiles": self.max_tiles}
 
     @property
     def total_gb(self) -> float:
@@ -99,7 +117,8 @@ class Plan:
 
 
 def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int = 1, max_seq_len: int | None = None,
-                max_batch: int | None = None, max_input_len: int | None = None, vision_precision: str = "int8") -> Plan:
+                max_batch: int | None = None, max_input_len: int | None = None, vision_precision: str = "int8",
+                max_tiles: int | None = None) -> Plan:
     """W4A16 LLM (fp16 group scales and zeros, fp16 embeddings and lm_head), the vision plan in `vision_precision`
     (int8, fp16, or none: text only), fp16 KV cache."""
     if vision_precision not in VISION_BYTES:
@@ -110,14 +129,15 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
     input_len = max_input_len or min(target.max_input_len, seq - 1)
     if not 0 < input_len < seq or batch < 1 or images < 0:
         raise UsageError(f"max_input_len {input_len} must be below max_seq_len {seq}, and max_batch at least 1")
-    if images * recipe["tokens_per_image"] >= input_len:
-        raise UsageError(f"{images} image(s) of {recipe['tokens_per_image']} tokens leave no room for text in "
-                         f"max_input_len {input_len}; raise --max-input-len or lower --images")
+    passes, image_tokens = image_cost(recipe, max_tiles)
+    if images * image_tokens >= input_len:
+        raise UsageError(f"{images} image(s) of {image_tokens} tokens leave no room for text in max_input_len {input_len}; "
+                         "raise --max-input-len, lower --images" + (" or --max-tiles" if passes > 1 else ""))
     hd = llm["hidden"] // llm["heads"]
     bits = 4 + 32 / group_size  # int4 + an fp16 scale and an fp16 zero per group
     tables = (1 if llm.get("tied") else 2) * llm["vocab"] * llm["hidden"] * 2
     tokens = input_len * batch  # activations are sized for a full prefill of max_num_tokens
-    tiles = vision_tiles(vision) * images * batch if vision_precision != "none" else 0
+    tiles = passes * images * batch if vision_precision != "none" else 0
     patches = (vision["image_size"] // vision["patch"]) ** 2
     parts = {
         "llm weights (int4)": llm_linear_params(llm) * bits / 8 / GB,
@@ -128,8 +148,10 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
                         + tiles * patches * vision["intermediate"] * 2 * 2) / GB,
         "runtime (CUDA, TensorRT)": target.runtime_gb,
     }
-    return Plan(recipe["name"], target, batch, input_len, seq, batch * images * recipe["tokens_per_image"], images,
-                {k: round(v, 3) for k, v in parts.items()})
+    layout = recipe_layout(vision, max_tiles)
+    return Plan(recipe["name"], target, batch, input_len, seq, batch * images * image_tokens, images,
+                {k: round(v, 3) for k, v in parts.items()}, tower_batch=max(1, images) * batch * passes,
+                max_tiles=layout.max_tiles if layout.mode.startswith("dynamic") else None)
 
 
 def format_plan(plan: Plan) -> str:

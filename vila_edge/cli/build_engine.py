@@ -8,7 +8,7 @@ from ..runtime.manifest import is_engine
 from ..targets import TARGETS
 from .options import add_conv_mode, add_fields, add_overwrite, from_args
 
-GPU_LIMITS = ("images", "max_batch", "max_input_len", "max_seq_len")
+GPU_LIMITS = ("images", "max_batch", "max_input_len", "max_seq_len", "max_tiles")
 
 
 def add_parser(sub) -> None:
@@ -24,7 +24,9 @@ def add_parser(sub) -> None:
     add_fields(q, BuildOptions, *GPU_LIMITS, images={"help": "GPU: images per prompt the engine takes (default 1)"},
                max_batch={"help": "GPU: default the target's (1 on Jetson)"},
                max_input_len={"help": "GPU: prompt tokens, images included (default: the target's)"},
-               max_seq_len={"help": "GPU: prompt + answer tokens (default: the target's, within the model's)"})
+               max_seq_len={"help": "GPU: prompt + answer tokens (default: the target's, within the model's)"},
+               max_tiles={"help": "GPU, NVILA / NVILA-Lite: tiles per image the engine is sized for (default: the "
+                                  "checkpoint's max_tiles; 1: one tile)"})
     q.add_argument("--dry-run", action="store_true", help="GPU: print the memory plan and the build steps; write nothing")
     add_conv_mode(q, "conversation template to record (default: the checkpoint's own)")
     add_overwrite(q)

@@ -189,7 +189,8 @@ class TrtEngine:
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
         limits = self.manifest["limits"]
         vision = self.manifest.get("vision")
-        self.vision = TrtVision(self.root / vision["plan"], limits["max_batch"] * limits["images"]) if vision else None
+        tower_batch = limits.get("tower_batch") or limits["max_batch"] * limits["images"]
+        self.vision = TrtVision(self.root / vision["plan"], tower_batch) if vision else None
         self.runner = self._runner(self.root / self.manifest["llm"]["engine_dir"], limits)
 
     @staticmethod
