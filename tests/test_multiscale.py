@@ -157,6 +157,14 @@ def test_nvila_lite_tiles_run_on_the_cpu_engine_without_torch(layouts, tmp_path,
     assert code == 0 and code1 == 0, err + err1
     want = uv.encode_image_upstream(layouts["nvila_lite"], Image.open(tmp_path / "media/0.png"))
     assert json.loads(out)["image_tokens"] == sum(len(b) for b in want.blocks) > json.loads(out1)["image_tokens"]
+    bench = {}
+    for n in (1, 12):  # a 3:2 image: 3 × 2 tiles and the thumbnail, or one tile
+        code, out, err = cli("bench", tmp_path / "cpu", "--images", 1, "--image-size", "210x140", "--max-tiles", n,
+                             "--prompt-len", 160, "--gen-len", 2, "--repeat", 1, "--warmup", 0, "--format", "json")
+        assert code == 0, err
+        bench[n] = json.loads(out)
+    assert (bench[12]["tiles_per_image"], bench[12]["image_tokens"], bench[12]["max_tiles"]) == (7, 28, 12)
+    assert (bench[1]["tiles_per_image"], bench[1]["image_tokens"]) == (1, 4) and bench[12]["vision_ms_per_tile"] > 0
 
 
 @pytest.mark.parametrize("name,model_type", [("nvila_hf", "nvila"), ("vila_hf", "vila")])

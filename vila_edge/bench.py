@@ -31,8 +31,18 @@ class BenchSettings:
     images: int = 0
     repeat: int = 3
     warmup: int = 1
+    image_size: str = "480x480"  # WxH of the drawn scenes (a tiling model cuts a wide one into more tiles)
+    max_tiles: int | None = None  # NVILA: as caption --max-tiles
+
+    @property
+    def image_wh(self) -> tuple[int, int]:
+        parts = self.image_size.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and 0 < int(p) <= 8192 for p in parts):
+            raise UsageError(f"--image-size {self.image_size!r}: WIDTHxHEIGHT in pixels, e.g. 1344x896")
+        return int(parts[0]), int(parts[1])
 
     def check(self) -> None:
+        self.image_wh  # validates --image-size
         for name in ("prompt_len", "gen_len", "repeat"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -111,8 +121,8 @@ def weights_mb(engine) -> float:
 
 def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | None]:
     """(the timed runs after the warm-up, the device they ran on, the Jetson power mode or None)."""
-    captioner = Captioner(engine.info, engine)
-    images = [draw_scene(480, seed=i) for i in range(settings.images)]
+    captioner = Captioner(engine.info, engine, max_tiles=settings.max_tiles)
+    images = scenes(settings)
     ids = prompt_ids(captioner, settings.prompt_len, settings.images, captioner.encode(images).tiles_per_image)
     with JetsonMonitor() as monitor:
         runs = []
@@ -124,6 +134,20 @@ def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | No
                 runs.append(run)
         decode_s, decoded = sum(r["decode_s"] for r in runs), sum(r["decode_tokens"] for r in runs)
         return runs, describe_device(monitor, decode_s, decoded), monitor.nvpmodel
+
+
+def scenes(settings: BenchSettings) -> list:
+    w, h = settings.image_wh
+    return [draw_scene(max(w, h), seed=i).resize((w, h)) for i in range(settings.images)]
+
+
+def image_cost(engine, settings: BenchSettings) -> dict:
+    """What the bench's images cost: tower passes (tiles) per image and image tokens, as captioning tiles them."""
+    if not settings.images:
+        return {"tiles_per_image": 0, "image_tokens": 0}
+    encoded = Captioner(engine.info, engine, max_tiles=settings.max_tiles).encode(scenes(settings))
+    return {"tiles_per_image": encoded.tower_passes / settings.images,
+            "image_tokens": sum(len(b) for b in encoded.blocks)}
 
 
 def speeds(runs: list[dict], images: int) -> dict:
@@ -146,7 +170,8 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
     manifest, threads = engine.manifest, getattr(engine, "threads", None)
     target = get_target(manifest["target"])
     bandwidth = choose_bandwidth(target, bandwidth_gb_s, threads or os.cpu_count(), nvpmodel)
-    speed = speeds(runs, settings.images)
+    speed, cost = speeds(runs, settings.images), image_cost(engine, settings)
+    tiles = cost["tiles_per_image"] * settings.images
     context = runs[0]["prompt_tokens"] + settings.gen_len / 2  # the mean cache length while decoding
     per_token = engine_bytes_per_token(engine.root, manifest, context)
     return {
@@ -161,6 +186,10 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
         "prompt_tokens": runs[0]["prompt_tokens"],
         "text_tokens": settings.prompt_len,
         "images": settings.images,
+        "image_size": settings.image_size if settings.images else None,
+        "max_tiles": engine.info.vision_layout.with_max_tiles(settings.max_tiles).max_tiles
+        if engine.info.vision_layout.mode.startswith("dynamic") else None,
+        **cost,
         "gen_len": settings.gen_len,
         "decode_tokens": min(r["decode_tokens"] for r in runs),
         "repeat": settings.repeat,
@@ -168,6 +197,7 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
         "threads": threads,
         "kernels": getattr(engine, "kernels", None),
         **speed,
+        "vision_ms_per_tile": speed["vision_ms"] * settings.images / tiles if tiles else None,
         **bandwidth,
         **decode_ceiling(speed["decode_tok_s"], bandwidth["bandwidth_gb_s"], per_token),
         "peak_rss_mb": peak_rss_mb(),
@@ -200,6 +230,9 @@ def device_line(r: dict) -> str:
 
 def format_text(r: dict) -> str:
     vision = f", vision {r['vision_ms']:.1f} ms/image" if r["vision_ms"] is not None else ""
+    if r.get("tiles_per_image", 1) > 1:
+        vision += (f" ({r['tiles_per_image']:g} tiles per image, {r['vision_ms_per_tile']:.1f} ms/tile, "
+                   f"{r['image_tokens']} image tokens)")
     threads = f"{r['threads']} thread{'' if r['threads'] == 1 else 's'}"
     runner = f"{threads}, {r['kernels']} kernels" if r["backend"] == "cpu" else "TensorRT"
     lines = [

@@ -8,14 +8,14 @@ from ..commands.backends import BackendOptions, open_engine
 from ..errors import UsageError
 from .options import add_fields, add_format, from_args
 
-SETTINGS = ("prompt_len", "gen_len", "images", "repeat", "warmup")
+SETTINGS = ("prompt_len", "gen_len", "images", "repeat", "warmup", "image_size", "max_tiles")
 
 
 def add_parser(sub) -> None:
     q = sub.add_parser("bench", help="TTFT, vision, prefill and decode speed of an engine, and decode's share of "
                                      "the memory-bandwidth ceiling")
     q.add_argument("engine", help="an engine folder from build-engine (cpu, or a TensorRT engine on its GPU)")
-    add_fields(q, BenchSettings, *SETTINGS)
+    add_fields(q, BenchSettings, *SETTINGS, image_size={"metavar": "WxH", "help": "size of the drawn test images"})
     add_fields(q, BackendOptions, "threads", "kernels", kernels={"help": "cpu engine: force a kernel table "
                "(see caption --kernels)"})
     q.add_argument("--bandwidth-gb-s", type=float, metavar="GB_S",
