@@ -167,8 +167,8 @@ def _subfolder(root: Path, config: dict, name: str) -> Path:
     if not path.is_dir() and "text_config" in config:  # NVILA-*-hf / NVILA-Lite-*-hf-preview: one prefixed model
         raise UnsupportedError(
             f"{root}: an HF-format conversion (model_type {config.get('model_type')!r}, weights prefixed llm. / "
-            "vision_tower. / mm_projector. in one folder) is not supported yet; use the VILA-layout release of the "
-            "same model (llm/, vision_tower/ and mm_projector/ beside config.json)"
+            "vision_tower. / mm_projector. in one folder), not the VILA layout; rewrite it with "
+            f"`vila-edge convert {root} -o DST` and load DST"
         )
     if not path.is_dir():
         raise CheckpointError(
