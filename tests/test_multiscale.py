@@ -196,3 +196,15 @@ def test_a_gpu_bundle_is_sized_for_the_tiles_it_was_built_for(layouts, tmp_path,
     assert m["limits"]["max_multimodal_len"] == (4 + 1) * 4 and m["limits"]["tower_batch"] == 5  # 4 tiles + thumbnail
     code, out, _ = cli("build-engine", tmp_path / "q", "-o", tmp_path / "b2", "--target", "orin", "--dry-run")
     assert code == 0 and "batch 1..13" in out  # the checkpoint's 12 tiles and the thumbnail
+
+
+def test_a_backend_with_one_vision_graph_refuses_multiscale_images_clearly(captioners):
+    from vila_edge.errors import UnsupportedError
+
+    folder, ckpt, model = captioners["s2"]
+
+    class OneGraph:  # what the ONNX, cpu and trt backends offer: tower and projector in one call
+        tokenizer, encode_images = model.tokenizer, model.encode_images
+
+    with pytest.raises(UnsupportedError, match="s2 images need the tower and the projector apart"):
+        Captioner(ckpt, OneGraph(), "vicuna_v1").encode([image(90, 90)])
