@@ -138,9 +138,16 @@ def test_only_the_library_versions_the_code_was_checked_against_are_accepted(jet
         assert "checked against" in p and ("0.12.x" if jetson else "0.12 to 1.2.x") in p
 
 
-def test_a_cpu_only_torch_is_named_as_the_reason_no_gpu_is_seen():
-    _, missing = trt.probe_environment()  # this machine's torch is the CPU build
-    assert any("CPU-only build" in m and "a CUDA build of torch" in m for m in missing), missing
+def test_a_cpu_only_torch_is_named_as_the_reason_no_gpu_is_seen(monkeypatch):
+    """A stand-in torch module (what a plain `pip install torch` leaves on a Jetson: no CUDA) checks the message."""
+    import types
+
+    cpu_torch = types.ModuleType("torch")
+    cpu_torch.__version__, cpu_torch.version = "2.5.0+cpu", types.SimpleNamespace(cuda=None)
+    monkeypatch.setitem(sys.modules, "torch", cpu_torch)
+    (desktop,), (jetson,) = trt._probe_gpu({}, jetson=False), trt._probe_gpu({}, jetson=True)
+    assert "torch 2.5.0+cpu is a CPU-only build" in desktop and "a CUDA build of torch" in desktop
+    assert "NVIDIA's torch wheel for this JetPack" in jetson
 
 
 def test_the_load_rules_catch_what_trtllm_build_would_refuse(orin_bundle, tmp_path):
