@@ -30,7 +30,7 @@ from vila_edge.formats import (
     VISION_W8A8_FILE,
     VISION_W8A8_FP16_FILE,
 )
-from vila_edge.media import media_images, preprocess
+from vila_edge.media import layout_preprocess, media_images
 from vila_edge.model.vlm import load_vision
 from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, insert_qdq, quant_targets
 from vila_edge.quant.options import VisionQuantOptions
@@ -53,8 +53,8 @@ ORT_CHECK = ("ONNX Runtime's CPU provider with graph optimizations off for both 
 
 def pixels_of(ckpt, images: list) -> np.ndarray:
     """One tower tile per image, preprocessed as captioning does (a tiling checkpoint's tiles: the processor's resize)."""
-    aspect = "resize" if ckpt.vision_layout.mode != "single" else ckpt.image_aspect_ratio
-    return np.stack([preprocess(im, ckpt.preprocessor, aspect) for im in images])
+    layout = ckpt.vision_layout
+    return np.stack([layout_preprocess(im, ckpt.preprocessor, ckpt.image_aspect_ratio, layout) for im in images])
 
 
 def _with_outputs(model, names: list[str]) -> bytes:

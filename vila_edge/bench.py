@@ -119,11 +119,15 @@ def weights_mb(engine) -> float:
     return round(engine_files_bytes(engine.root / engine.manifest["llm"]["engine_dir"]) / 2**20, 1)
 
 
-def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | None]:
-    """(the timed runs after the warm-up, the device they ran on, the Jetson power mode or None)."""
+def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | None, dict]:
+    """(the timed runs after the warm-up, the device they ran on, the Jetson power mode or None, what the images
+    cost: tower passes (tiles) per image and image tokens, as captioning tiles them)."""
     captioner = Captioner(engine.info, engine, max_tiles=settings.max_tiles)
     images = scenes(settings)
-    ids = prompt_ids(captioner, settings.prompt_len, settings.images, captioner.encode(images).tiles_per_image)
+    encoded = captioner.encode(images)
+    cost = {"tiles_per_image": encoded.tower_passes / settings.images if images else 0,
+            "image_tokens": sum(len(b) for b in encoded.blocks) if images else 0}
+    ids = prompt_ids(captioner, settings.prompt_len, settings.images, encoded.tiles_per_image)
     with JetsonMonitor() as monitor:
         runs = []
         for i in range(settings.warmup + settings.repeat):
@@ -133,21 +137,12 @@ def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | No
             else:
                 runs.append(run)
         decode_s, decoded = sum(r["decode_s"] for r in runs), sum(r["decode_tokens"] for r in runs)
-        return runs, describe_device(monitor, decode_s, decoded), monitor.nvpmodel
+        return runs, describe_device(monitor, decode_s, decoded), monitor.nvpmodel, cost
 
 
 def scenes(settings: BenchSettings) -> list:
     w, h = settings.image_wh
     return [draw_scene(max(w, h), seed=i).resize((w, h)) for i in range(settings.images)]
-
-
-def image_cost(engine, settings: BenchSettings) -> dict:
-    """What the bench's images cost: tower passes (tiles) per image and image tokens, as captioning tiles them."""
-    if not settings.images:
-        return {"tiles_per_image": 0, "image_tokens": 0}
-    encoded = Captioner(engine.info, engine, max_tiles=settings.max_tiles).encode(scenes(settings))
-    return {"tiles_per_image": encoded.tower_passes / settings.images,
-            "image_tokens": sum(len(b) for b in encoded.blocks)}
 
 
 def speeds(runs: list[dict], images: int) -> dict:
@@ -166,11 +161,11 @@ def speeds(runs: list[dict], images: int) -> dict:
 
 def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = None) -> dict:
     """engine: a CpuEngine or a TrtEngine. The result is one JSON-able record (bench-table reads them)."""
-    runs, device, nvpmodel = measure(engine, settings)
+    runs, device, nvpmodel, cost = measure(engine, settings)
     manifest, threads = engine.manifest, getattr(engine, "threads", None)
     target = get_target(manifest["target"])
     bandwidth = choose_bandwidth(target, bandwidth_gb_s, threads or os.cpu_count(), nvpmodel)
-    speed, cost = speeds(runs, settings.images), image_cost(engine, settings)
+    speed = speeds(runs, settings.images)
     tiles = cost["tiles_per_image"] * settings.images
     context = runs[0]["prompt_tokens"] + settings.gen_len / 2  # the mean cache length while decoding
     per_token = engine_bytes_per_token(engine.root, manifest, context)

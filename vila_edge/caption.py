@@ -11,7 +11,7 @@ from .backend import Backend, ModelInfo
 from .conversation import get_template, render, resolve_conv_mode, stop_strings
 from .errors import UnsupportedError, UsageError
 from .generate import SamplingParams, TextStream, generate
-from .media import preprocess
+from .media import layout_preprocess
 from .prompt import tokenize_prompt, user_turn
 from .tiling import ImageTiles, image_tiles
 
@@ -61,16 +61,7 @@ class Captioner:
         return tokenize_prompt(self.tokenizer, render(self.template, turn, self.tokenizer))
 
     def _preprocess(self, image: Image.Image) -> np.ndarray:
-        # a tile, a multi-image or a video frame of a tiling checkpoint: the processor's own resize
-        aspect = self.ckpt.image_aspect_ratio if self.layout.mode in ("single", "s2") else "resize"
-        pre, size = self.ckpt.preprocessor, self.layout.processor_size
-        if size:
-            pre = {**pre, "size": {"height": size, "width": size}, "crop_size": {"height": size, "width": size}}
-        return preprocess(image, pre, aspect)
-
-    def pixels(self, images: list[Image.Image]) -> np.ndarray:
-        """[N, 3, S, S] float32, preprocessed as the checkpoint's processor does (one tile per image)."""
-        return np.stack([self._preprocess(im) for im in images])
+        return layout_preprocess(image, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio, self.layout)
 
     def encode(self, images: list[Image.Image]) -> Encoded:
         """The images as the checkpoint's layout has them: tiles through the tower, merged, projected."""

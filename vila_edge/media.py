@@ -7,6 +7,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import MediaError, UnsupportedError
 from .formats import IMAGE_SUFFIXES, is_image, is_video
+from .tiling import VisionLayout
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -87,6 +88,16 @@ def preprocess(image: Image.Image, pre: dict, aspect_ratio: str = "resize") -> n
     if pre.get("do_normalize", True):
         x = (x - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def layout_preprocess(image: Image.Image, pre: dict, aspect_ratio: str, layout: VisionLayout) -> np.ndarray:
+    """preprocess for a checkpoint with this tiling layout: a tile, or a multi-image or video frame of a tiling
+    checkpoint, takes the processor's own resize; S2 and NVILA's tower classes set the processor size themselves."""
+    aspect = aspect_ratio if layout.mode in ("single", "s2") else "resize"
+    size = layout.processor_size
+    if size:
+        pre = {**pre, "size": {"height": size, "width": size}, "crop_size": {"height": size, "width": size}}
+    return preprocess(image, pre, aspect)
 
 
 # ---- video -------------------------------------------------------------------------------------

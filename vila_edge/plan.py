@@ -74,11 +74,6 @@ def recipe_layout(vision: dict, max_tiles: int | None = None) -> VisionLayout:
     return layout.with_max_tiles(max_tiles)
 
 
-def image_cost(recipe: dict, max_tiles: int | None = None) -> tuple[int, int]:
-    """(tower passes, image tokens) of the costliest single image: an engine is sized for it."""
-    cost = per_image(recipe_layout(recipe["vision"], max_tiles), recipe["tokens_per_image"])
-    return cost["tower_passes"][1], cost["tokens"][1]
-
 
 @dataclass
 class Plan:
@@ -129,7 +124,9 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
     input_len = max_input_len or min(target.max_input_len, seq - 1)
     if not 0 < input_len < seq or batch < 1 or images < 0:
         raise UsageError(f"max_input_len {input_len} must be below max_seq_len {seq}, and max_batch at least 1")
-    passes, image_tokens = image_cost(recipe, max_tiles)
+    layout = recipe_layout(vision, max_tiles)
+    cost = per_image(layout, recipe["tokens_per_image"])  # the costliest single image: an engine is sized for it
+    passes, image_tokens = cost["tower_passes"][1], cost["tokens"][1]
     if images * image_tokens >= input_len:
         raise UsageError(f"{images} image(s) of {image_tokens} tokens leave no room for text in max_input_len {input_len}; "
                          "raise --max-input-len, lower --images" + (" or --max-tiles" if passes > 1 else ""))
@@ -148,7 +145,6 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
                         + tiles * patches * vision["intermediate"] * 2 * 2) / GB,
         "runtime (CUDA, TensorRT)": target.runtime_gb,
     }
-    layout = recipe_layout(vision, max_tiles)
     return Plan(recipe["name"], target, batch, input_len, seq, batch * images * image_tokens, images,
                 {k: round(v, 3) for k, v in parts.items()}, tower_batch=max(1, images) * batch * passes,
                 max_tiles=layout.max_tiles if layout.mode.startswith("dynamic") else None)
