@@ -17,7 +17,14 @@ from vila_edge.awq_checkpoint import is_awq
 from vila_edge.checkpoint import Checkpoint, load_checkpoint
 from vila_edge.conversation import get_template, resolve_conv_mode
 from vila_edge.errors import UnsupportedError, UsageError
-from vila_edge.formats import ENGINE_TOKENIZER_DIR, VISION_DIR, VISION_FILES, VISION_FP16_FILES, VISION_FP16_SOURCE
+from vila_edge.formats import (
+    ENGINE_TOKENIZER_DIR,
+    PROJECTOR_OF,
+    VISION_DIR,
+    VISION_FILES,
+    VISION_FP16_FILES,
+    VISION_FP16_SOURCE,
+)
 from vila_edge.int4 import unpack_awq_gemm
 from vila_edge.quant.options import VisionQuantOptions
 from vila_edge.runtime.tokenizer import save_engine_tokenizer
@@ -111,12 +118,23 @@ def copy_vision(ckpt: Checkpoint, vision: str, out: Path) -> dict | None:
         "projector": ckpt.projector_type,
         "projector_order": ckpt.projector_order(),
     }
+    if ckpt.vision_layout.channel_copies > 1:  # S2 / NVILA: the tower's file holds no projector, which sits beside it
+        spec["projector_file"] = f"{VISION_DIR}/{_copy_onnx(src.with_name(PROJECTOR_OF[name]), out / VISION_DIR)}"
     if not src.is_file():
         return {**spec, "tensorrt_fp16": _converted_now(ckpt, source, out / VISION_DIR / name)}
+    _copy_onnx(src, out / VISION_DIR)
+    return spec
+
+
+def _copy_onnx(src: Path, folder: Path) -> str:
+    """src (and its external weights) into folder; returns its name."""
+    if not src.is_file():
+        raise UsageError(f"{src}: missing; the checkpoint was quantized before vila-edge exported multi-scale towers "
+                         "with their projector apart. Re-quantize it, or pass --vision none for text only")
     for f in (src, src.with_name(src.name + ".data")):
         if f.is_file():
-            shutil.copy2(f, out / VISION_DIR / f.name)
-    return spec
+            shutil.copy2(f, folder / f.name)
+    return src.name
 
 
 def _converted_now(ckpt: Checkpoint, source: Path, dst: Path) -> dict:

@@ -22,6 +22,7 @@ from vila_edge.errors import CheckpointError, DoesNotFitError, UnsupportedError,
 from vila_edge.formats import (
     BUILD_SCRIPT,
     MANIFEST_FILE,
+    PROJECTOR_PLAN_FILE,
     RECIPE_FILE,
     TRTLLM_CACHE_FILE,
     TRTLLM_CHECKPOINT_DIR,
@@ -32,6 +33,7 @@ from vila_edge.formats import (
 )
 from vila_edge.plan import PLAN_PRECISION, Plan, format_plan, memory_plan, recipe_from_checkpoint
 from vila_edge.runtime.manifest import is_engine, read_manifest, write_manifest
+from vila_edge.runtime.onnx_vision import FEATURES, INPUT
 from vila_edge.runtime.trt import install_hint, probe_environment
 from vila_edge.targets import GPU_TARGETS, Target, get_target
 
@@ -187,7 +189,13 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
         onnx_kind, precision = VISION_CHOICES[vision]
         vision_spec = {**copy_vision(ckpt, onnx_kind, folder), "precision": precision}
         vision_spec["onnx"] = vision_spec.pop("file")
-        check_for_tensorrt(folder / vision_spec["onnx"], f"re-quantize the original of {ckpt.root} with vila-edge quantize")
+        if "projector_file" in vision_spec:  # S2 / NVILA: the projector's own plan, float, sized for one image's blocks
+            vision_spec["projector_onnx"] = vision_spec.pop("projector_file")
+            vision_spec["projector_input"] = onnx_item_shape(folder / vision_spec["projector_onnx"])
+            vision_spec["projector_batch"] = max(1, plan.projector_batch)
+        for key in ("onnx", "projector_onnx"):
+            if key in vision_spec:
+                check_for_tensorrt(folder / vision_spec[key], f"re-quantize the original of {ckpt.root} with vila-edge quantize")
     (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     (folder / BUILD_SCRIPT).write_text(build_script(target, plan.limits))
     (folder / BUILD_SCRIPT).chmod(0o755)
@@ -251,12 +259,28 @@ def build_vision(bundle: Path, folder: Path, vision: dict, limits: dict, target:
     reused = cache.is_file()
     if reused:
         shutil.copyfile(cache, own)
-    built = build_vision_plan(bundle / vision["onnx"], folder / VISION_PLAN_FILE, own, vision["precision"],
-                              vision["image_size"], limits.get("tower_batch") or limits["max_batch"] * max(1, limits["images"]),
-                              int(target.workspace_gb * 2**30))
+    workspace = int(target.workspace_gb * 2**30)
+    built = build_vision_plan(bundle / vision["onnx"], folder / VISION_PLAN_FILE, own, vision["precision"], INPUT,
+                              (3, vision["image_size"], vision["image_size"]),
+                              limits.get("tower_batch") or limits["max_batch"] * max(1, limits["images"]), workspace)
+    entry = {**vision, "plan": VISION_PLAN_FILE, "timing_cache": VISION_CACHE_FILE,
+             "build": {**built, "timing_cache_reused": reused}}
+    if vision.get("projector_onnx"):
+        print(f"building the projector plan (fp16) from {vision['projector_onnx']}", flush=True)
+        entry["projector_plan"] = PROJECTOR_PLAN_FILE
+        entry["projector_build"] = build_vision_plan(bundle / vision["projector_onnx"], folder / PROJECTOR_PLAN_FILE, own,
+                                                     "fp16", FEATURES, tuple(vision["projector_input"]),
+                                                     vision["projector_batch"], workspace)
     keep_cache(own, cache)
-    return {**vision, "plan": VISION_PLAN_FILE, "timing_cache": VISION_CACHE_FILE,
-            "build": {**built, "timing_cache_reused": reused}}
+    return entry
+
+
+def onnx_item_shape(path: Path) -> list[int]:
+    """The fixed dimensions of an ONNX file's input after its dynamic batch."""
+    import onnx
+
+    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1:]
+    return [d.dim_value for d in dims]
 
 
 def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits: dict, overwrite: bool) -> dict:
@@ -269,7 +293,8 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
         command = build_llm_engine(bundle, tmp / TRTLLM_ENGINE_DIR, limits, cache_dir)
         vision = m["vision"] and build_vision(bundle, tmp, m["vision"], limits, target, cache_dir)
         shutil.copytree(bundle / m["text"]["tokenizer"], tmp / m["text"]["tokenizer"])
-        keep = {k: m[k] for k in ("quantization", "text", "preprocessor", "image_aspect_ratio", "built_on")}
+        keep = {k: m[k] for k in ("quantization", "text", "preprocessor", "image_aspect_ratio", "vision_layout", "built_on")
+                if k in m}
         return write_manifest(
             tmp,
             target.name,
@@ -343,6 +368,8 @@ def _dry_run(plan: Plan, vision: str) -> tuple[int, str]:
         precision = VISION_CHOICES[vision][1]
         lines.append(f"and build the vision plan: {precision}, batch 1..{plan.tower_batch}, "
                      f"workspace {target.workspace_gb:g} GB, timing cache saved beside it")
+        if plan.projector_batch:
+            lines.append(f"and the multi-scale projector's plan: fp16, batch 1..{plan.projector_batch}")
     lines.append("here: " + ("TensorRT, TensorRT-LLM, trtllm-build and the GPU are present; it would build the engine"
                              if not missing else "it would write the portable bundle and exit 3 (" + "; ".join(missing) + ")"))
     return (0 if plan.fits else 1), "\n".join(lines)

@@ -5,13 +5,13 @@ quantization). BuilderFlag.FP16 and INT8 are deprecated in TensorRT 10.13 and go
 int8: vision_w8a8_fp16.onnx, int8 where its Q/DQ say and fp16 elsewhere; fp16: vision_fp16.onnx. Both are the
 fp16 copies (onnx_fp16.py) of the fp32 files ONNX Runtime runs; their I/O stays float32.
 One optimization profile over batch 1..max_batch; the timing cache is read from `cache` when it exists and
-written there after the build.
+written there after the build. A multi-scale (S2 / NVILA) checkpoint has two plans built this way: its tower
+(pixel_values) and its projector (image_features, the merged scales), which stays float.
 """
 
 from pathlib import Path
 
 from vila_edge.errors import CheckpointError
-from vila_edge.runtime.onnx_vision import INPUT
 
 PRECISIONS = ("int8", "fp16")
 
@@ -23,10 +23,11 @@ def network_flags(trt) -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, image_size: int, max_batch: int,
-                      workspace_bytes: int) -> dict:
-    """Writes `plan` and `cache`; returns what the manifest records about the build. `precision` names what the
-    ONNX holds (its Q/DQ and float types decide the plan's); it is recorded, not set."""
+def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, input_name: str, item_shape: tuple[int, ...],
+                      max_batch: int, workspace_bytes: int) -> dict:
+    """Writes `plan` and `cache`; returns what the manifest records about the build. The profile: `input_name` of
+    shape [1..max_batch, *item_shape]. `precision` names what the ONNX holds (its Q/DQ and float types decide the
+    plan's); it is recorded, not set."""
     import tensorrt as trt
 
     if precision not in PRECISIONS:
@@ -42,8 +43,8 @@ def build_vision_plan(onnx: Path, plan: Path, cache: Path, precision: str, image
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     profile = builder.create_optimization_profile()
-    shape = lambda b: (b, 3, image_size, image_size)  # noqa: E731
-    profile.set_shape(INPUT, shape(1), shape(max(1, max_batch // 2)), shape(max_batch))
+    shape = lambda b: (b, *item_shape)  # noqa: E731
+    profile.set_shape(input_name, shape(1), shape(max(1, max_batch // 2)), shape(max_batch))
     config.add_optimization_profile(profile)
     timing = config.create_timing_cache(cache.read_bytes() if cache.is_file() else b"")
     config.set_timing_cache(timing, False)

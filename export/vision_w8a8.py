@@ -7,6 +7,11 @@ held-out images, overall and layer by layer), `tensorrt_fp16` (an fp16 copy for 
 and its cosine against the fp32 file on the same images). Writes into a `vision/` folder: vision_fp32.onnx
 and vision_w8a8.onnx (what ONNX Runtime runs), vision_fp16.onnx and vision_w8a8_fp16.onnx (what TensorRT
 builds), and calibration.json (the media used, the method, every activation range, the accuracy).
+
+Images are tiled as captioning tiles a lone image (tiling.py): calibration and the layer report run on tiles, the
+accuracy is the whole image path's (its tiles, merged and projected, against the fp32 PyTorch tokens). A
+multi-scale (S2 / NVILA) tower is exported without its projector, which stays float beside it (projector_fp32.onnx
+and projector_fp16.onnx): the scales are merged between the two, in numpy, as every backend runs them.
 """
 
 import json
@@ -23,6 +28,8 @@ from tqdm import tqdm
 from vila_edge.arch import get_tower
 from vila_edge.errors import MediaError, UsageError
 from vila_edge.formats import (
+    PROJECTOR_FP16_FILE,
+    PROJECTOR_FP32_FILE,
     VISION_FP16_FILE,
     VISION_FP32_FILE,
     VISION_RECORD_FILE,
@@ -35,26 +42,67 @@ from vila_edge.model.vlm import load_vision
 from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, insert_qdq, quant_targets
 from vila_edge.quant.options import VisionQuantOptions
 from vila_edge.quant.smoothquant import input_abs_max, smooth_layers
-from vila_edge.runtime.onnx_vision import INPUT, OUTPUT, session
+from vila_edge.runtime.onnx_vision import session
 from vila_edge.scenes import generated_images
+from vila_edge.tiling import ImageTiles, image_blocks, image_tiles, projector_inputs
 
 from .onnx_fp16 import convert_file
-from .vision_onnx import export_vision_onnx, save_onnx
+from .vision_onnx import export_projector_onnx, export_tower_onnx, export_vision_onnx, save_onnx
 
 HELD_OUT_SEED = 10_000  # generated held-out images never coincide with generated calibration ones
 # calibration.json's tensorrt_fp16 entries: (the TensorRT file, the fp32 file it is converted from and checked against)
 TENSORRT_FP16 = {"w8a8_fp16_vs_w8a8": (VISION_W8A8_FP16_FILE, VISION_W8A8_FILE),
                  "fp16_vs_fp32": (VISION_FP16_FILE, VISION_FP32_FILE)}
-FP16_MIN_COSINE = {VISION_W8A8_FP16_FILE: 0.99, VISION_FP16_FILE: 0.999}  # below: a warning
+PROJECTOR_FP16 = {"projector_fp16_vs_fp32": (PROJECTOR_FP16_FILE, PROJECTOR_FP32_FILE)}  # multi-scale towers
+FP16_MIN_COSINE = {VISION_W8A8_FP16_FILE: 0.99, VISION_FP16_FILE: 0.999, PROJECTOR_FP16_FILE: 0.999}  # below: a warning
 ORT_CHECK = ("ONNX Runtime's CPU provider with graph optimizations off for both files (Q/DQ run as float ops, not fused "
              "int8 kernels). It has fp16 kernels for few ops and runs the others (ort_ran_in_fp32) in fp32 through casts it "
              "inserts, so this checks the conversion and its fp16 weights, scales and constants, not fp16 arithmetic")
 
 
-def pixels_of(ckpt, images: list) -> np.ndarray:
-    """One tower tile per image, preprocessed as captioning does (a tiling checkpoint's tiles: the processor's resize)."""
+def tiles_of(ckpt, images: list) -> list[ImageTiles]:
+    """Each image as captioning tiles it when it is a prompt's only image (the checkpoint's layout and max_tiles)."""
     layout = ckpt.vision_layout
-    return np.stack([layout_preprocess(im, ckpt.preprocessor, ckpt.image_aspect_ratio, layout) for im in images])
+    preprocess = lambda im: layout_preprocess(im, ckpt.preprocessor, ckpt.image_aspect_ratio, layout)  # noqa: E731
+    return [tiles for im in images for tiles in image_tiles(layout, [im], preprocess)]
+
+
+def pixels_of(ckpt, images: list) -> np.ndarray:
+    """The tower tiles of `images` [n, 3, S, S] (one per image unless the checkpoint tiles them)."""
+    return np.concatenate([t.pixels for t in tiles_of(ckpt, images)])
+
+
+def image_outputs(layout, held: list[ImageTiles], features: np.ndarray, project) -> list[np.ndarray]:
+    """Each image's tokens [T, H] (its blocks in prompt order, concatenated) from its tiles' graph outputs
+    `features` (all images' tiles in order) through `project` (the projector; identity when the graph has it)."""
+    out, start = [], 0
+    for image in held:
+        n = len(image.pixels)
+        out.append(np.concatenate(image_blocks(layout, image, features[start : start + n], project)))
+        start += n
+    return out
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _torch_graph(module, batch: int):
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([module(torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))).float().numpy()
+                               for i in range(0, len(x), batch)])
+    return run
+
+
+def _ort_graph(sess, batch: int):
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([p[_output(sess)] for p in _run(sess, x, batch, [_output(sess)])])
+    return run
+
+
+def _output(sess) -> str:
+    return sess.get_outputs()[0].name
 
 
 def _with_outputs(model, names: list[str]) -> bytes:
@@ -79,10 +127,10 @@ def layer_outputs(model) -> dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def _run(sess, pixels: np.ndarray, batch: int, names: list[str], desc: str | None = None):
-    starts = range(0, len(pixels), batch)
+def _run(sess, inputs: np.ndarray, batch: int, names: list[str], desc: str | None = None):
+    starts, name = range(0, len(inputs), batch), sess.get_inputs()[0].name
     for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
-        yield dict(zip(names, sess.run(names, {INPUT: pixels[i : i + batch]})))
+        yield dict(zip(names, sess.run(names, {name: np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32)})))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -107,32 +155,48 @@ def calibration_images(opts: VisionQuantOptions) -> tuple[list, str]:
 
 @dataclass
 class Smoothed:
-    """The fp32 ONNX of the smoothed tower + projector, and what smoothing and the reference gave."""
+    """The fp32 ONNX of the smoothed tower (+ projector), and what smoothing and the reference gave."""
 
     fp32: object  # onnx.ModelProto, weights loaded
-    reference: np.ndarray  # fp32 PyTorch image embeddings of the held-out images, before smoothing
+    reference: list[np.ndarray]  # fp32 PyTorch tokens of each held-out image, before smoothing
+    projector_inputs: np.ndarray | None  # multi-scale: what the projector takes for the held-out images
     smooth_scales: dict
     n_layers: int
 
 
-def smooth_and_export(ckpt, calib: np.ndarray, held_out: np.ndarray, opts: VisionQuantOptions, out_dir: Path,
+def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: VisionQuantOptions, out_dir: Path,
                       log, progress: bool = True) -> Smoothed:
-    """SmoothQuant folded into the LayerNorms (ranges from the calibration images), then the fp32 ONNX."""
+    """SmoothQuant folded into the LayerNorms (ranges from the calibration tiles), then the fp32 ONNX: the tower and
+    the projector in one graph, or apart for a multi-scale layout."""
     import onnx
 
+    layout = ckpt.vision_layout
     vision, projector = load_vision(ckpt, torch.float32)
-    with torch.inference_mode():
-        reference = projector(vision(torch.from_numpy(held_out))).numpy()  # before smoothing: the true fp32
+    features = _torch_graph(vision, opts.batch)(np.concatenate([t.pixels for t in held]))  # before smoothing: the true fp32
+    reference = image_outputs(layout, held, features, _torch_graph(projector, opts.batch))
     batches = [torch.from_numpy(calib[i : i + opts.batch]) for i in range(0, len(calib), opts.batch)]
     pairs = get_tower(ckpt.vision_kind).smooth_pairs
     batches = tqdm(batches, desc="vision SmoothQuant", unit="batch", leave=False, disable=not progress)
     act_max = input_abs_max(vision.layers, pairs, vision, batches)
     smooth = smooth_layers(vision.layers, pairs, act_max, opts.alpha)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
-    export_vision_onnx(vision, projector, int(calib.shape[-1]), out_dir / VISION_FP32_FILE)
+    size, inputs = int(calib.shape[-1]), None
+    if layout.channel_copies > 1:
+        log(f"exporting the multi-scale vision tower ({len(vision.layers)} used layers) and its projector to ONNX")
+        export_tower_onnx(vision, size, out_dir / VISION_FP32_FILE)
+        inputs = _projector_inputs(layout, held, features)
+        export_projector_onnx(projector, inputs.shape[1], inputs.shape[2], out_dir / PROJECTOR_FP32_FILE)
+    else:
+        log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
+        export_vision_onnx(vision, projector, size, out_dir / VISION_FP32_FILE)
     fp32 = onnx.load(out_dir / VISION_FP32_FILE)  # (a big tower's weights sit in a .data file beside it: loaded too)
-    return Smoothed(fp32, reference, smooth, len(vision.layers))
+    return Smoothed(fp32, reference, inputs, smooth, len(vision.layers))
+
+
+def _projector_inputs(layout, held: list[ImageTiles], features: np.ndarray) -> np.ndarray:
+    """The held-out images' projector inputs, all images' blocks in one [m, P', C'] array."""
+    ends = np.cumsum([len(t.pixels) for t in held])
+    return np.concatenate([projector_inputs(layout, t, features[e - len(t.pixels) : e]) for t, e in zip(held, ends)])
 
 
 def calibrate(model, acts: list[str], calib: np.ndarray, opts: VisionQuantOptions, path: Path,
@@ -148,21 +212,37 @@ def calibrate(model, acts: list[str], calib: np.ndarray, opts: VisionQuantOption
     return {a: observer.threshold(a, opts.method) for a in acts}
 
 
-def evaluate(fp32, w8a8, reference: np.ndarray, held_out: np.ndarray, out_dir: Path, opts: VisionQuantOptions,
+def image_cosines(got: list[np.ndarray], want: list[np.ndarray]) -> np.ndarray:
+    """Per image, the cosine of all its image tokens (images may differ in token count)."""
+    return np.array([cosine(g[None], w[None])[0] for g, w in zip(got, want)])
+
+
+def evaluate(fp32, w8a8, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: Path, opts: VisionQuantOptions,
              threads: int | None) -> dict:
-    """Cosine of the W8A8 embeddings against fp32 PyTorch, and of each encoder layer against the fp32 ONNX."""
+    """Cosine of each held-out image's W8A8 tokens (tiles -> merged -> projected) against fp32 PyTorch, and of each
+    encoder layer's output on the tiles against the fp32 ONNX."""
     layers = layer_outputs(fp32)
-    names = [OUTPUT] + list(layers.values())
-    got = {}
-    for tag, m, f in (("fp32", fp32, VISION_FP32_FILE), ("w8a8", w8a8, VISION_W8A8_FILE)):
-        parts = list(_run(session(out_dir / f, threads, _with_outputs(m, names)), held_out, opts.batch, names))
-        got[tag] = {n: np.concatenate([p[n] for p in parts]) for n in names}
-    cos = cosine(got["w8a8"][OUTPUT], reference)
+    out = fp32.graph.output[0].name
+    names = [out] + list(layers.values())
+    runs = [_run(session(out_dir / f, threads, _with_outputs(m, names)), np.concatenate([t.pixels for t in held]),
+                 opts.batch, names) for m, f in ((fp32, VISION_FP32_FILE), (w8a8, VISION_W8A8_FILE))]
+    features, layer_cos = {"fp32": [], "w8a8": []}, {i: [] for i in layers}
+    for a, b in zip(*runs):  # batch by batch: a big tower's layer outputs over every tile would not fit in memory
+        features["fp32"].append(a[out])
+        features["w8a8"].append(b[out])
+        for i, t in layers.items():
+            layer_cos[i].extend(cosine(b[t], a[t]))
+    project = _identity
+    if smoothed.projector_inputs is not None:
+        project = _ort_graph(session(out_dir / PROJECTOR_FP32_FILE, threads), opts.batch)
+    got = {tag: image_outputs(layout, held, np.concatenate(f), project) for tag, f in features.items()}
+    cos = image_cosines(got["w8a8"], smoothed.reference)
     return {
-        "held_out": {"images": len(held_out), "source": "generated", "cosine_mean": float(cos.mean()),
-                     "cosine_min": float(cos.min()),
-                     "fp32_onnx_max_abs_error": float(np.abs(got["fp32"][OUTPUT] - reference).max())},
-        "layers": [{"layer": i, "cosine": float(cosine(got["w8a8"][t], got["fp32"][t]).mean())} for i, t in layers.items()],
+        "held_out": {"images": len(held), "tiles": sum(len(t.pixels) for t in held), "source": "generated",
+                     "compared": "each image's tokens: its tiles through the tower, merged and projected as captioning does",
+                     "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                     "fp32_onnx_max_abs_error": max(float(np.abs(g - r).max()) for g, r in zip(got["fp32"], smoothed.reference))},
+        "layers": [{"layer": i, "cosine": float(np.mean(c))} for i, c in layer_cos.items()],
     }
 
 
@@ -193,24 +273,24 @@ def ort_fp32_ops(ran) -> list[str]:
                    if n.op_type != "Cast" and any(types.get(i) == TensorProto.FLOAT for i in n.input)})
 
 
-def fp16_agreement(fp16: Path, fp32: Path, pixels: np.ndarray, batch: int, threads: int | None = None) -> dict:
-    """Cosine of the fp16 file's image embeddings against the fp32 file's on `pixels`, and what ORT ran in fp32."""
+def fp16_agreement(fp16: Path, fp32: Path, inputs: np.ndarray, batch: int, threads: int | None = None) -> dict:
+    """Cosine of the fp16 file's outputs against the fp32 file's on `inputs`, and what ORT ran in fp32."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         ran = Path(tmp) / "ran.onnx"
         sessions = _unfused_session(fp16, threads, ran), _unfused_session(fp32, threads)
         fp32_ops = ort_fp32_ops(onnx.load(ran, load_external_data=False))
-    fp16_out, fp32_out = (np.concatenate([p[OUTPUT] for p in _run(s, pixels, batch, [OUTPUT])]) for s in sessions)
+    fp16_out, fp32_out = (_ort_graph(s, batch)(inputs) for s in sessions)
     cos = cosine(fp16_out, fp32_out)
     return {"file": fp16.name, "against": fp32.name, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
             "ort_ran_in_fp32": fp32_ops}
 
 
-def tensorrt_fp16(src: Path, dst: Path, pixels: np.ndarray, batch: int = 1, threads: int | None = None) -> dict:
-    """dst: src converted to fp16 for TensorRT; returns how far dst is from src on `pixels`, and what the conversion moved."""
+def tensorrt_fp16(src: Path, dst: Path, inputs: np.ndarray, batch: int = 1, threads: int | None = None) -> dict:
+    """dst: src converted to fp16 for TensorRT; returns how far dst is from src on `inputs`, and what the conversion moved."""
     moved = convert_file(src, dst)
-    check = {**fp16_agreement(dst, src, pixels, batch, threads), "conversion": moved}
+    check = {**fp16_agreement(dst, src, inputs, batch, threads), "conversion": moved}
     least = FP16_MIN_COSINE.get(dst.name, max(FP16_MIN_COSINE.values()))
     if check["cosine_min"] < least:
         warnings.warn(f"{dst.name} (for TensorRT) reaches cosine {check['cosine_min']:.5f} against {src.name} on held-out "
@@ -226,30 +306,37 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
 
     images, source = calibration_images(opts)
     calib = pixels_of(ckpt, images)
-    held_out = pixels_of(ckpt, generated_images(opts.held_out, seed=HELD_OUT_SEED))
-    smoothed = smooth_and_export(ckpt, calib, held_out, opts, out_dir, log, progress)
+    held = tiles_of(ckpt, generated_images(opts.held_out, seed=HELD_OUT_SEED))
+    smoothed = smooth_and_export(ckpt, calib, held, opts, out_dir, log, progress)
     model = onnx.load(out_dir / VISION_FP32_FILE)
     fold_identities(model)
     targets = quant_targets(model, opts.keep_float)
     acts = sorted({t.activation for t in targets})
-    log(f"calibrating {len(acts)} activation ranges on {len(calib)} images ({opts.method})")
+    log(f"calibrating {len(acts)} activation ranges on {len(calib)} tiles of {len(images)} images ({opts.method})")
     thresholds = calibrate(model, acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress)
     insert_qdq(model, targets, thresholds, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
     save_onnx(model, out_dir / VISION_W8A8_FILE)
-    log("converting both to fp16 for TensorRT, checked against them with ONNX Runtime")
-    trt = {key: tensorrt_fp16(out_dir / src, out_dir / dst, held_out, opts.batch, threads)
+    log("converting to fp16 for TensorRT, checked against the fp32 files with ONNX Runtime")
+    held_pixels = np.concatenate([t.pixels for t in held])
+    trt = {key: tensorrt_fp16(out_dir / src, out_dir / dst, held_pixels, opts.batch, threads)
            for key, (dst, src) in TENSORRT_FP16.items()}
+    if smoothed.projector_inputs is not None:
+        trt |= {key: tensorrt_fp16(out_dir / src, out_dir / dst, smoothed.projector_inputs, opts.batch, threads)
+                for key, (dst, src) in PROJECTOR_FP16.items()}
     record = {
         "format": VISION_RECORD_FORMAT,
         "media": source,
-        "calibration_images": len(calib),
+        "calibration_images": len(images),
+        "calibration_tiles": len(calib),
+        "layout": ckpt.vision_layout.mode,
         "method": opts.method,
         "smooth_alpha": opts.alpha,
         "weights": f"int8 symmetric per output channel, {opts.weight_bits}-bit range",
         "activations": "int8 symmetric per tensor",
+        "projector": "in the graph" if smoothed.projector_inputs is None else f"apart, float ({PROJECTOR_FP32_FILE})",
         "quantized_nodes": len(targets),
         "kept_float": list(opts.keep_float),
-        **evaluate(smoothed.fp32, model, smoothed.reference, held_out, out_dir, opts, threads),
+        **evaluate(smoothed.fp32, model, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
         "tensorrt_fp16": {"check": ORT_CHECK, **trt},
         "ranges": {a: thresholds[a] for a in acts},
         "smooth_scales_max": {k: float(v.max()) for k, v in smoothed.smooth_scales.items()},

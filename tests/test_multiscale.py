@@ -3,6 +3,7 @@ independent implementation written from the upstream code (tests/upstream_vila.p
 in the published layouts (tests/tiny_nvila.py): tiles, merged features, blocks, prompt text, then captions."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -198,13 +199,144 @@ def test_a_gpu_bundle_is_sized_for_the_tiles_it_was_built_for(layouts, tmp_path,
     assert code == 0 and "batch 1..13" in out  # the checkpoint's 12 tiles and the thumbnail
 
 
-def test_a_backend_with_one_vision_graph_refuses_multiscale_images_clearly(captioners):
-    from vila_edge.errors import UnsupportedError
+# ---- S2 / NVILA on the exported graphs: the tower W8A8 on tiles, the projector apart --------------------------------
 
-    folder, ckpt, model = captioners["s2"]
 
-    class OneGraph:  # what the ONNX, cpu and trt backends offer: tower and projector in one call
-        tokenizer, encode_images = model.tokenizer, model.encode_images
+@pytest.fixture(scope="module")
+def quantized(layouts, tmp_path_factory):
+    """quantize --vision w8a8 (the default) of the S2 and NVILA layouts, calibrated on tiles of three images."""
+    from conftest import QUICK_QUANT, run_cli
 
-    with pytest.raises(UnsupportedError, match="s2 images need the tower and the projector apart"):
-        Captioner(ckpt, OneGraph(), "vicuna_v1").encode([image(90, 90)])
+    root = tmp_path_factory.mktemp("multiscale_q")
+    (root / "media").mkdir()
+    for i in range(3):
+        image(168, 112 + 28 * i, i).save(root / "media" / f"{i}.png")
+    out = {}
+    for name in ("s2", "nvila"):
+        code, _, err = run_cli("quantize", layouts[name], "-o", root / name, "--group-size", 64, *QUICK_QUANT,
+                               "--calib-media", root / "media")
+        assert code == 0, err
+        out[name] = root / name
+    return root, out
+
+
+@pytest.mark.parametrize("name,passes", [("s2", 5), ("nvila", 1 + 4 + 9)])
+def test_a_multiscale_tower_is_calibrated_on_tiles_and_judged_on_whole_images(layouts, quantized, name, passes):
+    root, folders = quantized
+    tiles = sum(uv.encode_image_upstream(layouts[name], Image.open(root / f"media/{i}.png")).tower_passes for i in range(3))
+    vision = folders[name] / "vision"
+    assert {"vision_w8a8.onnx", "vision_fp32.onnx", "projector_fp32.onnx", "projector_fp16.onnx",
+            "vision_w8a8_fp16.onnx"} <= {p.name for p in vision.iterdir()}
+    record = json.loads((vision / "calibration.json").read_text())
+    assert record["calibration_images"] == 3 and record["calibration_tiles"] == tiles  # as captioning tiles each alone
+    assert record["projector"].startswith("apart") and record["layout"] == {"s2": "s2", "nvila": "dynamic_s2"}[name]
+    held = record["held_out"]
+    assert held["tiles"] >= held["images"] * passes and held["cosine_min"] > 0.99 and held["fp32_onnx_max_abs_error"] < 1e-4
+    assert record["tensorrt_fp16"]["projector_fp16_vs_fp32"]["cosine_min"] > 0.999
+
+
+def _engine_blocks(folder, im):
+    from vila_edge.runtime.cpu import CpuEngine
+
+    engine = CpuEngine(folder, threads=1)
+    return [np.asarray(b) for b in Captioner(engine.info, engine).encode([im]).blocks]
+
+
+@pytest.mark.parametrize("name", ["s2", "nvila"])
+def test_the_cpu_engine_encodes_multiscale_images_as_upstream(layouts, quantized, name, cli, tmp_path):
+    """fp32 graphs: the upstream oracle's tokens to float error; W8A8 tower: within its calibration's cosine."""
+    from vila_edge.export.vision_w8a8 import cosine
+
+    _, folders = quantized
+    for vision in ("fp32", "w8a8"):
+        code, _, err = cli("build-engine", folders[name], "-o", tmp_path / vision, "--target", "cpu", "--vision", vision)
+        assert code == 0, err
+    manifest = json.loads((tmp_path / "w8a8/manifest.json").read_text())
+    assert manifest["vision"]["projector_file"] == "vision/projector_fp32.onnx"
+    for size in [(168, 112), (90, 150)]:
+        im = image(*size, seed=size[1])
+        want = [b.numpy() for b in uv.encode_image_upstream(layouts[name], im).blocks]
+        fp32, w8a8 = _engine_blocks(tmp_path / "fp32", im), _engine_blocks(tmp_path / "w8a8", im)
+        assert [b.shape for b in fp32] == [b.shape for b in w8a8] == [b.shape for b in want]
+        for mine, theirs, quant in zip(fp32, want, w8a8):
+            np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-4)
+            assert cosine(quant[None], theirs[None])[0] > 0.99
+
+
+def test_s2_and_nvila_caption_on_the_cpu_engine_without_torch(layouts, quantized, cli, tmp_path):
+    """One image (tiled), two images (never tiled: NVILA copies the features per scale) and a --source folder, with
+    torch and transformers unimportable."""
+    from conftest import cli_without_quantize_extra
+
+    root, folders = quantized
+    media = root / "media"
+    runs, want = [], []
+    for name in ("s2", "nvila"):
+        code, _, err = cli("build-engine", folders[name], "-o", tmp_path / name, "--target", "cpu")
+        assert code == 0, err
+        common = ["--prompt", "Describe.", "--max-new-tokens", "2", "--format", "jsonl"]
+        runs += [["caption", tmp_path / name, "--image", media / "0.png", *common],
+                 ["caption", tmp_path / name, "--image", media / "0.png", media / "1.png", *common],
+                 ["caption", tmp_path / name, "--source", media, "--max-captions", 2, *common]]
+        one = uv.encode_image_upstream(layouts[name], Image.open(media / "0.png"))
+        two = uv.encode_images_upstream(layouts[name], [Image.open(media / f"{i}.png") for i in (0, 1)])
+        want += [sum(len(b) for b in one.blocks), sum(len(b) for b in two.blocks)]
+    results = cli_without_quantize_extra(*runs)
+    assert all(code == 0 for code, _, _ in results), [err for _, _, err in results]
+    tokens = [json.loads(out)["image_tokens"] for i, (_, out, _) in enumerate(results) if i % 3 != 2]
+    assert tokens == want
+    assert all(len(out.splitlines()) == 2 for _, out, _ in results[2::3])  # a caption per --source frame
+
+
+def test_the_onnx_backend_runs_a_multiscale_checkpoints_two_graphs(layouts, quantized, cli):
+    _, folders = quantized
+    want = uv.encode_image_upstream(layouts["nvila"], Image.open(quantized[0] / "media/0.png"))
+    code, out, err = cli("caption", folders["nvila"], "--backend", "onnx", "--image", quantized[0] / "media/0.png",
+                         "--prompt", "Describe.", "--max-new-tokens", "2", "--format", "jsonl")
+    assert code == 0, err
+    assert json.loads(out)["image_tokens"] == sum(len(b) for b in want.blocks)
+
+
+def test_a_multiscale_gpu_bundle_carries_a_projector_plan_sized_for_one_images_blocks(quantized, tmp_path, cli,
+                                                                                      monkeypatch):
+    """The bundle's manifest and the two plans build_vision asks TensorRT for (a stand-in build_vision_plan records
+    the calls; TensorRT's own builder is checked in test_trt_vision.py)."""
+    from vila_edge.export import trt_engine, trt_vision
+    from vila_edge.targets import get_target
+
+    _, folders = quantized
+    code, out, _ = cli("build-engine", folders["nvila"], "-o", tmp_path / "d", "--target", "orin", "--dry-run")
+    assert code == 0 and "projector's plan: fp16, batch 1..12" in out
+    code, _, err = cli("build-engine", folders["nvila"], "-o", tmp_path / "b", "--target", "orin")
+    assert code == 3, err
+    m = json.loads((tmp_path / "b/manifest.json").read_text())
+    vision = m["vision"]
+    assert vision["projector_onnx"] == "vision/projector_fp16.onnx" and (tmp_path / "b" / vision["projector_onnx"]).is_file()
+    assert (vision["projector_input"], vision["projector_batch"]) == ([4 * 4, 3 * 32], 12)  # 4x4 features x 3 scales
+    assert m["limits"]["tower_batch"] == 1 + 4 + 12 and m["vision_layout"]["mode"] == "dynamic_s2"
+    calls = []
+
+    def build_vision_plan(onnx, plan, cache, precision, input_name, item_shape, max_batch, workspace_bytes):
+        calls.append((Path(onnx).name, precision, input_name, tuple(item_shape), max_batch))
+        plan.write_bytes(b"plan")
+        return {"precision": precision, "max_batch": max_batch}
+
+    monkeypatch.setattr(trt_vision, "build_vision_plan", build_vision_plan)
+    (tmp_path / "e").mkdir()
+    entry = trt_engine.build_vision(tmp_path / "b", tmp_path / "e", vision, m["limits"], get_target("orin"), tmp_path / "c")
+    assert calls == [("vision_w8a8_fp16.onnx", "int8", "pixel_values", (3, 56, 56), 17),
+                     ("projector_fp16.onnx", "fp16", "image_features", (16, 96), 12)]
+    assert entry["projector_plan"] == "vision/projector.plan" and (tmp_path / "e/vision/projector.plan").is_file()
+
+
+def test_an_engine_whose_vision_is_one_graph_refuses_multiscale_images_in_one_line(quantized, cli, tmp_path):
+    """As an engine built before the projector was exported apart: the tower's file then held both."""
+    _, folders = quantized
+    code, _, err = cli("build-engine", folders["s2"], "-o", tmp_path / "e", "--target", "cpu")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "e/manifest.json").read_text())
+    del manifest["vision"]["projector_file"]
+    (tmp_path / "e/manifest.json").write_text(json.dumps(manifest))
+    code, _, err = cli("caption", tmp_path / "e", "--image", quantized[0] / "media/0.png", "--prompt", "Describe.")
+    assert code == 1 and "its vision is one graph (tower + projector), and s2 images need them apart" in err
+    assert "Traceback" not in err

@@ -156,7 +156,7 @@ def test_without_tensorrt_build_engine_leaves_a_complete_bundle_and_exits_3(bund
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "bundle" and m["target"] == "orin" and m["text"]["conv_mode"] == "vicuna_v1"
     assert m["limits"] == {"max_batch": 1, "max_input_len": 511, "max_seq_len": 512, "max_multimodal_len": 9, "images": 1,
-                           "tower_batch": 1, "max_tiles": None}
+                           "tower_batch": 1, "max_tiles": None, "projector_batch": 0}
     assert m["quantization"]["group_size"] == 64 and m["llm"]["architecture_trtllm"] == "LlamaForCausalLM"
     assert m["vision"]["precision"] == "int8" and m["vision"]["onnx"] == "vision/vision_w8a8_fp16.onnx"
     assert "tensorrt_fp16" not in m["vision"]  # quantize wrote it and checked it: copied as it is

@@ -227,7 +227,7 @@ def test_build_engine_on_the_device_reuses_both_timing_caches(orin_bundle, monke
     monkeypatch.setattr(trt_engine, "probe_environment", lambda: (ORIN_ENV, []))
     seen = []
 
-    def build_vision_plan(onnx, plan, cache, precision, image_size, max_batch, workspace_bytes):
+    def build_vision_plan(onnx, plan, cache, precision, input_name, item_shape, max_batch, workspace_bytes):
         seen.append(cache.read_bytes() if cache.is_file() else None)
         plan.write_bytes(b"plan")
         cache.write_bytes(b"vision tactics %d" % len(seen))

@@ -118,7 +118,8 @@ def build(tmp_path, monkeypatch, release, precision="int8", max_batch=4, **kwarg
     trt = stand_in(release, **kwargs)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     onnx = tmp_path / "vision_w8a8_fp16.onnx"
-    built = build_vision_plan(onnx, tmp_path / "vision.plan", tmp_path / "timing.cache", precision, 70, max_batch, 1 << 30)
+    built = build_vision_plan(onnx, tmp_path / "vision.plan", tmp_path / "timing.cache", precision, "pixel_values", (3, 70, 70),
+                              max_batch, 1 << 30)
     return trt.calls, built
 
 

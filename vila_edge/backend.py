@@ -46,8 +46,9 @@ class Backend(Protocol):
     def splice(self, ids: list[int], image_embeds):
         """Prompt ids with IMAGE_TOKEN_INDEX markers + [N, T, H] image blocks -> the backend's prefill input."""
 
-    # S2 / NVILA multi-scale images need the tower and the projector apart (tiling.encode_multiscale); so far only
-    # the torch reference has encode_multiscale(layout, images) -> a [T, H] block per image.
+    def encode_multiscale(self, layout, images) -> list:
+        """S2 / NVILA images (tiling.ImageTiles) -> a [T, H] block per image: the tower on the tiles, the scales merged,
+        the projector (tiling.encode_multiscale), so the tower and the projector run apart."""
 
 
 @runtime_checkable

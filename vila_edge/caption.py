@@ -9,7 +9,7 @@ from PIL import Image
 
 from .backend import Backend, ModelInfo
 from .conversation import get_template, render, resolve_conv_mode, stop_strings
-from .errors import UnsupportedError, UsageError
+from .errors import UsageError
 from .generate import SamplingParams, TextStream, generate
 from .media import layout_preprocess
 from .prompt import tokenize_prompt, user_turn
@@ -70,9 +70,6 @@ class Captioner:
             return Encoded(None, [])
         if all(t.kind in ("single", "tiles") for t in tiles):  # tower + projector per tile: any backend
             return Encoded(self.model.encode_images(np.concatenate([t.pixels for t in tiles])), tiles)
-        if not hasattr(self.model, "encode_multiscale"):
-            raise UnsupportedError(f"{self.ckpt.name}: {self.layout.mode} images need the tower and the projector apart, "
-                                   "which only the torch reference runs so far; caption the checkpoint itself")
         return Encoded(self.model.encode_multiscale(self.layout, tiles), tiles)
 
     def __call__(self, images: list[Image.Image], question: str, params: SamplingParams,

@@ -29,6 +29,11 @@ VISION_W8A8_FP16_FILE = "vision_w8a8_fp16.onnx"
 VISION_FP16_FILE = "vision_fp16.onnx"
 VISION_FP16_FILES = {"w8a8_fp16": VISION_W8A8_FP16_FILE, "fp16": VISION_FP16_FILE}
 VISION_FP16_SOURCE = {VISION_W8A8_FP16_FILE: VISION_W8A8_FILE, VISION_FP16_FILE: VISION_FP32_FILE}
+# S2 / NVILA (multi-scale) towers: the tower alone in the files above (pixels -> features of one tile) and the projector
+# apart (the merged multi-scale features -> image tokens), as VILA merges scales between the two (tiling.py)
+PROJECTOR_FP32_FILE, PROJECTOR_FP16_FILE = "projector_fp32.onnx", "projector_fp16.onnx"
+PROJECTOR_OF = {VISION_W8A8_FILE: PROJECTOR_FP32_FILE, VISION_FP32_FILE: PROJECTOR_FP32_FILE,
+                VISION_W8A8_FP16_FILE: PROJECTOR_FP16_FILE, VISION_FP16_FILE: PROJECTOR_FP16_FILE}
 VISION_RECORD_FILE = "calibration.json"
 VISION_RECORD_FORMAT = "vila_edge.vision_w8a8/1"
 
@@ -42,6 +47,7 @@ CPU_LAYOUT = "q4-pair64/1"  # int4 pairs of 32 per byte (export/cpu_engine.py); 
 TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, RECIPE_FILE = "trtllm_checkpoint", "llm", "recipe.json"
 TRTLLM_CONFIG_FILE, TRTLLM_WEIGHTS_FILE = "config.json", "rank0.safetensors"
 VISION_PLAN_FILE, VISION_CACHE_FILE = "vision/vision.plan", "vision/timing.cache"
+PROJECTOR_PLAN_FILE = "vision/projector.plan"  # multi-scale towers' projector, built with the vision plan's timing cache
 TRTLLM_CACHE_FILE = "model.cache"  # trtllm-build's timing cache: in the engine's llm/ and the device cache folder
 VISION_DEVICE_CACHE_FILE = "vision.cache"  # the vision plan's timing cache, in the device cache folder
 

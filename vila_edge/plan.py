@@ -87,20 +87,21 @@ class Plan:
     parts_gb: dict[str, float]
     tower_batch: int = 1  # tower passes of a full batch of prompts: the vision plan's largest batch
     max_tiles: int | None = None  # NVILA: the tiles per image the plan was sized for
+    projector_batch: int = 0  # S2 / NVILA: the blocks one image's projector call takes at most (its plan's largest batch)
 
     def to_json(self) -> dict:
         return {"recipe": self.recipe, "target": self.target.name, "max_batch": self.max_batch,
                 "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
                 "max_multimodal_len": self.max_multimodal_len, "parts_gb": self.parts_gb,
                 "total_gb": round(self.total_gb, 3), "usable_gb": self.target.usable_gb, "fits": self.fits,
-                "tower_batch": self.tower_batch, "max_tiles": self.max_tiles}
+                "tower_batch": self.tower_batch, "max_tiles": self.max_tiles, "projector_batch": self.projector_batch}
 
     @property
     def limits(self) -> dict:
         """The engine limits, as build-engine passes them to TensorRT-LLM and the manifest records them."""
         return {"max_batch": self.max_batch, "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
                 "max_multimodal_len": self.max_multimodal_len, "images": self.images, "tower_batch": self.tower_batch,
-                "max_tiles": self.max_tiles}
+                "max_tiles": self.max_tiles, "projector_batch": self.projector_batch}
 
     @property
     def total_gb(self) -> float:
@@ -147,7 +148,8 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
     }
     return Plan(recipe["name"], target, batch, input_len, seq, batch * images * image_tokens, images,
                 {k: round(v, 3) for k, v in parts.items()}, tower_batch=max(1, images) * batch * passes,
-                max_tiles=layout.max_tiles if layout.mode.startswith("dynamic") else None)
+                max_tiles=layout.max_tiles if layout.mode.startswith("dynamic") else None,
+                projector_batch=image_tokens // recipe["tokens_per_image"] if layout.channel_copies > 1 else 0)
 
 
 def format_plan(plan: Plan) -> str:

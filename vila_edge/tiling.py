@@ -282,21 +282,34 @@ def merged_maps(layout: VisionLayout, image: ImageTiles, features: np.ndarray) -
     return np.concatenate([area_resize(m, size) for m in maps], axis=1)
 
 
+def projector_inputs(layout: VisionLayout, image: ImageTiles, features: np.ndarray) -> np.ndarray:
+    """One image's tower features [n, P, C] -> what the projector takes for it, [m, P', C'] (m blocks)."""
+    if image.kind in ("single", "tiles"):
+        return features
+    if image.kind == "repeat":
+        return np.concatenate([features] * layout.channel_copies, axis=-1)
+    merged = merged_maps(layout, image, features)
+    if image.kind == "s2":
+        return map_to_tokens(merged)
+    return map_to_tokens(split_chessboard(merged, *_output_grid(layout, image)))
+
+
+def _output_grid(layout: VisionLayout, image: ImageTiles) -> tuple[int, int]:
+    """dynamic_s2: the (rows, columns) of blocks the merged map is cut into, the output scale's tile grid."""
+    if layout.output_scale in (-1, len(layout.scales) - 1):
+        return image.grid
+    return (layout.scales[layout.output_scale] // layout.scales[0],) * 2
+
+
 def image_blocks(layout: VisionLayout, image: ImageTiles, features: np.ndarray,
                  project: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
     """One image's tower features [n, P, C] -> its blocks of image tokens [T, H], through `project`
     ([m, P', C'] -> [m, T, H], the projector)."""
-    if image.kind in ("single", "tiles"):
-        return list(project(features))
-    if image.kind == "repeat":
-        return list(project(np.concatenate([features] * layout.channel_copies, axis=-1)))
-    merged = merged_maps(layout, image, features)
-    if image.kind == "s2":
-        return list(project(map_to_tokens(merged)))
-    rows, cols = image.grid if layout.output_scale in (-1, len(layout.scales) - 1) else \
-        (layout.scales[layout.output_scale] // layout.scales[0],) * 2
-    blocks = project(map_to_tokens(split_chessboard(merged, rows, cols)))  # [rows·cols, T, H], each row-major
-    return [map_to_tokens(merge_chessboard(tokens_to_map(blocks), rows, cols))[0]]
+    projected = project(projector_inputs(layout, image, features))
+    if image.kind != "dynamic_s2":
+        return list(projected)
+    rows, cols = _output_grid(layout, image)  # each block's tokens are row-major: stitch them into one map
+    return [map_to_tokens(merge_chessboard(tokens_to_map(projected), rows, cols))[0]]
 
 
 def encode_multiscale(layout: VisionLayout, images: list[ImageTiles], tower: Callable[[np.ndarray], np.ndarray],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..backend import Backend
 from ..errors import UsageError, require_extra
-from ..formats import MANIFEST_FILE, VISION_DIR, VISION_W8A8_FILE
+from ..formats import MANIFEST_FILE, PROJECTOR_OF, VISION_DIR, VISION_W8A8_FILE
 from ..runtime.manifest import is_engine
 from ..targets import TARGETS
 
@@ -68,12 +68,15 @@ def load_backend(folder, opts: BackendOptions) -> tuple[Backend, str]:
     from ..model.vlm import VilaModel
 
     ckpt = load_checkpoint(folder, allow_pickle=opts.allow_pickle)
-    vision = None
+    vision = projector = None
     if opts.backend == "onnx":  # the exported tower + projector: its token order is baked in
         from ..runtime.onnx_vision import OnnxVision
 
         if opts.projector_order:
             raise UsageError("--projector-order cannot change an exported vision ONNX; use --backend torch")
         vision = OnnxVision(ckpt.root / VISION_DIR / VISION_W8A8_FILE)
-    model = VilaModel(ckpt, device=opts.device, dtype=opts.dtype, projector_order=opts.projector_order, vision=vision)
+        if ckpt.vision_layout.channel_copies > 1:  # S2 / NVILA: the projector apart
+            projector = OnnxVision(ckpt.root / VISION_DIR / PROJECTOR_OF[VISION_W8A8_FILE])
+    model = VilaModel(ckpt, device=opts.device, dtype=opts.dtype, projector_order=opts.projector_order, vision=vision,
+                      projector=projector)
     return model, "torch" if opts.backend == "auto" else opts.backend

@@ -58,9 +58,9 @@ def check_source(ckpt: Checkpoint, settings: AwqSettings) -> None:
 
 
 def check_vision(ckpt: Checkpoint) -> None:
-    if ckpt.s2_scales or ckpt.vision_kind not in VISION_TOWERS:
-        what = "an S2 multi-scale tower" if ckpt.s2_scales else f"a {ckpt.vision_kind} tower"
-        raise UnsupportedError(f"{ckpt.vision_dir}: W8A8 export of {what} is not supported yet; pass --vision none")
+    if ckpt.vision_kind not in VISION_TOWERS:
+        raise UnsupportedError(f"{ckpt.vision_dir}: W8A8 export of a {ckpt.vision_kind} tower is not supported yet; "
+                               "pass --vision none")
 
 
 def load_fp_llm(ckpt: Checkpoint):

@@ -65,14 +65,15 @@ class VilaModel:
     """Images and prompt ids in, LLM logits out; the KV cache lives here between calls.
 
     `vision`, when given, replaces the PyTorch tower + projector: a callable from pixels [N, 3, S, S]
-    float32 to image embeddings [N, T, H] (numpy), such as the W8A8 ONNX through ONNX Runtime."""
+    float32 to image embeddings [N, T, H] (numpy), such as the W8A8 ONNX through ONNX Runtime; for a multi-scale
+    (S2 / NVILA) checkpoint, pixels to the tower's features, with `projector` from merged features to embeddings."""
 
     def __init__(self, ckpt: Checkpoint, device: str = "cpu", dtype: str = "auto", projector_order: str | None = None,
-                 vision=None):
+                 vision=None, projector=None):
         self.ckpt = ckpt
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.vision_fn = vision
+        self.vision_fn, self.projector_fn = vision, projector
         if vision is None:
             tower, projector = load_vision(ckpt, self.dtype, projector_order)
             self.vision, self.projector = tower.to(self.device), projector.to(self.device)
@@ -118,10 +119,13 @@ class VilaModel:
     def encode_multiscale(self, layout, images) -> list[torch.Tensor]:
         """S2 / NVILA images (tiling.ImageTiles): tower on the tiles, VILA's multi-scale merge (numpy, float32, as
         VILA merges in float32), the projector; one [T, H] block per image."""
+        tower, project = self.tower_features, self.project
         if self.vision_fn is not None:
-            raise UnsupportedError(f"{self.ckpt.root}: multi-scale (S2 / NVILA) images run on the PyTorch tower only so "
-                                   "far; use --backend torch")
-        blocks = encode_multiscale(layout, images, self.tower_features, self.project)
+            if self.projector_fn is None:
+                raise UnsupportedError(f"{self.ckpt.root}: {layout.mode} images need the tower and the projector ONNX "
+                                       "apart; re-quantize with this vila-edge (--vision w8a8), or use --backend torch")
+            tower, project = self.vision_fn, self.projector_fn
+        blocks = encode_multiscale(layout, images, tower, project)
         return [torch.from_numpy(b).to(self.device, self.dtype) for b in blocks]
 
     @torch.inference_mode()

@@ -11,6 +11,7 @@ from ..errors import CheckpointError, UsageError
 from ..formats import CPU_LAYOUT, check_layout
 from ..prompt import splice_parts
 from ..safetensors_header import read_header_and_metadata
+from ..tiling import encode_multiscale
 from .manifest import EngineInfo, read_manifest
 
 
@@ -90,11 +91,11 @@ class CpuEngine:
         self.threads = threads or default_threads()
         self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8")
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
-        self.vision = None
+        self.vision = self.projector = None
         if self.manifest.get("vision"):
-            from .onnx_vision import OnnxVision
+            from .onnx_vision import onnx_vision
 
-            self.vision = OnnxVision(self.root / self.manifest["vision"]["file"], self.threads)
+            self.vision, self.projector = onnx_vision(self.root, self.manifest["vision"], self.threads)
 
     @property
     def vocab_size(self) -> int:
@@ -106,6 +107,9 @@ class CpuEngine:
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         return self.info.require_vision(self.vision)(pixels)
+
+    def encode_multiscale(self, layout, images) -> list[np.ndarray]:
+        return encode_multiscale(layout, images, self.info.require_vision(self.vision), self.info.require_projector(self.projector))
 
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.llm.embed(np.asarray(ids, dtype=np.int32))

@@ -119,3 +119,10 @@ class EngineInfo:
         if vision is None:
             raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
         return vision
+
+    def require_projector(self, projector):
+        """A multi-scale (S2 / NVILA) engine's projector runner; an engine whose vision is one graph says so."""
+        if projector is None:
+            raise CheckpointError(f"{self.root}: its vision is one graph (tower + projector), and {self.vision_layout.mode} "
+                                  "images need them apart; re-quantize with this vila-edge and rebuild the engine")
+        return projector

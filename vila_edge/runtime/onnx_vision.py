@@ -1,5 +1,5 @@
-"""The vision path on a CPU: the exported tower + projector ONNX (fp32 or W8A8 QDQ) through ONNX Runtime.
-Imports neither torch nor transformers."""
+"""The vision path on a CPU: the exported tower + projector ONNX (fp32 or W8A8 QDQ) through ONNX Runtime; for a
+multi-scale (S2 / NVILA) tower, the tower and the projector graphs apart. Imports neither torch nor transformers."""
 
 from pathlib import Path
 
@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import CheckpointError, UnsupportedError
 
 INPUT, OUTPUT = "pixel_values", "image_embeds"
+FEATURES = "image_features"  # a multi-scale tower's output and its projector's input
 
 
 def session(path: str | Path, threads: int | None = None, extra_outputs: bytes | None = None):
@@ -28,13 +29,21 @@ def session(path: str | Path, threads: int | None = None, extra_outputs: bytes |
 
 
 class OnnxVision:
-    """pixels [N, 3, S, S] float32 -> image_embeds [N, T, H] float32."""
+    """One vision graph: pixels [N, 3, S, S] float32 -> image_embeds [N, T, H] (tower + projector) or image_features
+    [N, P, C] (a multi-scale tower), or image_features -> image_embeds (its projector); float32."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: missing; quantize with --vision w8a8 to export the vision ONNX")
         self.session = session(self.path, threads)
+        self.input, self.output = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT], {INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output], {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def onnx_vision(folder: Path, spec: dict, threads: int | None = None) -> tuple[OnnxVision, OnnxVision | None]:
+    """(the vision graph, the projector graph or None) of an engine manifest's vision entry, files under `folder`."""
+    projector = spec.get("projector_file")
+    return OnnxVision(folder / spec["file"], threads), projector and OnnxVision(folder / projector, threads)

@@ -15,6 +15,7 @@ from ..device import TEGRA_RELEASE, jetpack_release, l4t_release
 from ..errors import CheckpointError, UnsupportedError, UsageError
 from ..prompt import splice_parts
 from ..targets import DESKTOP_STACK, GPU_TARGETS, JETSON_STACK, TARGETS
+from ..tiling import encode_multiscale
 from .manifest import EngineInfo, read_manifest
 
 LIBRARIES = {"tensorrt": "TensorRT", "tensorrt_llm": "TensorRT-LLM"}
@@ -133,7 +134,8 @@ class TablePrompt:
 
 
 class TrtVision:
-    """pixels [N, 3, S, S] float32 -> image_embeds [N, T, H] float32 through a TensorRT plan."""
+    """One vision plan, batches of at most max_batch: pixels [N, 3, S, S] float32 -> image_embeds [N, T, H] (or a
+    multi-scale tower's features), or a multi-scale projector's merged features -> image_embeds; float32."""
 
     def __init__(self, plan: Path, max_batch: int):
         import tensorrt as trt
@@ -191,6 +193,8 @@ class TrtEngine:
         vision = self.manifest.get("vision")
         tower_batch = limits.get("tower_batch") or limits["max_batch"] * limits["images"]
         self.vision = TrtVision(self.root / vision["plan"], tower_batch) if vision else None
+        self.projector = vision and vision.get("projector_plan") and \
+            TrtVision(self.root / vision["projector_plan"], vision["projector_batch"])
         self.runner = self._runner(self.root / self.manifest["llm"]["engine_dir"], limits)
 
     @staticmethod
@@ -211,6 +215,9 @@ class TrtEngine:
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         return self.info.require_vision(self.vision)(pixels)
+
+    def encode_multiscale(self, layout, images) -> list[np.ndarray]:
+        return encode_multiscale(layout, images, self.info.require_vision(self.vision), self.info.require_projector(self.projector))
 
     def splice(self, ids: list[int], image_embeds: np.ndarray | None) -> "TablePrompt":
         return table_prompt(ids, image_embeds, self.vocab_size, self.image_end_ids, self.manifest["limits"])
