@@ -246,6 +246,8 @@ def test_build_engine_on_the_device_reuses_both_timing_caches(orin_bundle, monke
     m = json.loads((tmp_path / "engine2/manifest.json").read_text())
     assert m["llm"]["timing_cache_reused"] and m["vision"]["build"]["timing_cache_reused"]
     assert (tmp_path / "engine2/llm/rank0.engine").is_file() and (tmp_path / "engine2/vision/vision.plan").is_file()
+    bundle = json.loads((orin_bundle / "manifest.json").read_text())
+    assert m["vision_layout"] == bundle["vision_layout"]  # the engine tiles images as the checkpoint does
 
 
 def test_trtllm_build_is_found_beside_the_interpreter_and_in_local_bin(monkeypatch, tmp_path):
