@@ -12,7 +12,8 @@ GPU_TARGETS = [t for t in TARGETS.values() if t.sm is not None]
 
 
 def test_the_recipes_the_issue_names_are_there():
-    assert set(RECIPE_NAMES) >= {"vila1.5-3b", "vila1.5-3b-s2", "llama-3-vila1.5-8b", "vila1.5-13b", "vila1.5-40b", "nvila-8b"}
+    assert set(RECIPE_NAMES) >= {"vila1.5-3b", "vila1.5-3b-s2", "llama-3-vila1.5-8b", "vila1.5-13b", "vila1.5-40b", "nvila-8b",
+                                "nvila-15b", "nvila-lite-2b"}
 
 
 def test_parameter_counts_match_the_published_model_sizes():
@@ -91,3 +92,14 @@ def test_nvila_is_sized_for_its_tiles():
     with pytest.raises(Exception, match="3072 tokens leave no room.*--max-tiles"):
         memory_plan(recipe, TARGETS["orin"])  # 2048 prompt tokens by default
     assert memory_plan(load_recipe("vila1.5-3b-s2"), TARGETS["orin"]).tower_batch == 5  # S2: 1 + 4 passes, 196 tokens
+
+
+def test_nvila_lite_and_nvila_15b_are_sized_for_their_tiles():
+    """NVILA-Lite-2B: up to 12 tiles and the thumbnail, 121 tokens each; NVILA-15B tiles as NVILA-8B, with a projector
+    plan for one image's 12 blocks."""
+    h100 = TARGETS["h100"]
+    lite = memory_plan(load_recipe("nvila-lite-2b"), h100, max_batch=1)
+    assert (lite.max_multimodal_len, lite.tower_batch, lite.projector_batch) == (13 * 121, 13, 0)
+    assert memory_plan(load_recipe("nvila-lite-2b"), TARGETS["orin-nano"], max_tiles=4).max_multimodal_len == 5 * 121
+    big = memory_plan(load_recipe("nvila-15b"), h100, max_batch=1)
+    assert (big.max_multimodal_len, big.tower_batch, big.projector_batch) == (12 * 256, 17, 12)
