@@ -99,9 +99,15 @@ def main() -> None:
 
 
 def save(rows: list[dict]) -> None:
-    result = {"benchmark": "nvila_tiles", "image": IMAGE, "cpu": cpu_description(), "towers": TOWERS, "rows": rows,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (HERE / "results" / "nvila_tiles.json").write_text(json.dumps(result, indent=2) + "\n")
+    """The rows measured now, over the saved ones with the same tower, vision, threads and max_tiles (a partial run
+    keeps the others)."""
+    path = HERE / "results" / "nvila_tiles.json"
+    key = lambda r: (r["tower"], r["vision"], r["threads"], r["max_tiles"])  # noqa: E731
+    kept = {key(r): r for r in (json.loads(path.read_text())["rows"] if path.is_file() else [])}
+    kept.update({key(r): {**r, "measured": time.strftime("%Y-%m-%d")} for r in rows})
+    result = {"benchmark": "nvila_tiles", "image": IMAGE, "cpu": cpu_description(), "towers": TOWERS,
+              "rows": list(kept.values()), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
