@@ -197,6 +197,17 @@ def test_a_gpu_bundle_is_sized_for_the_tiles_it_was_built_for(layouts, tmp_path,
     assert m["limits"]["max_multimodal_len"] == (4 + 1) * 4 and m["limits"]["tower_batch"] == 5  # 4 tiles + thumbnail
     code, out, _ = cli("build-engine", tmp_path / "q", "-o", tmp_path / "b2", "--target", "orin", "--dry-run")
     assert code == 0 and "batch 1..13" in out  # the checkpoint's 12 tiles and the thumbnail
+    from vila_edge.errors import UsageError
+    from vila_edge.runtime.manifest import EngineInfo
+
+    info = EngineInfo(tmp_path / "b", m)  # what a TensorRT engine built from it reads (its limits are the bundle's)
+
+    class Engine:  # the refusal comes before any vision or LLM call
+        tokenizer = None
+
+    with pytest.raises(UsageError, match="--max-tiles 6: .* built for at most 4 tiles per image"):
+        Captioner(info, Engine(), "qwen2", max_tiles=6)
+    assert Captioner(info, Engine(), "qwen2", max_tiles=2).layout.max_tiles == 2
 
 
 # ---- S2 / NVILA on the exported graphs: the tower W8A8 on tiles, the projector apart --------------------------------

@@ -33,6 +33,8 @@ class ModelInfo(Protocol):
     def recorded_conv_mode(self) -> tuple[str, str] | None:
         """(conv mode, where it is recorded) when the model names its own template."""
 
+    # A GPU engine's EngineInfo also has max_tiles_limit: the tiles per image it was built for (a checkpoint: none).
+
 
 class Backend(Protocol):
     """Images and prompt ids in; tokens out through one of LogitsSource (our sampler) or TokenSource (its own)."""

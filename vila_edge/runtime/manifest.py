@@ -99,6 +99,11 @@ class EngineInfo:
         return VisionLayout(**{**layout, "scales": tuple(layout.get("scales", ()))})
 
     @property
+    def max_tiles_limit(self) -> int | None:
+        """The tiles per image a GPU engine's vision plan and max_multimodal_len were sized for (None: no limit)."""
+        return (self.manifest.get("limits") or {}).get("max_tiles")
+
+    @property
     def model_max_length(self) -> int:
         """The model's limit, or a GPU engine's max_seq_len where that is shorter (the engine holds no more)."""
         engine_limit = (self.manifest.get("limits") or {}).get("max_seq_len")
