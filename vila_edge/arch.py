@@ -176,59 +176,67 @@ FAMILIES = {
 
 
 # ---- conversation templates -----------------------------------------------------------------------------
-# The single-turn generation prompts of the VILA code each model was trained with (llava/conversation.py,
-# May24 and later); `{question}` is the user turn, images included.
+# The conversations of the VILA code each model was trained with (llava/conversation.py, May24 and later:
+# Conversation.get_prompt for each SeparatorStyle), as the text of each turn: `{system}`, `{text}` (a user turn, its
+# images included) and `{answer}` are filled in; a prompt ends with `generation`, the open assistant turn.
 
 _VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 _LLAMA3_SYSTEM = (
-    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision "
-    "assistant. You are able to understand the visual content that the user provides, and assist the user "
-    "with a variety of tasks using natural language."
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
 )
+_LLAMA3_HEADER = "<|start_header_id|>{}<|end_header_id|>\n\n"
 
 
 @dataclass(frozen=True)
 class Template:
     name: str
-    prompt: str | None  # with "{question}"; None: render with the tokenizer's own chat template
+    system_turn: str | None  # with "{system}"; None: render with the tokenizer's own chat template
+    system: str  # the default system prompt
+    user_turn: str  # with "{text}"
+    assistant_turn: str  # with "{answer}": an earlier answer in the conversation
+    generation: str  # the assistant turn generation starts in
     stop: tuple[str, ...]  # generation stops at any of these; they are cut from the answer
+
+    def render(self, system: str | None, turns: list[tuple[str, str]]) -> str:
+        """The prompt text for (role, text) turns, "user" and "assistant" alternating, ending with a user turn."""
+        out = [self.system_turn.replace("{system}", self.system if system is None else system)]
+        for role, text in turns:
+            out.append((self.user_turn.replace("{text}", text) if role == "user" else
+                        self.assistant_turn.replace("{answer}", text)))
+        return "".join(out) + self.generation
+
+
+def _chatml(name: str, system: str, newline: str) -> Template:
+    """ChatML as qwen2 (CHATML: a newline after each <|im_end|>) and hermes-2 (MPT: none) write it."""
+    end = "<|im_end|>" + newline
+    return Template(name, "<|im_start|>system\n{system}" + end, system, "<|im_start|>user\n{text}" + end,
+                    "<|im_start|>assistant\n{answer}" + end, "<|im_start|>assistant\n", ("<|im_end|>",))
+
+
+def _llama3(name: str, sep: str, assistant: str) -> Template:
+    return Template(name, "<|begin_of_text|>" + _LLAMA3_HEADER.format("system") + "{system}" + sep, _LLAMA3_SYSTEM,
+                    _LLAMA3_HEADER.format("user") + "{text}" + sep, _LLAMA3_HEADER.format(assistant) + "{answer}" + sep,
+                    _LLAMA3_HEADER.format(assistant), (sep,))
 
 
 TEMPLATES = {
     t.name: t
     for t in (
-        Template("vicuna_v1", _VICUNA_SYSTEM + " USER: {question} ASSISTANT:", ("</s>",)),
+        # SeparatorStyle.TWO: sep " " after user turns, sep2 "</s>" after answers
+        Template("vicuna_v1", "{system} ", _VICUNA_SYSTEM, "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:",
+                 ("</s>",)),
         # Llama-3-VILA1.5-8B-Fix and the README since Aug 2024.
-        Template(
-            "llama_3",
-            _LLAMA3_SYSTEM + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{question}<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n",
-            ("<|eot_id|>",),
-        ),
+        _llama3("llama_3", "<|eot_id|>", "assistant"),
         # The May 2024 template the original Llama-3-VILA1.5-8B was trained with: sep <|end_of_text|>
         # and an assistant header that reads "system" (the bug "-Fix" retrained away).
-        Template(
-            "llama_3_original",
-            _LLAMA3_SYSTEM + "<|end_of_text|><|start_header_id|>user<|end_header_id|>\n\n{question}<|end_of_text|>"
-            "<|start_header_id|>system<|end_header_id|>\n\n",
-            ("<|end_of_text|>",),
-        ),
-        Template(
-            "hermes-2",
-            "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n{question}<|im_end|>"
-            "<|im_start|>assistant\n",
-            ("<|im_end|>",),
-        ),
-        Template(
-            "qwen2",
-            "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
-            "<|im_start|>assistant\n",
-            ("<|im_end|>",),
-        ),
-        Template("auto", None, ()),
+        _llama3("llama_3_original", "<|end_of_text|>", "system"),
+        _chatml("hermes-2", "Answer the questions.", ""),
+        _chatml("qwen2", "You are a helpful assistant", "\n"),
+        Template("auto", None, "", "", "", "", ()),
     )
 }
 

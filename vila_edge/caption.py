@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .backend import Backend, ModelInfo
-from .conversation import get_template, render, resolve_conv_mode, stop_strings
+from .conversation import get_template, render_conversation, resolve_conv_mode, stop_strings
 from .errors import UsageError
 from .generate import SamplingParams, TextStream, generate
 from .media import layout_preprocess
@@ -22,6 +22,7 @@ class Answer:
     token_ids: list[int]
     prompt_tokens: int  # everything prefilled: text tokens and image tokens
     image_tokens: int
+    completion_tokens: int  # sampled, a stop token included
     stop_reason: str
     vision_s: float
     ttft_s: float  # from the question to the first sampled token, vision included
@@ -55,10 +56,27 @@ class Captioner:
         self.conv_mode, self.conv_mode_source = resolve_conv_mode(ckpt, conv_mode, self.tokenizer)
         self.template = get_template(self.conv_mode)
         self.layout = ckpt.vision_layout.with_max_tiles(max_tiles)
+        limit = getattr(ckpt, "max_tiles_limit", None)
+        if max_tiles is not None and limit is not None and max_tiles > limit:
+            raise UsageError(f"--max-tiles {max_tiles}: {ckpt.root} was built for at most {limit} tiles per image; "
+                             f"pass --max-tiles {limit} or less, or rebuild it with build-engine --max-tiles {max_tiles}")
 
     def prompt_ids(self, question: str, n_images: int, tiles: list[int] | None = None) -> list[int]:
-        turn = user_turn(question, n_images, self.ckpt.family.image_text, tiles)
-        return tokenize_prompt(self.tokenizer, render(self.template, turn, self.tokenizer))
+        return self.conversation_ids(None, [("user", question)], [n_images], tiles)
+
+    def conversation_ids(self, system: str | None, turns: list[tuple[str, str]], images_per_turn: list[int],
+                         tiles: list[int] | None = None) -> list[int]:
+        """A conversation's prompt ids: each user turn takes its images' placeholders (`images_per_turn`, one count
+        per turn, in order; `tiles` per image as Encoded.tiles_per_image gives them)."""
+        tiles = tiles or [0] * sum(images_per_turn)
+        placed, start = [], 0
+        for (role, text), n in zip(turns, images_per_turn):
+            if role == "user":
+                text = user_turn(text, n, self.ckpt.family.image_text, tiles[start : start + n])
+            placed.append((role, text))
+            start += n
+        prompt = render_conversation(self.template, system, placed, self.tokenizer)
+        return tokenize_prompt(self.tokenizer, prompt)
 
     def _preprocess(self, image: Image.Image) -> np.ndarray:
         return layout_preprocess(image, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio, self.layout)
@@ -74,9 +92,16 @@ class Captioner:
 
     def __call__(self, images: list[Image.Image], question: str, params: SamplingParams,
                  on_text: Callable[[str], None] | None = None) -> Answer:
+        return self.chat(None, [("user", question)], [len(images)], images, params, on_text)
+
+    def chat(self, system: str | None, turns: list[tuple[str, str]], images_per_turn: list[int],
+             images: list[Image.Image], params: SamplingParams, on_text: Callable[[str], None] | None = None,
+             stop: tuple[str, ...] = ()) -> Answer:
+        """Answer a conversation (see conversation_ids) whose images are `images`, in turn order; `stop`: more stop
+        strings than the template's."""
         t0 = time.perf_counter()
         encoded = self.encode(images)
-        ids = self.prompt_ids(question, len(images), encoded.tiles_per_image)
+        ids = self.conversation_ids(system, turns, images_per_turn, encoded.tiles_per_image)
         image_embeds = encoded.blocks
         vision_s = time.perf_counter() - t0
         inputs = self.model.splice(ids, image_embeds)
@@ -86,7 +111,7 @@ class Captioner:
                 f"the prompt is {len(inputs)} tokens with its images; {self.ckpt.name} takes at most {max_length}. "
                 "Use fewer images or frames (--num-frames) or a shorter prompt"
             )
-        stream = TextStream(self.tokenizer, stop_strings(self.template, self.tokenizer))
+        stream = TextStream(self.tokenizer, stop_strings(self.template, self.tokenizer) + tuple(stop))
         gen = generate(self.model, inputs, len(inputs), stream, params, max_length, on_text)
         image_tokens = 0 if image_embeds is None else sum(len(b) for b in image_embeds)
         return Answer(
@@ -94,6 +119,7 @@ class Captioner:
             token_ids=gen.token_ids,
             prompt_tokens=gen.prompt_tokens,
             image_tokens=image_tokens,
+            completion_tokens=gen.n_generated,
             stop_reason=gen.stop_reason,
             vision_s=vision_s,
             ttft_s=gen.first_token_at - t0,

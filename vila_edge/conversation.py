@@ -37,11 +37,18 @@ def resolve_conv_mode(ckpt: ModelInfo, flag: str | None, tokenizer=None) -> tupl
 
 def render(template: Template, question: str, tokenizer=None) -> str:
     """The full prompt text for one user turn, ready for generation."""
-    if template.prompt is not None:
-        return template.prompt.replace("{question}", question)
+    return render_conversation(template, None, [("user", question)], tokenizer)
+
+
+def render_conversation(template: Template, system: str | None, turns: list[tuple[str, str]], tokenizer=None) -> str:
+    """The prompt text of a conversation: an optional system prompt (None: the template's own), then (role, text)
+    turns, user and assistant alternating and ending with a user turn, ready for generation."""
+    if template.system_turn is not None:
+        return template.render(system, turns)
     if not getattr(tokenizer, "chat_template", None):
         raise UsageError("--conv-mode auto needs a tokenizer with a chat template; this one has none. Pick a conv mode")
-    messages = [{"role": "user", "content": question}]
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + \
+        [{"role": role, "content": text} for role, text in turns]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

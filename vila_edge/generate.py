@@ -7,11 +7,22 @@ A backend offers `reset()`, `prefill(inputs) -> logits [V]` and `decode(token_id
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
 from .backend import TokenSource
+from .errors import UnsupportedError
+
+
+class Constraint(Protocol):
+    """Grammar-constrained decoding (serve's response_format): which tokens may come next."""
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """logits [V] with every token the grammar forbids now at -inf."""
+
+    def accept(self, token_id: int) -> None:
+        """The token sampled from the masked logits."""
 
 
 @dataclass
@@ -20,6 +31,7 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 128
     seed: int = 0
+    constraint: Constraint | None = None
 
 
 class Sampler:
@@ -113,17 +125,25 @@ class Generation:
 
 def sampled_tokens(backend, inputs, params: SamplingParams):
     """Our sampler over the backend's logits: prefill, then one decode step per further token asked for."""
-    sampler = Sampler(params)
+    sampler, constraint = Sampler(params), params.constraint
     backend.reset()
-    token = sampler(backend.prefill(inputs))
+    logits = backend.prefill(inputs)
     while True:
+        if constraint is None:
+            token = sampler(logits)
+        else:
+            token = sampler(constraint.mask(logits))
+            constraint.accept(token)
         yield token
-        token = sampler(backend.decode(token))
+        logits = backend.decode(token)
 
 
 def token_stream(backend, inputs, params: SamplingParams):
     """The backend's tokens for a spliced prompt: its own sampler's, or ours over its logits."""
     if isinstance(backend, TokenSource):
+        if params.constraint is not None:
+            raise UnsupportedError("constrained decoding (response_format) needs our sampler: serve a cpu engine or a "
+                                   "checkpoint; TensorRT-LLM samples on its own")
         return backend.generate_tokens(inputs, params)
     return sampled_tokens(backend, inputs, params)
 
