@@ -80,8 +80,12 @@ EXTRAS = {
     # Jetson: power and clocks in bench. TensorRT, TensorRT-LLM and torch come from JetPack and NVIDIA's wheels.
     "jetson": ["jetson-stats>=4.2"],
     "plot": ["matplotlib>=3.8"],  # bench-table --plot
-    "test": [*QUANTIZE, "matplotlib>=3.8", "packaging>=23", "pytest>=8", "ruff==0.17.6"],  # what `make test` installs
+    # `vila-edge serve`: the HTTP server, its metrics, JSON-constrained decoding (numpy only, no torch)
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20", "llguidance>=1.0"],
 }
+EXTRAS["test"] = [*QUANTIZE, *EXTRAS["serve"], "matplotlib>=3.8", "packaging>=23", "pytest>=8", "ruff==0.17.6",
+                  "openai>=1.40"]  # what `make test` installs; the openai SDK is the server tests' client
+
 
 # Code outside vila_edge/ is installed under the vila_edge namespace: export/ as vila_edge.export.
 setup(

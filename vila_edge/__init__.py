@@ -12,6 +12,7 @@ and trt paths never import each other.
     quant         quant/: AWQ search, calibration data, SmoothQuant, int8 Q/DQ, perplexity
     export, run   export/ (vila_edge.export: writers of engines and ONNX), runtime/ (cpu and trt backends)
     live, measure capture, record, bench, bandwidth, bench_table
+    serve         serve/ (the OpenAI-compatible HTTP server over one loaded model)
     commands      commands/ (one orchestrator per command), demo, synthetic
     cli           cli/ (one parser per command)
 """
@@ -30,6 +31,7 @@ LAYERS = (
     ("quant", ("quant",)),
     ("export, run", ("export", "runtime")),
     ("live, measure", ("capture", "record", "bench", "bandwidth", "bench_table")),
+    ("serve", ("serve",)),
     ("commands", ("commands", "demo", "synthetic")),
     ("cli", ("cli",)),
 )

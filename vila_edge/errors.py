@@ -38,7 +38,7 @@ class MissingExtraError(VilaEdgeError):
 
 
 # The packages a job needs beyond the core install, by the extra that brings them (setup.py's extras_require).
-EXTRA_MODULES = {"quantize": ("torch", "transformers")}
+EXTRA_MODULES = {"quantize": ("torch", "transformers"), "serve": ("fastapi", "uvicorn", "prometheus_client")}
 
 
 def require_extra(extra: str, job: str, instead: str = "") -> None:

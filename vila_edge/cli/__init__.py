@@ -1,4 +1,5 @@
-"""`vila-edge`: inspect, convert, demo-checkpoint, caption, quantize, eval-ppl, build-engine, bench, bench-table, plan.
+"""`vila-edge`: inspect, convert, demo-checkpoint, caption, quantize, eval-ppl, build-engine, bench, bench-table, plan,
+serve.
 
 One module per command (MLC-LLM's cli/): `add_parser(sub)` builds its arguments from the options
 dataclasses, `run(args)` calls the command's logic in vila_edge.commands (or the stage it wraps) and
@@ -10,9 +11,21 @@ import warnings
 
 from .. import __version__
 from ..errors import VilaEdgeError
-from . import bench, bench_table, build_engine, caption, convert, demo_checkpoint, eval_ppl, inspect, plan, quantize
+from . import (
+    bench,
+    bench_table,
+    build_engine,
+    caption,
+    convert,
+    demo_checkpoint,
+    eval_ppl,
+    inspect,
+    plan,
+    quantize,
+    serve,
+)
 
-COMMANDS = (inspect, convert, demo_checkpoint, caption, quantize, eval_ppl, build_engine, bench, bench_table, plan)
+COMMANDS = (inspect, convert, demo_checkpoint, caption, quantize, eval_ppl, build_engine, bench, bench_table, plan, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
