@@ -149,12 +149,17 @@ def test_the_import_holds_the_dumps_weights_bit_for_bit(awq_repo, imported):
 
 
 def test_a_qwen2_dump_keeps_its_qkv_biases(tiny, tmp_path, cli):
-    """g32 (the scales padded from 2 and 4 groups to 32 rows), and q/k/v biases carried as they are."""
+    """g32 (the scales padded from 2 and 4 groups to 32 rows), q/k/v biases carried as they are; small shards."""
     repo, truth = make_awq_folder(tiny(arch="qwen2"), tmp_path, group=32)
     out = tmp_path / "out"
-    code, _, err = cli("quantize", repo, "-o", out, "--allow-pickle", "--vision", "none", "--quiet")
+    code, _, err = cli("quantize", repo, "-o", out, "--allow-pickle", "--vision", "none", "--quiet", "--shard-size", "64KB")
     assert code == 0, err
-    state, dump = load_file(out / "llm" / "model.safetensors"), torch.load(next((repo / "llm").glob("*.pt")))
+    index = json.loads((out / "llm" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards == sorted(p.name for p in (out / "llm").glob("*.safetensors"))
+    state = {k: v for f in shards for k, v in load_file(out / "llm" / f).items()}
+    assert set(state) == set(index["weight_map"])
+    dump = torch.load(next((repo / "llm").glob("*.pt")))
     for base, (q, scales, zeros) in truth.items():
         w = autoawq_dequantize(state[f"{base}.qweight"], state[f"{base}.qzeros"], state[f"{base}.scales"], 32).t()
         assert torch.equal(w, oracle_weight(q, scales, zeros, 32)), base
