@@ -41,38 +41,53 @@ def is_awq(llm_config: dict) -> bool:
 # ---- writing -----------------------------------------------------------------------------------
 
 
-def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
-    shards, size = [{}], 0
-    for name, t in tensors.items():
+class ShardWriter:
+    """safetensors shards written as tensors arrive, each at most `max_bytes` (a larger tensor alone), named as HF
+    names them once closed: model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json.
+    Only one shard is held in memory at a time."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder, self.max_bytes = folder, max_bytes
+        self.current, self.size, self.done = {}, 0, []  # done: (temporary path, tensor names, bytes)
+
+    def add(self, name: str, t: torch.Tensor) -> None:
         nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
-    return shards
+        if self.current and self.size + nbytes > self.max_bytes:
+            self._flush()
+        self.current[name] = t.contiguous()
+        self.size += nbytes
+
+    def _flush(self) -> None:
+        path = self.folder / f".shard-{len(self.done)}.safetensors"
+        save_file(self.current, path, metadata={"format": "pt"})
+        self.done.append((path, list(self.current), self.size))
+        self.current, self.size = {}, 0
+
+    def close(self) -> None:
+        if self.current or not self.done:
+            self._flush()
+        if len(self.done) == 1:
+            self.done[0][0].rename(self.folder / "model.safetensors")
+            return
+        weight_map = {}
+        for i, (path, names, _) in enumerate(self.done, 1):
+            name = f"model-{i:05d}-of-{len(self.done):05d}.safetensors"
+            path.rename(self.folder / name)
+            weight_map.update(dict.fromkeys(names, name))
+        index = {"metadata": {"total_size": sum(size for *_, size in self.done)}, "weight_map": weight_map}
+        (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 def write_safetensors(folder: Path, tensors: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
-    """model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json as HF names them."""
-    shards = _shards(tensors, max_shard_bytes)
-    meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], folder / "model.safetensors", metadata=meta)
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / name, metadata=meta)
-        weight_map.update(dict.fromkeys(shard, name))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    """tensors, in their order, into shards of at most max_shard_bytes (ShardWriter)."""
+    writer = ShardWriter(folder, max_shard_bytes)
+    for name, t in tensors.items():
+        writer.add(name, t)
+    writer.close()
 
 
-def write_awq_llm(dst: Path, src: Path, llm, packed: dict[str, dict[str, torch.Tensor]], group_size: int,
-                  max_shard_bytes: int = 5 * 2**30) -> None:
-    """llm/ of the quantized checkpoint: src's tokenizer and configs, packed linears, the rest fp16."""
+def write_awq_config(dst: Path, src: Path, group_size: int) -> None:
+    """llm/ of a quantized checkpoint without its weights: src's tokenizer and configs, the quantization_config."""
     dst.mkdir(parents=True)
     for f in src.iterdir():  # tokenizer, generation config, chat template, ...
         if f.is_file() and f.name != "config.json" and not any(f.match(p) for p in WEIGHT_FILES):
@@ -82,6 +97,11 @@ def write_awq_llm(dst: Path, src: Path, llm, packed: dict[str, dict[str, torch.T
     config["torch_dtype"] = config["dtype"] = "float16"
     (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
+
+def write_awq_llm(dst: Path, src: Path, llm, packed: dict[str, dict[str, torch.Tensor]], group_size: int,
+                  max_shard_bytes: int = 5 * 2**30) -> None:
+    """llm/ of the quantized checkpoint: src's tokenizer and configs, packed linears, the rest fp16."""
+    write_awq_config(dst, src, group_size)
     tensors = {}
     for name, t in llm.state_dict().items():
         if name == "lm_head.weight" and llm.config.tie_word_embeddings:

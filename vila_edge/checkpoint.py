@@ -25,6 +25,7 @@ from .config_checks import (
 from .errors import CheckpointError, UnsupportedError
 from .formats import CHECKPOINT_PARTS as SUBFOLDERS
 from .formats import PICKLE_SUFFIXES
+from .llm_awq import llm_awq_weights
 from .safetensors_header import read_header
 from .tiling import VisionLayout, layout_from_config
 
@@ -155,7 +156,6 @@ class Checkpoint:
 # ---- reading the folder -----------------------------------------------------------------------------------
 
 
-
 def _subfolder(root: Path, config: dict, name: str) -> Path:
     """VILA resolves a dict-valued `<name>_cfg` to root/<name>; a string value is a path, often one on the machine
     that trained it (then the folder of that name here is taken, else root/<name>)."""
@@ -186,8 +186,11 @@ def _shard_names(index: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-def _weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
-    """The folder's safetensors files (checked for truncation), or its pickle files when allowed."""
+def _weight_files(folder: Path, allow_pickle: bool, llm_awq: bool = False) -> list[Path]:
+    """The folder's safetensors files (checked for truncation), or its pickle files when allowed (llm-awq's dump
+    of a VILA1.5-*-AWQ llm/, beside an index whose shards are absent, only where `llm_awq`: quantize imports it)."""
+    if not any(folder.glob("*.safetensors")) and (dump := llm_awq_weights(folder, allow_pickle, llm_awq)):
+        return [dump]
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         shards = _shard_names(index)
@@ -234,8 +237,8 @@ def detect_family(config: dict, llm_config: dict) -> Family:
     return FAMILIES["nvila" if nvila else "vila1.5"]
 
 
-def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
-    """Read and validate a checkpoint folder; raises CheckpointError naming the file and the fix."""
+def load_checkpoint(path: str | Path, allow_pickle: bool = False, llm_awq: bool = False) -> Checkpoint:
+    """Read and validate a checkpoint folder (errors name the file and the fix); llm_awq: see _weight_files."""
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint folder; pass the folder that holds config.json")
@@ -255,7 +258,7 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
         projector_config=projector_config,
         preprocessor=preprocessor,
         family=detect_family(config, llm_config),
-        weights={name: _weight_files(folder, allow_pickle) for name, folder in zip(SUBFOLDERS, folders)},
+        weights={name: _weight_files(folder, allow_pickle, llm_awq) for name, folder in zip(SUBFOLDERS, folders)},
     )
     _check_weights(ckpt)  # the sizes in the configs hold from here on
     check_feature_selection(ckpt)

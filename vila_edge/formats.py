@@ -20,6 +20,9 @@ CHECKPOINT_PARTS = ("llm", "vision_tower", "mm_projector")
 AWQ_RESULTS_FILE = "awq_results.safetensors"  # searched scales and clips, re-packable into any layout
 AWQ_RESULTS_FORMAT = "vila_edge.awq_results/1"
 QUANT_REPORT_FILE = "quant_report.json"
+# llm-awq's real-quant dump, as TinyChat names it (the VILA1.5-*-AWQ repos' llm/vila-1.5-3b-w4-g128-awq-v2.pt); bits
+# and group size are in the name only. -v2: the packing `vila-edge quantize` imports (llm_awq.py)
+LLM_AWQ_DUMP = r"-w(?P<bits>\d+)-g(?P<group>\d+)-awq(?P<v2>-v2)?\.pt$"
 VISION_DIR = "vision"  # the tower + projector as ONNX, beside llm/
 VISION_FP32_FILE = "vision_fp32.onnx"
 VISION_W8A8_FILE = "vision_w8a8.onnx"

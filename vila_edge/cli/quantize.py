@@ -1,4 +1,5 @@
-"""`vila-edge quantize CHECKPOINT -o OUT`: AWQ int4 of the LLM (scale + clip search) and the W8A8 vision ONNX."""
+"""`vila-edge quantize CHECKPOINT -o OUT`: AWQ int4 of the LLM (scale + clip search, or a VILA1.5-*-AWQ folder's
+llm-awq weights imported) and the W8A8 vision ONNX."""
 
 import sys
 import warnings
@@ -14,7 +15,8 @@ VISION = ("alpha", "method", "n_images", "weight_bits")
 
 def add_parser(sub) -> None:
     q = sub.add_parser("quantize", help="AWQ int4 quantization of the LLM (scale + clip search)")
-    q.add_argument("source", help="a VILA checkpoint folder (fp16/bf16)")
+    q.add_argument("source", help="a VILA checkpoint folder (fp16/bf16), or a VILA1.5-*-AWQ one: its llm-awq int4 "
+                                  "weights are imported (repacked, no search; needs --allow-pickle)")
     q.add_argument("-o", "--out", required=True, help="the quantized checkpoint folder to write")
     add_fields(q, AwqSettings, *AWQ)
     q.add_argument("--calib", default="self", metavar="self|text:FILE|media:PATH",

@@ -17,9 +17,11 @@ from ..arch import VISION_TOWERS, get_llm
 from ..atomic import atomic_dir
 from ..awq_checkpoint import is_awq, load_awq_llm, save_awq_results, write_awq_llm
 from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint, tensor_shapes
+from ..conversation import resolve_conv_mode
 from ..errors import UnsupportedError, UsageError
 from ..export.vision_w8a8 import quantize_vision
 from ..formats import AWQ_RESULTS_FILE, QUANT_REPORT_FILE, VISION_DIR
+from ..llm_awq import check_dump, is_dump, plan_dump, read_dump, write_dump_llm
 from ..media import media_images
 from ..model.vlm import VilaModel, load_tokenizer, resolve_device
 from ..quant.awq import rtn_quantize, run_awq
@@ -177,7 +179,9 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
     """AWQ-quantize src's LLM into out (atomically); returns the report that is also written there:
     check, calibrate, baseline, search, write, (vision), (perplexity of what was written), report."""
     out, clock = Path(out), Stopwatch()
-    ckpt = load_checkpoint(src, allow_pickle=allow_pickle)
+    ckpt = load_checkpoint(src, allow_pickle=allow_pickle, llm_awq=True)
+    if is_dump(ckpt.weights["llm"][0]):  # a VILA1.5-*-AWQ folder: its published int4 weights, not a search
+        return import_llm_awq(ckpt, out, opts, overwrite, log, progress)
     check_request(ckpt, out, opts, overwrite)
     device = resolve_device(opts.device)
     with clock.stage("calibration"):
@@ -220,6 +224,70 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
     return report
 
 
+def _recorded_conv_mode(ckpt: Checkpoint, flag: str | None) -> str | None:
+    """--conv-mode, else the mode the source's name gives (VILA1.5-3b-AWQ: vicuna_v1), so OUT prompts the same under
+    any name; None where the source records its own (config.json is copied) or its name says nothing."""
+    if flag or ckpt.recorded_conv_mode():
+        return flag
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mode, where = resolve_conv_mode(ckpt, None)
+    return mode if where.startswith("checkpoint name") else None
+
+
+def check_import(ckpt: Checkpoint, out: Path, opts: QuantizeOptions, overwrite: bool, group_size: int) -> list[str]:
+    """What an llm-awq import refuses before reading the dump: options that ask for a search it does not run. The
+    search settings (--group-size, --w-bit, ...) do not apply: the dump's quantization is kept; returns that note."""
+    if opts.calib.kind == "text" or opts.eval_text is not None:
+        raise UsageError(f"{ckpt.weights['llm'][0]}: the LLM's int4 weights are imported, not searched, so --calib "
+                         "text:FILE and --eval-text do not apply (score OUT with vila-edge eval-ppl); --calib-media "
+                         "still calibrates the vision tower")
+    if opts.vision is not None:
+        check_vision(ckpt)
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out}: already exists; remove it, pass --overwrite, or choose another output folder")
+    if opts.settings.group_size != group_size or opts.settings.w_bit != 4:
+        return [f"{ckpt.weights['llm'][0].name} is int4 g{group_size}, which the import keeps (--group-size and "
+                "--w-bit apply to a search)"]
+    return []
+
+
+def import_llm_awq(ckpt: Checkpoint, out: Path, opts: QuantizeOptions, overwrite: bool, log, progress: bool) -> dict:
+    """A VILA1.5-*-AWQ folder: llm-awq's int4 weights checked against llm/config.json and repacked (llm_awq.py), the
+    vision tower quantized as for any checkpoint; written atomically, and loaded before it is kept."""
+    clock, dump = Stopwatch(), ckpt.weights["llm"][0]
+    plan = plan_dump(dump, ckpt.llm_config)
+    notes = check_import(ckpt, out, opts, overwrite, plan.group_size)
+    with clock.stage("read"):
+        state = read_dump(dump)
+        check_dump(state, plan)
+    conv_mode = _recorded_conv_mode(ckpt, opts.conv_mode)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        with clock.stage("write"):
+            _copy_unchanged(ckpt, tmp, conv_mode)
+            log(f"repacking {len(plan.linears)} linears of {dump.name} into the AutoAWQ GEMM layout (no AWQ search)")
+            linears = write_dump_llm(tmp / "llm", ckpt.llm_dir, state, plan, opts.max_shard_bytes, progress)
+        vision = None
+        if opts.vision is not None:
+            with clock.stage("vision"):
+                vision = write_vision(ckpt, tmp / VISION_DIR, opts, log, progress)
+        load_checkpoint(tmp)  # the result loads as any quantized checkpoint, or nothing is written
+        report = {
+            "vila_edge": __version__,
+            "source": str(ckpt.root.resolve()),
+            "method": "llm-awq import",
+            "dump": dump.name,
+            "settings": {"w_bit": 4, "group_size": plan.group_size},
+            "linears": linears,
+            "conv_mode": conv_mode,
+            "seconds": clock.rounded(),
+            "vision": vision,
+            "guards": notes,
+        }
+        (tmp / QUANT_REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def search_stages(result) -> dict[str, float]:
     """Where the search spent its time, summed over layers (`search.capture`, ...)."""
     stages = ("capture", "scale", "clip", "quantize")
@@ -236,16 +304,18 @@ def ppl_line(ppl: dict) -> str:
 
 def summary_lines(report: dict, out: Path) -> list[str]:
     """What `quantize` prints when it is done."""
-    layers = report["layers"]
-    rtn = sum(r["rtn_loss"] for r in layers) / len(layers)
-    awq = sum(r["awq_loss"] for r in layers) / len(layers)
-    calib = report["calibration"]
-    lines = [
-        f"wrote {out}: AWQ int4 g{report['settings']['group_size']} ({calib['tokens']} calibration tokens from "
-        f"{calib['source']}); mean layer-output MSE RTN {rtn:.4g} -> AWQ {awq:.4g}",
-        "time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items() if "." not in k),
-    ]
-    if report["perplexity"]:
+    if report["method"] == "llm-awq import":
+        lines = [f"wrote {out}: llm-awq's int4 g{report['settings']['group_size']} weights from {report['dump']}, "
+                 f"{report['linears']} linears repacked into the AutoAWQ GEMM layout (no AWQ search)"]
+    else:
+        layers = report["layers"]
+        rtn = sum(r["rtn_loss"] for r in layers) / len(layers)
+        awq = sum(r["awq_loss"] for r in layers) / len(layers)
+        calib = report["calibration"]
+        lines = [f"wrote {out}: AWQ int4 g{report['settings']['group_size']} ({calib['tokens']} calibration tokens "
+                 f"from {calib['source']}); mean layer-output MSE RTN {rtn:.4g} -> AWQ {awq:.4g}"]
+    lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items() if "." not in k))
+    if report.get("perplexity"):
         lines.append(ppl_line(report["perplexity"]))
     if report["vision"]:
         v = report["vision"]
