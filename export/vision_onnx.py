@@ -17,6 +17,7 @@ OPSET = 17
 # onnx 1.23 writes IR 11+, which the ONNX Runtime CPU wheels of 2025-26 do not all read; IR 9 is opset 17's
 IR_VERSION = 9
 EXTERNAL_DATA_BYTES = 1 << 30  # protobuf caps a file at 2 GB: bigger towers keep weights beside the graph
+SET_ASIDE_BYTES = 1 << 16  # initializers this big are set aside while a graph is serialized (set_aside_weights)
 
 
 class VisionProjector(nn.Module):
@@ -48,6 +49,7 @@ def _eager_attention(module: nn.Module) -> None:
 
 
 def save_onnx(model, path: Path) -> None:
+    """model to path; over 1 GB its weights go to path.data beside it (onnx moves them out of `model` as it writes)."""
     import onnx
 
     model.ir_version = IR_VERSION
@@ -61,23 +63,46 @@ def save_onnx(model, path: Path) -> None:
         onnx.save(model, path)
 
 
+def set_aside_weights(model) -> dict[str, bytes]:
+    """Clears the bytes of model's big initializers (names, types and dims kept) and returns them by name, so that the
+    graph can be serialized (shape inference, the version converter, ONNX Runtime) whatever the size of the weights:
+    protobuf refuses a message over 2 GB (InternViT-6B's fp32 graph is 22 GB). put_back_weights restores them."""
+    kept = {}
+    for init in model.graph.initializer:
+        if len(init.raw_data) >= SET_ASIDE_BYTES:
+            kept[init.name] = init.raw_data
+            init.ClearField("raw_data")
+    return kept
+
+
+def put_back_weights(model, kept: dict[str, bytes]) -> None:
+    for init in model.graph.initializer:
+        if init.name in kept:
+            init.raw_data = kept[init.name]
+
+
 @torch.no_grad()
 def _export(module: nn.Module, example: torch.Tensor, names: tuple[str, str], path: Path) -> None:
-    import io
+    import tempfile
     import warnings
 
     import onnx
 
     module = module.float().eval().cpu()
     _eager_attention(module)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter's notes on tracing and folding are not the user's
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=[names[0]],
-            output_names=[names[1]], dynamic_axes={names[0]: {0: "batch"}, names[1]: {0: "batch"}}, do_constant_folding=True,
-        )
-    save_onnx(onnx.load_from_string(buffer.getvalue()), Path(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # to a file, not to memory: over protobuf's 2 GB the exporter writes the weights beside the graph, which needs a path
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
+        with warnings.catch_warnings():  # the TorchScript exporter's notes on tracing and folding are not the user's
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (example,), str(Path(tmp) / path.name), dynamo=False, opset_version=OPSET,
+                input_names=[names[0]], output_names=[names[1]],
+                dynamic_axes={names[0]: {0: "batch"}, names[1]: {0: "batch"}}, do_constant_folding=True,
+            )
+        model = onnx.load(Path(tmp) / path.name)  # with the weights, wherever the exporter put them
+    save_onnx(model, path)
 
 
 def export_vision_onnx(vision: nn.Module, projector: nn.Module, image_size: int, path: str | Path) -> None:

@@ -315,3 +315,32 @@ def test_the_40b_recipe_has_45_intern_vit_layers_and_fits_only_the_agx_orins():
     fp16 = {t: memory_plan(recipe, TARGETS[t], vision_precision="fp16").fits for t in ("orin", "orin-32gb")}
     assert fp16 == {"orin": True, "orin-32gb": False}
 
+
+def test_a_tower_whose_weights_sit_beside_its_graphs_runs_every_step(vila40b, monkeypatch, tmp_path, cli):
+    """InternViT-6B's fp32 graph is 22 GB: past protobuf's 2 GB, its weights live in .data files beside the graphs and
+    are set aside whenever a graph is serialized. Here the tiny tower takes that path: quantize, the cpu engine
+    (captioning without torch), the GPU bundle's TensorRT checks."""
+    from conftest import QUICK_QUANT, cli_without_quantize_extra
+
+    from vila_edge.export import vision_onnx
+
+    monkeypatch.setattr(vision_onnx, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(vision_onnx, "SET_ASIDE_BYTES", 256)  # the weights, not the shape constants
+    out = tmp_path / "VILA1.5-40b-external"
+    code, _, err = cli("quantize", vila40b, "-o", out, "--group-size", 64, *QUICK_QUANT)
+    assert code == 0, err
+    for name in ("vision_fp32", "vision_w8a8", "vision_fp16", "vision_w8a8_fp16"):
+        assert (out / "vision" / f"{name}.onnx.data").stat().st_size > 0, name
+    record = json.loads((out / "vision" / "calibration.json").read_text())
+    assert record["held_out"]["cosine_min"] > 0.99 and record["tensorrt_fp16"]["fp16_vs_fp32"]["cosine_min"] > 0.999
+    assert not [p.name for p in (out / "vision").iterdir() if p.name.startswith(".")]  # no graph left behind
+    code, _, err = cli("build-engine", out, "-o", tmp_path / "cpu", "--target", "cpu")
+    assert code == 0, err
+    code, _, err = cli("build-engine", out, "-o", tmp_path / "b", "--target", "orin")
+    assert code == 3, err
+    image(120, 100, 3).save(tmp_path / "x.png")
+    [(code, text, err)] = cli_without_quantize_extra(["caption", tmp_path / "cpu", "--image", tmp_path / "x.png",
+                                                      "--prompt", "Describe.", "--max-new-tokens", "2", "--format",
+                                                      "jsonl"])
+    assert code == 0, err
+    assert json.loads(text)["image_tokens"] == 16
