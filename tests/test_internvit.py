@@ -344,3 +344,37 @@ def test_a_tower_whose_weights_sit_beside_its_graphs_runs_every_step(vila40b, mo
                                                       "jsonl"])
     assert code == 0, err
     assert json.loads(text)["image_tokens"] == 16
+
+
+def test_the_exported_rms_norm_holds_in_fp16_where_the_plain_one_overflows():
+    """TensorRT runs an fp16 graph's squares in fp16 (x² overflows past |x| ≈ 256); the exported RMSNorm scales each
+    token by its largest |x| first and stays, in exact arithmetic, transformers' InternVLVisionRMSNorm."""
+    from transformers.models.internvl.modeling_internvl import InternVLVisionRMSNorm
+
+    from vila_edge.export.vision_onnx import Fp16SafeRMSNorm
+
+    torch.manual_seed(0)
+    norm = InternVLVisionRMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.3 * torch.randn(64))
+        x = torch.randn(4, 64) * torch.tensor([[1e-4], [1.0], [900.0], [3e4]])  # near zero to near fp16's max
+        want = norm(x)
+        torch.testing.assert_close(Fp16SafeRMSNorm(norm)(x), want, rtol=1e-5, atol=1e-6)
+        half = Fp16SafeRMSNorm(InternVLVisionRMSNorm(64, eps=1e-6).half())
+        half.weight.copy_(norm.weight.half())
+        torch.testing.assert_close(half(x.half()).float(), want, rtol=2e-2, atol=2e-2)  # fp16 arithmetic throughout
+        h = x.half()
+        plain = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)  # the plain formula in fp16: x² overflows
+        assert not torch.isfinite(h.pow(2)[2:]).all() and (plain[2:] == 0).all()
+
+
+def test_export_swaps_the_rms_norms_for_the_export_only(model, tmp_path):
+    import onnx
+
+    from vila_edge.export.vision_onnx import export_vision_onnx
+
+    vision, projector = load_vision(model.ckpt, torch.float32)
+    export_vision_onnx(vision, projector, S, tmp_path / "v.onnx")
+    ops = [n.op_type for n in onnx.load(tmp_path / "v.onnx").graph.node]
+    assert ops.count("ReduceMax") == 4 * SHAPE["num_hidden_layers"]  # norm1, norm2, q_norm, k_norm of every layer
+    assert type(vision.layers[0].layernorm_before).__name__ == "InternVLVisionRMSNorm"  # put back afterwards
