@@ -125,15 +125,26 @@ def _cast_io(graph) -> None:
     graph.node.extend(nodes)
 
 
-def to_fp16(model):
-    """(model converted to fp16 at opset 19, what the conversion had to move: counts per kind)."""
+def to_fp16(model, keep_input: bool = True):
+    """(model converted to fp16 at opset 19, what the conversion had to move: counts per kind); keep_input False
+    leaves `model` without its big weights (a 22 GB graph is then not held three times)."""
     from onnx import shape_inference, version_converter
 
+    from .vision_onnx import put_back_weights, set_aside_weights
+
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    model = version_converter.convert_version(model, OPSET) if opset < OPSET else copy.deepcopy(model)
+    kept = set_aside_weights(model)  # both serialize the graph, which protobuf caps at 2 GB
+    try:
+        converted = version_converter.convert_version(model, OPSET) if opset < OPSET else copy.deepcopy(model)
+        inferred = shape_inference.infer_shapes(converted).graph
+    finally:
+        if keep_input:
+            put_back_weights(model, kept)
+    put_back_weights(converted, kept)
+    del kept
+    model = converted
     graph = model.graph
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in (*shape_inference.infer_shapes(model).graph.value_info, *graph.input)}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *graph.input)}
     types.update({i.name: i.data_type for i in graph.initializer})
     stats = dict.fromkeys(("scales_raised_to_fp16_min_normal", "values_clipped_to_fp16_max",
                            "values_raised_to_fp16_min_subnormal"), 0)
@@ -150,6 +161,6 @@ def convert_file(src: Path, dst: Path) -> dict:
 
     from .vision_onnx import save_onnx
 
-    model, stats = to_fp16(onnx.load(src))
+    model, stats = to_fp16(onnx.load(src), keep_input=False)
     save_onnx(model, dst)
     return stats

@@ -40,7 +40,13 @@ def tensor_types(model) -> dict[str, int]:
     """Every tensor's element type: inferred, and the initializers' own."""
     from onnx import shape_inference
 
-    inferred = shape_inference.infer_shapes(model).graph
+    from .vision_onnx import put_back_weights, set_aside_weights
+
+    kept = set_aside_weights(model)  # shape inference serializes the graph, which protobuf caps at 2 GB
+    try:
+        inferred = shape_inference.infer_shapes(model).graph
+    finally:
+        put_back_weights(model, kept)
     types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.input, *inferred.value_info, *inferred.output)}
     types.update({i.name: i.data_type for i in model.graph.initializer})
     return types

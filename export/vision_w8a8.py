@@ -105,16 +105,19 @@ def _output(sess) -> str:
     return sess.get_outputs()[0].name
 
 
-def _with_outputs(model, names: list[str]) -> bytes:
-    """The model serialized with extra graph outputs (for calibration and the per-layer report)."""
-    import copy
-
+def _session_with_outputs(path: Path, names: list[str], threads: int | None):
+    """An ONNX Runtime session of the file at `path` that also returns `names` (calibration, the per-layer report):
+    its graph with those outputs is written beside it and shares its weights file, so a big tower's weights are
+    neither copied nor serialized (protobuf caps a message at 2 GB)."""
+    import onnx
     from onnx import TensorProto, helper
 
-    m = copy.deepcopy(model)
+    m = onnx.load(path, load_external_data=False)
     have = {o.name for o in m.graph.output}
     m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in have)
-    return m.SerializeToString()
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-outputs-", suffix=".onnx") as f:
+        onnx.save(m, f.name)
+        return session(f.name, threads)
 
 
 def layer_outputs(model) -> dict[int, str]:
@@ -157,7 +160,7 @@ def calibration_images(opts: VisionQuantOptions) -> tuple[list, str]:
 class Smoothed:
     """The fp32 ONNX of the smoothed tower (+ projector), and what smoothing and the reference gave."""
 
-    fp32: object  # onnx.ModelProto, weights loaded
+    fp32: object  # onnx.ModelProto of the fp32 file, for its names (a big tower's weights are not loaded)
     reference: list[np.ndarray]  # fp32 PyTorch tokens of each held-out image, before smoothing
     projector_inputs: np.ndarray | None  # multi-scale: what the projector takes for the held-out images
     smooth_scales: dict
@@ -189,7 +192,7 @@ def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: Vis
     else:
         log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
         export_vision_onnx(vision, projector, size, out_dir / VISION_FP32_FILE)
-    fp32 = onnx.load(out_dir / VISION_FP32_FILE)  # (a big tower's weights sit in a .data file beside it: loaded too)
+    fp32 = onnx.load(out_dir / VISION_FP32_FILE, load_external_data=False)  # its names; the weights stay in the file
     return Smoothed(fp32, reference, inputs, smooth, len(vision.layers))
 
 
@@ -199,10 +202,11 @@ def _projector_inputs(layout, held: list[ImageTiles], features: np.ndarray) -> n
     return np.concatenate([projector_inputs(layout, t, features[e - len(t.pixels) : e]) for t, e in zip(held, ends)])
 
 
-def calibrate(model, acts: list[str], calib: np.ndarray, opts: VisionQuantOptions, path: Path,
-              threads: int | None, progress: bool = True) -> dict[str, float]:
-    """The int8 threshold of every activation in `acts`, from ONNX Runtime runs over the calibration images."""
-    sess = session(path, threads, _with_outputs(model, acts))
+def calibrate(acts: list[str], calib: np.ndarray, opts: VisionQuantOptions, path: Path, threads: int | None,
+              progress: bool = True) -> dict[str, float]:
+    """The int8 threshold of every activation in `acts`, from ONNX Runtime runs of the file at `path` over the
+    calibration images."""
+    sess = _session_with_outputs(path, acts, threads)
     observer = RangeObserver()
     for values in _run(sess, calib, opts.batch, acts, "vision ranges" if progress else None):
         observer.observe_max(values)
@@ -217,15 +221,15 @@ def image_cosines(got: list[np.ndarray], want: list[np.ndarray]) -> np.ndarray:
     return np.array([cosine(g[None], w[None])[0] for g, w in zip(got, want)])
 
 
-def evaluate(fp32, w8a8, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: Path, opts: VisionQuantOptions,
+def evaluate(fp32, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: Path, opts: VisionQuantOptions,
              threads: int | None) -> dict:
     """Cosine of each held-out image's W8A8 tokens (tiles -> merged -> projected) against fp32 PyTorch, and of each
-    encoder layer's output on the tiles against the fp32 ONNX."""
+    encoder layer's output on the tiles against the fp32 ONNX (the W8A8 one is read from out_dir)."""
     layers = layer_outputs(fp32)
     out = fp32.graph.output[0].name
     names = [out] + list(layers.values())
-    runs = [_run(session(out_dir / f, threads, _with_outputs(m, names)), np.concatenate([t.pixels for t in held]),
-                 opts.batch, names) for m, f in ((fp32, VISION_FP32_FILE), (w8a8, VISION_W8A8_FILE))]
+    runs = [_run(_session_with_outputs(out_dir / f, names, threads), np.concatenate([t.pixels for t in held]),
+                 opts.batch, names) for f in (VISION_FP32_FILE, VISION_W8A8_FILE)]
     features, layer_cos = {"fp32": [], "w8a8": []}, {i: [] for i in layers}
     for a, b in zip(*runs):  # batch by batch: a big tower's layer outputs over every tile would not fit in memory
         features["fp32"].append(a[out])
@@ -313,7 +317,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
     targets = quant_targets(model, opts.keep_float)
     acts = sorted({t.activation for t in targets})
     log(f"calibrating {len(acts)} activation ranges on {len(calib)} tiles of {len(images)} images ({opts.method})")
-    thresholds = calibrate(model, acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress)
+    thresholds = calibrate(acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress)
     insert_qdq(model, targets, thresholds, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
     save_onnx(model, out_dir / VISION_W8A8_FILE)
     log("converting to fp16 for TensorRT, checked against the fp32 files with ONNX Runtime")
@@ -336,7 +340,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "projector": "in the graph" if smoothed.projector_inputs is None else f"apart, float ({PROJECTOR_FP32_FILE})",
         "quantized_nodes": len(targets),
         "kept_float": list(opts.keep_float),
-        **evaluate(smoothed.fp32, model, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
+        **evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
         "tensorrt_fp16": {"check": ORT_CHECK, **trt},
         "ranges": {a: thresholds[a] for a in acts},
         "smooth_scales_max": {k: float(v.max()) for k, v in smoothed.smooth_scales.items()},

@@ -43,8 +43,8 @@ def test_unknown_keys_raise_a_vila_edge_error_listing_the_supported_ones():
         get_llm("gemma2", "llm/config.json")
     with pytest.raises(UnsupportedError, match="AWQ has no scale groups for LLM model_type 'phi3'; supported: llama, qwen2"):
         get_llm("phi3", missing="AWQ has no scale groups for")
-    with pytest.raises(UnsupportedError, match="vision tower 'intern_vit_6b' is not supported yet; supported: siglip, clip"):
-        get_tower("intern_vit_6b")
+    with pytest.raises(UnsupportedError, match="vision tower 'RADIOModel' is not supported yet; supported: siglip, clip, intern"):
+        get_tower("RADIOModel")
     with pytest.raises(UsageError, match="unknown conv mode 'chatml'; known: vicuna_v1, llama_3"):
         get_template("chatml")
     assert issubclass(UnsupportedError, VilaEdgeError)
@@ -53,8 +53,26 @@ def test_unknown_keys_raise_a_vila_edge_error_listing_the_supported_ones():
 def test_tower_kind_is_vilas_substring_match():
     assert tower_kind({"architectures": ["SiglipVisionModel"]}) == "siglip"
     assert tower_kind({"model_type": "clip_vision_model"}) == "clip"
-    assert tower_kind({"architectures": ["InternVisionModel"]}) == "InternVisionModel"
-    assert VISION_TOWERS["clip"].cls_token and not VISION_TOWERS["siglip"].cls_token
+    assert tower_kind({"architectures": ["InternVisionModel"], "model_type": "intern_vit_6b"}) == "intern"
+    assert tower_kind({"model_type": "intern_vit_6b"}) == "intern"
+    assert tower_kind({"architectures": ["RADIOModel"]}) == "RADIOModel"
+    assert VISION_TOWERS["clip"].cls_token and VISION_TOWERS["intern"].cls_token and not VISION_TOWERS["siglip"].cls_token
+
+
+@pytest.mark.parametrize("kind", list(VISION_TOWERS))
+def test_every_tower_entry_names_modules_its_hf_class_has(kind):
+    import transformers
+
+    spec = get_tower(kind)
+    config_class = getattr(transformers, spec.hf_class.replace("Model", "Config"))
+    tower = getattr(transformers, spec.hf_class)(config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                              num_attention_heads=2, image_size=28, patch_size=14))
+    layer = getattr(tower, "vision_model", tower).get_submodule(spec.layers)[0]
+    names = {n for n, _ in layer.named_modules()}
+    for norm, linears in spec.smooth_pairs:
+        assert {norm, *linears} <= names
+    if spec.fused_qkv:
+        assert set(spec.fused_qkv[1]) <= names
 
 
 def test_registry_entries_are_consistent():

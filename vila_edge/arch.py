@@ -90,12 +90,39 @@ PRE_LN_SMOOTH_PAIRS = (
 )
 
 
+# VILA's InternViT tensor names (modeling_intern_vit.py) -> transformers' InternVLVisionModel, as transformers'
+# conversion_mapping.py renames original InternViT weights ("qianfan_ocr"); applied in order, re.sub on each name.
+INTERN_VIT_RENAMES = (
+    (r"^embeddings\.class_embedding$", "embeddings.cls_token"),  # [1, 1, C]
+    (r"^embeddings\.position_embedding$", "embeddings.position_embeddings"),  # [1, 1 + patches, C], a bare Parameter
+    (r"^embeddings\.patch_embedding\.", "embeddings.patch_embeddings.projection."),
+    (r"^encoder\.layers\.", "encoder.layer."),
+    (r"\.attn\.(q_norm|k_norm)\.", r".attention.\1."),
+    (r"\.attn\.proj\.", ".attention.projection_layer."),
+    (r"\.norm1\.", ".layernorm_before."),
+    (r"\.norm2\.", ".layernorm_after."),
+    (r"\.ls1$", ".lambda_1"),
+    (r"\.ls2$", ".lambda_2"),
+)
+# ImageNet's statistics, which VILA's InternVisionPreprocessor hard-codes (intern_encoder.py::build_transform)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class VisionTower:
     kind: str  # the substring VILA dispatches on in the tower config's `architectures`
-    hf_class: str  # transformers class that loads vision_tower/
+    hf_class: str  # transformers class that runs vision_tower/
     cls_token: bool = False  # one class token before the patch tokens (counted in the tower's output)
-    smooth_pairs: tuple[tuple[str, tuple[str, ...]], ...] = PRE_LN_SMOOTH_PAIRS
+    smooth_pairs: tuple[tuple[str, tuple[str, ...]], ...] = PRE_LN_SMOOTH_PAIRS  # names in hf_class's layers
+    layers: str = "encoder.layers"  # hf_class's encoder layers
+    layer_takes_mask: bool = True  # its layers are called layer(hidden, attention_mask=None), else layer(hidden)
+    # the position table in the weights on disk, and its axis that counts the positions
+    position_embedding: tuple[str, int] = ("embeddings.position_embedding.weight", 0)
+    renames: tuple[tuple[str, str], ...] = ()  # weight names on disk -> hf_class's (regex, replacement)
+    fused_qkv: tuple[str, tuple[str, str, str]] | None = None  # one q/k/v linear on disk -> hf_class's three
+    # preprocessing the tower's VILA class hard-codes, in preprocessor_config.json keys (the size is the tower's
+    # image_size); None: the checkpoint's preprocessor_config.json
+    preprocessing: dict | None = None
 
 
 VISION_TOWERS = {
@@ -104,8 +131,32 @@ VISION_TOWERS = {
         VisionTower("siglip", "SiglipVisionModel"),
         # CLIP prepends a class token: 577 tokens at 336 px, which `patch` selection drops again.
         VisionTower("clip", "CLIPVisionModel", cls_token=True),
+        # InternViT-6B (VILA1.5-40b): RMSNorm, qk-norm over the full width, layer scale, a class token, no post-LN.
+        # Its preprocessor_config.json names only VILA's InternVisionPreprocessor class, which resizes (PIL bicubic),
+        # rescales (ToTensor) and normalises with ImageNet's statistics.
+        VisionTower(
+            "intern", "InternVLVisionModel", cls_token=True,
+            smooth_pairs=(("layernorm_before", ("attention.q_proj", "attention.k_proj", "attention.v_proj")),
+                          ("layernorm_after", ("mlp.fc1",))),
+            layers="encoder.layer", layer_takes_mask=False, position_embedding=("embeddings.position_embedding", 1),
+            renames=INTERN_VIT_RENAMES,
+            fused_qkv=("attn.qkv", ("attention.q_proj", "attention.k_proj", "attention.v_proj")),
+            preprocessing={"image_processor_type": "InternVisionPreprocessor", "do_resize": True, "resample": 3,
+                           "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                           "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)},
+        ),
     )
 }
+
+
+def tower_preprocessing(vision_config: dict) -> dict | None:
+    """The preprocessor config a tower class hard-codes, at this tower's image_size; None where the checkpoint's
+    preprocessor_config.json holds it."""
+    tower = VISION_TOWERS.get(tower_kind(vision_config))
+    if tower is None or tower.preprocessing is None:
+        return None
+    size = vision_config.get("image_size")
+    return {**tower.preprocessing, "size": {"height": size, "width": size}}
 
 
 def tower_kind(vision_config: dict) -> str:

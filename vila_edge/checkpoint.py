@@ -8,7 +8,7 @@ broken file stops the load with a CheckpointError naming that file, before any m
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arch import FAMILIES, PROJECTORS, TEMPLATES, VISION_TOWERS, Family, tokens_after, tower_kind
+from .arch import FAMILIES, PROJECTORS, TEMPLATES, VISION_TOWERS, Family, tokens_after, tower_kind, tower_preprocessing
 from .config_checks import (
     RESTORE,
     check_feature_selection,
@@ -40,7 +40,7 @@ class Checkpoint:
     llm_config: dict
     vision_config: dict
     projector_config: dict
-    preprocessor: dict
+    preprocessor: dict  # preprocessor_config.json, or what the tower's VILA class hard-codes (arch.tower_preprocessing)
     family: Family
     weights: dict[str, list[Path]] = field(repr=False)  # subfolder -> weight files
 
@@ -139,7 +139,7 @@ class Checkpoint:
         """Tokens per image out of the tower after feature selection."""
         n = (self.image_size // self.vision_config["patch_size"]) ** 2
         tower = VISION_TOWERS.get(self.vision_kind)
-        if tower is not None and tower.cls_token:
+        if tower is not None and tower.cls_token:  # CLIP's and InternViT's class token
             n += 1
         return n - 1 if self.select_feature == "patch" else n  # `patch` drops token 0
 
@@ -281,18 +281,19 @@ def _read_top_config(root: Path) -> dict:
 
 
 def _read_part_configs(llm_dir: Path, vision_dir: Path, projector_dir: Path) -> tuple[dict, dict, dict, dict]:
-    """(llm, vision tower, projector, image processor) configs; a full SigLIP/CLIP config gives its vision part."""
+    """(llm, vision tower, projector, image processor) configs; a full SigLIP/CLIP config gives its vision part.
+    InternViT's processor (its preprocessor_config.json names only the class) is the one VILA's tower class builds."""
     llm_config = read_json(llm_dir / "config.json", "copy llm/config.json from the source checkpoint")
     vision_config = read_json(vision_dir / "config.json", "copy vision_tower/config.json from the source checkpoint")
     projector_config = read_json(projector_dir / "config.json", "copy mm_projector/config.json from the source")
-    preprocessor = read_json(
-        vision_dir / "preprocessor_config.json", "copy the image processor's preprocessor_config.json into vision_tower/"
-    )
     nested = vision_config.get("vision_config", vision_config)  # full SigLIP/CLIP configs nest it
     if not isinstance(nested, dict):
         raise CheckpointError(f"{vision_dir / 'config.json'}: vision_config holds {describe(nested)}; {RESTORE}")
     check_llm_config(llm_config, llm_dir / "config.json")
     check_vision_config(nested, vision_dir / "config.json")
+    preprocessor = tower_preprocessing(nested) or read_json(
+        vision_dir / "preprocessor_config.json", "copy the image processor's preprocessor_config.json into vision_tower/"
+    )
     check_projector_type(projector_dir, projector_config)
     return llm_config, nested, projector_config, preprocessor
 
@@ -308,9 +309,8 @@ def _check_weights(ckpt: Checkpoint) -> None:
     if "model.embed_tokens.weight" in shapes.get("llm", {}):  # a whole LLM: a partial set of tensors is not compared
         _check_sizes(ckpt.llm_dir / "config.json", _llm_sizes(ckpt.llm_config, shapes["llm"]))
     if "vision_tower" in shapes:
-        tower = VISION_TOWERS.get(ckpt.vision_kind)
-        sizes = _vision_sizes(ckpt.vision_config, shapes["vision_tower"], bool(tower and tower.cls_token))
-        _check_sizes(ckpt.vision_dir / "config.json", sizes)
+        tower = VISION_TOWERS.get(ckpt.vision_kind, VISION_TOWERS["siglip"])
+        _check_sizes(ckpt.vision_dir / "config.json", _vision_sizes(ckpt.vision_config, shapes["vision_tower"], tower))
 
 
 def _layer_count(shapes: dict, prefix: str) -> int | None:
@@ -345,17 +345,18 @@ def _llm_sizes(c: dict, shapes: dict) -> list[tuple[str, int, int | None, str]]:
     ]  # fmt: skip
 
 
-def _vision_sizes(c: dict, shapes: dict, cls_token: bool) -> list[tuple[str, int, int | None, str]]:
+def _vision_sizes(c: dict, shapes: dict, tower) -> list[tuple[str, int, int | None, str]]:
     """The same for the vision tower (transformers 4 saved its tensors under vision_model.)."""
     shapes = {k.removeprefix("vision_model."): v for k, v in shapes.items()}
     patch = shapes.get("embeddings.patch_embedding.weight") or [None, None, None]  # [hidden, 3, p, p]
-    positions = (shapes.get("embeddings.position_embedding.weight") or [None])[0]
+    table, axis = tower.position_embedding
+    positions, cls_token = (shapes.get(table) or [None] * (axis + 1))[axis], tower.cls_token
     grid = c["image_size"] // c["patch_size"]
     return [
         ("hidden_size", c["hidden_size"], patch[0], "embeddings.patch_embedding.weight"),
         ("patch_size", c["patch_size"], patch[2], "embeddings.patch_embedding.weight"),
         (f"positions for image_size {c['image_size']} / patch_size {c['patch_size']}", grid**2 + cls_token, positions,
-         "embeddings.position_embedding.weight"),
+         table),
         ("num_hidden_layers", c["num_hidden_layers"], _layer_count(shapes, "encoder.layers."), "encoder.layers.*"),
         ("intermediate_size", c["intermediate_size"], _rows(shapes, "encoder.layers.0.mlp.fc1"), "fc1"),
     ]  # fmt: skip

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..arch import PROJECTORS
+from ..arch import IMAGENET_MEAN, IMAGENET_STD, PROJECTORS, tower_preprocessing
 from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint, tensor_shapes
 from ..conversation import resolve_conv_mode
 from ..errors import UsageError
@@ -37,6 +37,9 @@ def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | Non
             "select_layer": ckpt.select_layer,
             "select_feature": ckpt.select_feature,
             "image_aspect_ratio": ckpt.image_aspect_ratio,
+            "preprocessor": ckpt.preprocessor,
+            "preprocessor_source": (f"hard-coded in VILA's {ckpt.preprocessor.get('image_processor_type')}"
+                                    if tower_preprocessing(ckpt.vision_config) else "preprocessor_config.json"),
         },
         "projector": {"type": ckpt.projector_type, "order": ckpt.projector_order(projector_order) or None,
                       "downsample": PROJECTORS[ckpt.projector_type].downsample},
@@ -62,6 +65,7 @@ def format_text(info: dict) -> str:
         f"vision       {vis['kind']}: hidden {vis['hidden_size']}, {vis['num_hidden_layers']} layers, "
         f"{vis['num_attention_heads']} heads, {vis['image_size']} px / patch {vis['patch_size']}; "
         f"layer {vis['select_layer']} {vis['select_feature']}, {vis['image_aspect_ratio']}",
+        f"pixels       {_pixels_line(vis)}",
         f"projector    {proj['type']}" + (f" ({proj['order']}-major tokens)" if proj["order"] else ""),
         f"image tokens {_tokens_line(info)}; {info['num_video_frames']} frames per video",
         f"conv mode    {info['conv_mode']} (from {info['conv_mode_source']})",
@@ -73,6 +77,16 @@ def format_text(info: dict) -> str:
     if info["parameters"]:
         lines.append("parameters   " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in info["parameters"].items()))
     return "\n".join(lines)
+
+
+def _pixels_line(vis: dict) -> str:
+    """What the image processor does, in a line, and where its settings come from."""
+    pre = vis["preprocessor"]
+    size = pre.get("crop_size") if pre.get("do_center_crop") and pre.get("crop_size") else pre.get("size")
+    side = size if isinstance(size, int) else next(iter(size.values()), "?") if isinstance(size, dict) else "?"
+    mean, std = pre.get("image_mean", [0.5] * 3), pre.get("image_std", [0.5] * 3)
+    stats = "ImageNet mean/std" if (mean, std) == (list(IMAGENET_MEAN), list(IMAGENET_STD)) else f"mean {mean} std {std}"
+    return f"{side} px, {stats} ({vis['preprocessor_source']})"
 
 
 def _tokens_line(info: dict) -> str:

@@ -12,6 +12,7 @@ from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError, UsageError
 from ..prompt import splice_parts
 from ..tiling import encode_multiscale
+from .intern_vit import load_intern_vit
 from .projector import Projector
 from .vision import VisionEncoder
 
@@ -52,12 +53,15 @@ def _load_projector(ckpt: Checkpoint, order: str | None, dtype: torch.dtype) -> 
 
 def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | None = None):
     """(VisionEncoder, Projector) on the CPU, eval mode: the image half of the model."""
-    tower_name = get_tower(ckpt.vision_kind, str(ckpt.vision_dir / "config.json")).hf_class
+    spec = get_tower(ckpt.vision_kind, str(ckpt.vision_dir / "config.json"))
     hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
-    tower = _TOWER_CLASSES[tower_name].from_pretrained(
-        ckpt.vision_dir, dtype=dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
-    )
-    vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature).eval()
+    if spec.renames:  # VILA's own tower code (InternViT): its weight names mapped onto transformers' class
+        tower = load_intern_vit(ckpt.vision_dir, ckpt.weights["vision_tower"], ckpt.vision_config, spec, dtype)
+    else:
+        tower = _TOWER_CLASSES[spec.hf_class].from_pretrained(
+            ckpt.vision_dir, dtype=dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
+        )
+    vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature, spec.layers, spec.layer_takes_mask).eval()
     return vision, _load_projector(ckpt, projector_order, dtype)
 
 

@@ -1,7 +1,7 @@
-"""SmoothQuant for the vision tower (llm-awq smooth.py / NVILA's smooth_lm), folded into the LayerNorms.
+"""SmoothQuant for the vision tower (llm-awq smooth.py / NVILA's smooth_lm), folded into the LayerNorms (or RMSNorms).
 
 Per input channel j of the linears after a LayerNorm: s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha).
-The LayerNorm's weight and bias are divided by s, the linears' input columns multiplied by it:
+The LayerNorm's weight and bias (an RMSNorm's weight) are divided by s, the linears' input columns multiplied by it:
 the fp function is unchanged, and activation outliers move into the weights, which are
 quantized per output channel and absorb them better than per-tensor int8 activations can.
 
@@ -55,7 +55,7 @@ def smooth_layers(layers: nn.ModuleList, pairs: Pairs, act_max: dict[str, torch.
             x_max = act_max[f"{i}.{norm_name}"].to(w_max.device).clamp(min=1e-5)
             s = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
             norm.weight.div_(s.to(norm.weight))
-            if norm.bias is not None:
+            if getattr(norm, "bias", None) is not None:  # an RMSNorm (InternViT) has a weight only
                 norm.bias.div_(s.to(norm.bias))
             for lin in linears:
                 lin.weight.mul_(s.to(lin.weight)[None, :])
