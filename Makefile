@@ -6,7 +6,7 @@ DEMO := demo
 # setup.py takes ranges (and leaves torch to the user: a Jetson keeps JetPack's); the tests ran on these.
 # torch==2.13.0, the CPU build that lies on disk, goes in first: an unpinned torch pulls several GB of CUDA.
 TESTED := transformers==5.23.0 onnx==1.23.2 onnxruntime==1.31.1 fastapi==0.165.0 uvicorn==0.54.0 \
-	prometheus-client==0.26.0 llguidance==1.9.1 openai==3.57.0
+	prometheus-client==0.26.0 llguidance==1.9.1 openai==3.57.0 websockets==17.4
 
 .PHONY: test demo bench clean rtsp-server
 

@@ -7,12 +7,14 @@ CPU_ENGINE = ("threads", "kernels", "max_seq", "activations")
 
 
 def add_parser(sub) -> None:
-    from ..serve.settings import HELP, LIMIT_FIELDS, MEDIA_FIELDS, SERVER_FIELDS, ServeSettings
+    from ..serve.settings import HELP, LIMIT_FIELDS, LIVE_FIELDS, MEDIA_FIELDS, SERVER_FIELDS, ServeSettings
 
     q = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API")
     q.add_argument("model", help="an engine folder (build-engine) or a VILA checkpoint folder")
-    extra = {name: {"help": text} for name, text in HELP.items()} | {"api_key": {"metavar": "KEY", "help": HELP["api_key"]}}
-    add_fields(q, ServeSettings, *SERVER_FIELDS, *LIMIT_FIELDS, *MEDIA_FIELDS, **extra)
+    extra = {name: {"help": text} for name, text in HELP.items()}
+    extra |= {"api_key": {"metavar": "KEY", "help": HELP["api_key"]}, "webhook": {"metavar": "URL", "help": HELP["webhook"]},
+              "mqtt": {"metavar": "mqtt://HOST:PORT/TOPIC", "help": HELP["mqtt"]}}
+    add_fields(q, ServeSettings, *SERVER_FIELDS, *LIMIT_FIELDS, *MEDIA_FIELDS, *LIVE_FIELDS, **extra)
     add_conv_mode(q)
     add_fields(q, BackendOptions, "backend", *CPU_ENGINE, "max_tiles", backend={"choices": BACKENDS},
                activations={"choices": ("int8", "fp32")})
@@ -24,8 +26,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..commands.serve import serve
-    from ..serve.settings import LIMIT_FIELDS, MEDIA_FIELDS, SERVER_FIELDS, ServeSettings
+    from ..serve.settings import LIMIT_FIELDS, LIVE_FIELDS, MEDIA_FIELDS, SERVER_FIELDS, ServeSettings
 
     backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "max_tiles", "device", "dtype", "allow_pickle")
-    settings = from_args(ServeSettings, args, *SERVER_FIELDS, *LIMIT_FIELDS, *MEDIA_FIELDS)
+    settings = from_args(ServeSettings, args, *SERVER_FIELDS, *LIMIT_FIELDS, *MEDIA_FIELDS, *LIVE_FIELDS)
     return serve(args.model, backend, args.conv_mode, settings)

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..conversation import stop_strings
 from ..errors import VilaEdgeError
 from ..generate import SamplingParams, TextStream
+from .live import add_live_routes, start_live, stop_live
 from .media import decode_media
 from .metrics import Metrics
 from .protocol import FINISH, ApiError, chunk, completion, completion_id, parse_chat
@@ -55,9 +56,12 @@ class Server:
         return SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=self.max_tokens(req.max_tokens),
                               seed=req.seed, constraint=constraint)
 
+    def job(self, run) -> Job:
+        return Job(run, asyncio.get_running_loop())
+
     def submit(self, run) -> Job:
         try:
-            job = self.worker.submit(Job(run, asyncio.get_running_loop()))
+            job = self.worker.submit(self.job(run))
         except QueueFull:
             raise ApiError(429, f"the model is busy: {self.worker.depth} requests ahead; retry shortly", None,
                            "queue_full", "rate_limit_error", {"Retry-After": "1"}) from None
@@ -153,7 +157,8 @@ async def chat(request: Request):
     server: Server = request.app.state.server
     limits = server.settings.limits
     req = parse_chat(await read_json(request, server.settings.max_body_bytes), limits)
-    images, counts = await run_in_threadpool(decode_media, req.media_per_turn, server.settings.media, limits.max_images)
+    images, counts = await run_in_threadpool(decode_media, req.media_per_turn, server.settings.media, limits.max_images,
+                                             request.app.state.streams)
     params = await server.params(req)
     job = server.submit(lambda on_text: server.captioner.chat(req.system, req.turns, counts, images, params, on_text,
                                                               req.stop))
@@ -206,7 +211,8 @@ async def guard(request: Request, call_next):
         response = await call_next(request)
     except ApiError as e:
         response = JSONResponse(e.body(), status_code=e.status, headers=e.headers)
-    route = path if path in (*CHAT, *HEALTH, "/v1/models", "/metrics") else "other"
+    route = path if path in (*CHAT, *HEALTH, "/v1/models", "/metrics") else \
+        next((p for p in ("/api/v1/live-stream", "/api/v1/alerts") if path.startswith(p)), "other")
     server.metrics.requests.labels(route, str(response.status_code)).inc()
     return response
 
@@ -216,7 +222,10 @@ def create_app(captioner, name: str, settings: ServeSettings | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app):
+        task = start_live(app)
         yield
+        task.cancel()
+        stop_live(app)
         server.worker.stop()
 
     app = FastAPI(title="vila-edge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -232,4 +241,5 @@ def create_app(captioner, name: str, settings: ServeSettings | None = None) -> F
     for path in HEALTH:
         app.add_api_route(path, health, methods=["GET", "HEAD"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
+    add_live_routes(app, server, server.settings)
     return app

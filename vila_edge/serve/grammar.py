@@ -30,32 +30,38 @@ class GrammarTokenizer:
         self.vocab_size = vocab_size
         self.ll = llguidance.LLTokenizer(tokenizer_json(tokenizer), n_vocab=vocab_size, eos_token=stop_ids)
 
-    def constraint(self, response_format: dict) -> "JsonConstraint | None":
+    def constraint(self, response_format: dict) -> "GrammarConstraint | None":
         """The request's constraint: None for text, JSON (any object) for json_object, the schema for json_schema."""
         if response_format["type"] == "text":
             return None
+        import llguidance
+
         schema = response_format.get("schema") or {"type": "object"}
-        return JsonConstraint(self, schema)
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_STYLE)
+        except ValueError as e:
+            raise ApiError(400, f"response_format schema: {e}", "response_format", "invalid_schema") from None
+        return GrammarConstraint(self, grammar)
+
+    def regex(self, pattern: str) -> "GrammarConstraint":
+        import llguidance
+
+        return GrammarConstraint(self, llguidance.LLMatcher.grammar_from_regex(pattern))
 
 
-class JsonConstraint:
-    """generate.Constraint over a JSON schema: masks the logits to what the grammar allows next."""
+class GrammarConstraint:
+    """generate.Constraint over an llguidance grammar: masks the logits to what the grammar allows next."""
 
-    def __init__(self, grammar: GrammarTokenizer, schema: dict):
+    def __init__(self, tokenizer: GrammarTokenizer, grammar: str):
         import llguidance
         import llguidance.numpy
 
         self._np = llguidance.numpy
-        try:
-            text = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema), defaults=JSON_STYLE)
-        except ValueError as e:
-            raise ApiError(400, f"response_format schema: {e}", "response_format", "invalid_schema") from None
-        self.matcher = llguidance.LLMatcher(grammar.ll, text, log_level=0)
+        self.matcher = llguidance.LLMatcher(tokenizer.ll, grammar, log_level=0)
         if self.matcher.is_error():
             raise ApiError(400, f"response_format schema: {self.matcher.get_error()}", "response_format",
                            "invalid_schema")
-        self.vocab_size = grammar.vocab_size
-        self.bitmask = self._np.allocate_token_bitmask(1, grammar.vocab_size)
+        self.bitmask = self._np.allocate_token_bitmask(1, tokenizer.vocab_size)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         self._np.fill_next_token_bitmask(self.matcher, self.bitmask, 0)

@@ -107,14 +107,17 @@ def decode_video(ref: MediaRef, policy: MediaPolicy) -> list[Image.Image]:
     return frames
 
 
-def decode_media(refs_per_turn: list[list[MediaRef]], policy: MediaPolicy, max_images: int
+def decode_media(refs_per_turn: list[list[MediaRef]], policy: MediaPolicy, max_images: int, streams=None
                  ) -> tuple[list[Image.Image], list[int]]:
-    """(every image in turn order, videos as their frames; how many each turn holds)."""
+    """(every image in turn order, videos and live streams as their frames; how many each turn holds)."""
     images, counts = [], []
     for refs in refs_per_turn:
         n = 0
         for ref in refs:
-            got = [decode_image(ref, policy)] if ref.kind == "image" else decode_video(ref, policy)
+            if ref.kind == "stream" and streams is None:
+                raise _refuse(ref, "this server watches no live streams", "stream_not_found", 404)
+            got = ([decode_image(ref, policy)] if ref.kind == "image" else decode_video(ref, policy) if ref.kind == "video"
+                   else streams.newest(ref.url, ref.frames or 1, ref.param))
             images += got
             n += len(got)
         counts.append(n)

@@ -15,6 +15,8 @@ class Metrics:
                                 buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=r)
         self.image_tokens = Counter("vila_edge_image_tokens", "image tokens prefilled", registry=r)
         self.completion_tokens = Counter("vila_edge_completion_tokens", "tokens generated", registry=r)
+        self.alert_state = Gauge("vila_edge_alert_state", "each alert rule's last answer: 1 yes, 0 no, -1 neither",
+                                 ["rule"], registry=r)
         self.cancelled = Counter("vila_edge_cancelled", "generations stopped because their client left", registry=r)
 
     def answered(self, answer) -> None:

@@ -32,9 +32,9 @@ class ApiError(Exception):
 
 @dataclass
 class MediaRef:
-    kind: str  # "image" or "video"
-    url: str
-    frames: int | None = None  # video: how many to sample
+    kind: str  # "image", "video" or "stream"
+    url: str  # a stream's: its id
+    frames: int | None = None  # video: how many to sample; stream: the newest how many
     param: str = ""  # where it was in the request, for errors
 
 
@@ -87,8 +87,16 @@ def _part(part, where: str) -> tuple[str, MediaRef | None]:
         if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
             raise ApiError(400, f"{where}.video_url.frames must be a positive integer", f"{where}.video_url.frames")
         return "", MediaRef(kind.removesuffix("_url"), url, frames, f"{where}.{kind}")
-    raise ApiError(400, f"{where}: part type {kind!r} is not supported (text, image_url, video_url)", f"{where}.type",
-                   "unsupported_part")
+    if kind == "stream":  # JPS: the newest frame (or the `window` newest) of a live stream
+        ref = part.get("stream")
+        if not isinstance(ref, dict) or not isinstance(ref.get("stream_id"), str):
+            raise ApiError(400, f"{where}.stream must be an object with a 'stream_id'", f"{where}.stream", "invalid_type")
+        window = ref.get("window", 1)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ApiError(400, f"{where}.stream.window must be a positive integer", f"{where}.stream.window")
+        return "", MediaRef("stream", ref["stream_id"], window, f"{where}.stream")
+    raise ApiError(400, f"{where}: part type {kind!r} is not supported (text, image_url, video_url, stream)",
+                   f"{where}.type", "unsupported_part")
 
 
 def _content(content, where: str) -> tuple[str, list[MediaRef]]:

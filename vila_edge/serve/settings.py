@@ -38,6 +38,14 @@ class ServeSettings:
     allow_url_fetch: bool = False
     allow_private_urls: bool = False
     fetch_timeout_s: float = MediaPolicy.fetch_timeout_s
+    max_streams: int = 4
+    stream_fps: float = 2.0  # frames per second a watched stream keeps (the newest win)
+    stream_window: int = 8  # frames kept per stream: a chat's stream part may take that many
+    alert_interval: float = 2.0
+    alert_cooldown: float = 60.0
+    max_rules: int = 10
+    webhook: str | None = None
+    mqtt: str | None = None
 
     @property
     def limits(self) -> Limits:
@@ -52,6 +60,8 @@ class ServeSettings:
 SERVER_FIELDS = ("host", "port", "api_key", "max_queue", "default_max_tokens")
 LIMIT_FIELDS = ("max_images", "max_tokens", "max_frames", "max_body_bytes", "max_image_bytes", "max_pixels")
 MEDIA_FIELDS = ("allow_url_fetch", "allow_private_urls", "fetch_timeout_s")
+LIVE_FIELDS = ("max_streams", "stream_fps", "stream_window", "alert_interval", "alert_cooldown", "max_rules", "webhook",
+               "mqtt")
 HELP = {
     "host": "address to bind; anything but loopback needs --api-key",
     "port": "TCP port",
@@ -67,4 +77,12 @@ HELP = {
     "allow_url_fetch": "fetch http(s) image and video URLs (off: data: URLs only)",
     "allow_private_urls": "with --allow-url-fetch, also loopback and private addresses",
     "fetch_timeout_s": "seconds a URL fetch may take",
+    "max_streams": "live streams watched at once (POST /api/v1/live-stream)",
+    "stream_fps": "frames per second kept from each live stream",
+    "stream_window": "newest frames kept per stream (a chat's stream part takes up to this many)",
+    "alert_interval": "seconds between evaluations of each alert rule",
+    "alert_cooldown": "seconds before a rule that turned true again is announced again",
+    "max_rules": "alert rules per stream",
+    "webhook": "POST each alert event as JSON to this http(s) URL (retried with back-off)",
+    "mqtt": "publish each alert event to mqtt://HOST[:PORT]/TOPIC at QoS 1 (needs paho-mqtt)",
 }
