@@ -228,6 +228,8 @@ TEMPLATES = {
             "<|im_start|>assistant\n",
             ("<|im_end|>",),
         ),
+        # llava-hf's chat_template.json: no system prompt (vila-edge --hf-processor; LLaVA-1.5 trained on vicuna_v1).
+        Template("llava_hf", "USER: {question} ASSISTANT:", ("</s>",)),
         Template("auto", None, ()),
     )
 }
