@@ -254,10 +254,16 @@ def test_quantize_build_engine_caption_without_torch(folders, name, tmp_path, cl
     args = ("--image", image, "--prompt", QUESTION, "--temperature", 0, "--max-new-tokens", 8, "--format", "jsonl")
     code, out, err = cli("caption", quant, "--backend", "onnx", *args)
     assert code == 0, err
-    ((code, answer, err),) = cli_without_quantize_extra(("caption", engine, *args, "--activations", "fp32"))
+    bench = ("bench", engine, "--prompt-len", 160, "--gen-len", 4, "--images", 1, "--repeat", 1, "--warmup", 0,
+             "--threads", 1, "--format", "json")
+    (code, answer, err), (bench_code, record, bench_err) = cli_without_quantize_extra(
+        ("caption", engine, *args, "--activations", "fp32"), bench)
     assert code == 0, err
     assert json.loads(answer)["token_ids"] == json.loads(out)["token_ids"]
     assert json.loads(answer)["image_tokens"] == 25
+    assert bench_code == 0, bench_err
+    record = json.loads(record)
+    assert record["text_tokens"] == 160 and record["prompt_tokens"] > 160 and record["decode_tok_s"] > 0
     if name == "original":  # a GPU target's bundle (built into an engine on the device)
         code, _, err = cli("build-engine", quant, "-o", tmp_path / "bundle", "--target", "rtx4090")
         assert code in (0, 3), err
