@@ -92,6 +92,8 @@ def test_rules_name_each_tensor_as_the_vila_layout_does(layout, name, part, new)
 
 @pytest.mark.parametrize("name", ["original", "tuned", "hf4", "hf5"])
 def test_inspect_reads_each_layout_as_downloaded(folders, name, cli):
+    code, text, err = cli("inspect", folders[name], *flags(folders, name))
+    assert code == 0 and "read in place as the VILA layout" in text, err
     code, out, err = cli("inspect", folders[name], *flags(folders, name), "--format", "json")
     assert code == 0, err
     info = json.loads(out)
@@ -180,6 +182,10 @@ def test_refusals_name_the_places_and_the_option(folders, tmp_path, monkeypatch,
     assert code == 1 and "--allow-pickle" in err and not (tmp_path / "q").exists()
     code, _, err = cli("inspect", folders["original"], "--allow-pickle", "--vision-tower", tmp_path / "nowhere")
     assert code == 1 and "--vision-tower" in err and "no config.json" in err
+    code, _, err = cli("convert", folders["hf4"], "-o", tmp_path / "c", "--quiet")
+    assert code == 0, err
+    code, _, err = cli("inspect", tmp_path / "c", "--hf-processor")  # the VILA layout: nothing to choose
+    assert code == 2 and "drop them" in err
 
 
 def _write(root, config, files=()):

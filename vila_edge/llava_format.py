@@ -29,7 +29,7 @@ from .config_checks import (
     read_json,
     shown,
 )
-from .errors import CheckpointError, UnsupportedError
+from .errors import CheckpointError, UnsupportedError, UsageError
 from .hf_format import HF_MODEL_TYPES
 from .safetensors_header import read_header
 
@@ -239,6 +239,9 @@ def llava_fields(root: Path, config: dict, allow_pickle: bool = False, vision_to
     layout's loader checks from its files."""
     layout = llava_layout(config)
     if layout is None:
+        if vision_tower is not None or hf_processor:
+            raise UsageError(f"{root}: --vision-tower and --hf-processor read a LLaVA-1.5 folder; this one is in the "
+                             "VILA layout (a converted or quantized LLaVA keeps its semantics in config.json): drop them")
         return None
     files = weight_files(root, allow_pickle)
     if layout == "llava":

@@ -68,6 +68,9 @@ def format_text(info: dict) -> str:
         f"image tokens {_tokens_line(info)}; {info['num_video_frames']} frames per video",
         f"conv mode    {info['conv_mode']} (from {info['conv_mode_source']})",
     ]
+    if info["layout"] != "vila":
+        lines.insert(1, f"layout       {info['layout']}, read in place as the VILA layout; vision tower from "
+                        f"{info['vision_tower']}")
     if info["quantization"]:
         qc = info["quantization"]
         lines.append(f"quantization {qc.get('quant_method')} int{qc.get('bits')} group {qc.get('group_size')} "
