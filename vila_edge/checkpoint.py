@@ -249,6 +249,7 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, vision_tower: 
 
 
 def _vila_fields(root: Path, config: dict, allow_pickle: bool) -> dict:
+    """The Checkpoint's fields (family aside) of a VILA-layout folder: its subfolders, their configs and weights."""
     folders = dict(zip(("llm_dir", "vision_dir", "projector_dir"), (_subfolder(root, config, n) for n in SUBFOLDERS)))
     configs = zip(("llm_config", "vision_config", "projector_config", "preprocessor"), _read_part_configs(*folders.values()))
     check_llm_files(folders["llm_dir"])
