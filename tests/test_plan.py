@@ -13,7 +13,7 @@ GPU_TARGETS = [t for t in TARGETS.values() if t.sm is not None]
 
 def test_the_recipes_the_issue_names_are_there():
     assert set(RECIPE_NAMES) >= {"vila1.5-3b", "vila1.5-3b-s2", "llama-3-vila1.5-8b", "vila1.5-13b", "vila1.5-40b", "nvila-8b",
-                                "nvila-15b", "nvila-lite-2b"}
+                                "nvila-15b", "nvila-lite-2b", "llava-1.5-7b", "llava-1.5-13b"}
 
 
 def test_parameter_counts_match_the_published_model_sizes():

@@ -7,7 +7,8 @@ and trt paths never import each other.
     base          errors, atomic, timing, formats (file names, format ids, suffixes), safetensors_header, _runtime (C++)
     facts         arch (every per-architecture fact), targets, device, plan (the memory model), tiling (tile grids,
                   multi-scale merges)
-    load          checkpoint, config_checks, hf_format (HF-format NVILA -> VILA layout names and configs), int4 (group quantizer, AutoAWQ GEMM layout), awq_checkpoint,
+    load          checkpoint, config_checks, hf_format (HF-format NVILA -> VILA layout names and configs), llava_format
+                  (LLaVA-1.5 folders read in place), part_weights, int4 (group quantizer, AutoAWQ GEMM layout), awq_checkpoint,
                   llm_awq (llm-awq's real-quant dumps of the VILA1.5-*-AWQ repos, repacked)
     front, model  conversation, prompt, media, scenes, corpus, generate, backend, caption; model/ (torch reference)
     quant         quant/: AWQ search, calibration data, SmoothQuant, int8 Q/DQ, perplexity
@@ -27,7 +28,8 @@ IMAGE_TOKEN = "<image>"
 LAYERS = (
     ("base", ("vila_edge", "errors", "atomic", "timing", "formats", "safetensors_header", "_runtime")),
     ("facts", ("arch", "targets", "device", "plan", "tiling")),
-    ("load", ("checkpoint", "config_checks", "hf_format", "int4", "awq_checkpoint", "llm_awq")),
+    ("load", ("checkpoint", "config_checks", "hf_format", "llava_format", "part_weights", "int4", "awq_checkpoint",
+              "llm_awq")),
     ("front, model", ("conversation", "prompt", "media", "scenes", "corpus", "generate", "backend", "caption", "model")),
     ("quant", ("quant",)),
     ("export, run", ("export", "runtime")),

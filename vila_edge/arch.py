@@ -287,6 +287,8 @@ TEMPLATES = {
         _llama3("llama_3_original", "<|end_of_text|>", "system"),
         _chatml("hermes-2", "Answer the questions.", ""),
         _chatml("qwen2", "You are a helpful assistant", "\n"),
+        # llava-hf's chat_template.json: no system prompt (vila-edge --hf-processor; LLaVA-1.5 trained on vicuna_v1).
+        Template("llava_hf", "", "", "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:", ("</s>",)),
         Template("auto", None, "", "", "", "", ()),
     )
 }

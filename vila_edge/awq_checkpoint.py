@@ -86,22 +86,24 @@ def write_safetensors(folder: Path, tensors: dict[str, torch.Tensor], max_shard_
     writer.close()
 
 
-def write_awq_config(dst: Path, src: Path, group_size: int) -> None:
-    """llm/ of a quantized checkpoint without its weights: src's tokenizer and configs, the quantization_config."""
+def write_awq_config(dst: Path, src: Path, group_size: int, config: dict | None = None) -> None:
+    """llm/ of a quantized checkpoint without its weights: src's tokenizer and configs (`config`, where given, for
+    src/config.json: a LLaVA-1.5 folder's LLM config is not a file of its own), the quantization_config."""
     dst.mkdir(parents=True)
     for f in src.iterdir():  # tokenizer, generation config, chat template, ...
         if f.is_file() and f.name != "config.json" and not any(f.match(p) for p in WEIGHT_FILES):
             shutil.copy2(f, dst / f.name)
-    config = json.loads((src / "config.json").read_text())
+    config = dict(config) if config is not None else json.loads((src / "config.json").read_text())
     config["quantization_config"] = quantization_config(group_size)
     config["torch_dtype"] = config["dtype"] = "float16"
     (dst / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def write_awq_llm(dst: Path, src: Path, llm, packed: dict[str, dict[str, torch.Tensor]], group_size: int,
-                  max_shard_bytes: int = 5 * 2**30) -> None:
-    """llm/ of the quantized checkpoint: src's tokenizer and configs, packed linears, the rest fp16."""
-    write_awq_config(dst, src, group_size)
+                  max_shard_bytes: int = 5 * 2**30, config: dict | None = None) -> None:
+    """llm/ of the quantized checkpoint: src's tokenizer and configs (see write_awq_config), packed linears, the rest
+    fp16."""
+    write_awq_config(dst, src, group_size, config)
     tensors = {}
     for name, t in llm.state_dict().items():
         if name == "lm_head.weight" and llm.config.tie_word_embeddings:

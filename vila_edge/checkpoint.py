@@ -22,9 +22,10 @@ from .config_checks import (
     read_json,
     string_list,
 )
-from .errors import CheckpointError, UnsupportedError
+from .errors import CheckpointError
 from .formats import CHECKPOINT_PARTS as SUBFOLDERS
 from .formats import PICKLE_SUFFIXES
+from .llava_format import layout_error, llava_fields, renamed_shapes
 from .llm_awq import llm_awq_weights
 from .safetensors_header import read_header
 from .tiling import VisionLayout, layout_from_config
@@ -43,6 +44,13 @@ class Checkpoint:
     preprocessor: dict  # preprocessor_config.json, or what the tower's VILA class hard-codes (arch.tower_preprocessing)
     family: Family
     weights: dict[str, list[Path]] = field(repr=False)  # subfolder -> weight files
+    # part -> llava_format.RULES naming its tensors, where they are not in a VILA folder under their own names
+    renames: dict[str, tuple] = field(default_factory=dict, repr=False)
+    layout: str = "vila"  # or "llava", "llava-hf": read in place (llava_format.py)
+
+    def shapes(self, part: str) -> dict[str, list[int]]:
+        """{VILA-layout tensor name: shape} of a part, from its safetensors headers."""
+        return renamed_shapes(tensor_shapes(self.weights[part]), self.renames.get(part), part)
 
     def recorded_conv_mode(self) -> tuple[str, str] | None:
         """The template config.json names (ours, or the remote-code conversions' chat_template), or a *.jinja."""
@@ -164,17 +172,8 @@ def _subfolder(root: Path, config: dict, name: str) -> Path:
     if isinstance(value, str):
         named = Path(value) if Path(value).is_absolute() else root / value
         path = next((p for p in (named, root / Path(value).name) if p.is_dir()), path)
-    if not path.is_dir() and "text_config" in config:  # NVILA-*-hf / NVILA-Lite-*-hf-preview: one prefixed model
-        raise UnsupportedError(
-            f"{root}: an HF-format conversion (model_type {config.get('model_type')!r}, weights prefixed llm. / "
-            "vision_tower. / mm_projector. in one folder), not the VILA layout; rewrite it with "
-            f"`vila-edge convert {root} -o DST` and load DST"
-        )
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{root}: no {name}/ folder ({path} is missing). A VILA checkpoint holds llm/, vision_tower/ "
-            "and mm_projector/ beside config.json; copy the whole checkpoint folder"
-        )
+    if not path.is_dir():  # names the layouts there are and the one this folder most resembles
+        raise layout_error(root, config, name)
     return path
 
 
@@ -237,33 +236,31 @@ def detect_family(config: dict, llm_config: dict) -> Family:
     return FAMILIES["nvila" if nvila else "vila1.5"]
 
 
-def load_checkpoint(path: str | Path, allow_pickle: bool = False, llm_awq: bool = False) -> Checkpoint:
-    """Read and validate a checkpoint folder (errors name the file and the fix); llm_awq: see _weight_files."""
+def load_checkpoint(path: str | Path, allow_pickle: bool = False, vision_tower: str | None = None,
+                    hf_processor: bool = False, llm_awq: bool = False) -> Checkpoint:
+    """Read and validate a checkpoint folder (the VILA layout; LLaVA-1.5's two, read in place by llava_format with
+    `vision_tower` and `hf_processor`); raises CheckpointError naming the file and the fix. llm_awq: see
+    _weight_files."""
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint folder; pass the folder that holds config.json")
     config = _read_top_config(root)
-    llm_dir, vision_dir, projector_dir = (_subfolder(root, config, n) for n in SUBFOLDERS)
-    llm_config, vision_config, projector_config, preprocessor = _read_part_configs(llm_dir, vision_dir, projector_dir)
-    check_llm_files(llm_dir)
-    folders = (llm_dir, vision_dir, projector_dir)
-    ckpt = Checkpoint(
-        root=root,
-        config=config,
-        llm_dir=llm_dir,
-        vision_dir=vision_dir,
-        projector_dir=projector_dir,
-        llm_config=llm_config,
-        vision_config=vision_config,
-        projector_config=projector_config,
-        preprocessor=preprocessor,
-        family=detect_family(config, llm_config),
-        weights={name: _weight_files(folder, allow_pickle, llm_awq) for name, folder in zip(SUBFOLDERS, folders)},
-    )
+    fields = llava_fields(root, config, allow_pickle, vision_tower, hf_processor) or \
+        _vila_fields(root, config, allow_pickle, llm_awq)
+    ckpt = Checkpoint(**fields, family=detect_family(fields["config"], fields["llm_config"]))
     _check_weights(ckpt)  # the sizes in the configs hold from here on
     check_feature_selection(ckpt)
     check_preprocessor(ckpt)
     return ckpt
+
+
+def _vila_fields(root: Path, config: dict, allow_pickle: bool, llm_awq: bool = False) -> dict:
+    """The Checkpoint's fields (family aside) of a VILA-layout folder: its subfolders, their configs and weights."""
+    folders = dict(zip(("llm_dir", "vision_dir", "projector_dir"), (_subfolder(root, config, n) for n in SUBFOLDERS)))
+    configs = zip(("llm_config", "vision_config", "projector_config", "preprocessor"), _read_part_configs(*folders.values()))
+    check_llm_files(folders["llm_dir"])
+    weights = {name: _weight_files(folder, allow_pickle, llm_awq) for name, folder in zip(SUBFOLDERS, folders.values())}
+    return dict(root=root, config=config, **folders, **dict(configs), weights=weights)
 
 
 def _read_top_config(root: Path) -> dict:
@@ -272,10 +269,7 @@ def _read_top_config(root: Path) -> dict:
     config = read_json(path, "a VILA checkpoint has a top-level config.json (llava_llama or vila)")
     archs = " ".join(string_list(config, "architectures", path)).lower()
     if config.get("model_type") not in ("llava_llama", "vila") and "llava" not in archs and "vila" not in archs:
-        raise CheckpointError(
-            f"{path}: model_type {config.get('model_type')!r} is not a VILA checkpoint "
-            "(expected llava_llama or vila); point at the VILA checkpoint's top folder"
-        )
+        raise layout_error(root, config)
     check_top_config(config, path)
     return config
 
@@ -303,7 +297,7 @@ def _read_part_configs(llm_dir: Path, vision_dir: Path, projector_dir: Path) -> 
 
 def _check_weights(ckpt: Checkpoint) -> None:
     """Every safetensors header read (truncated files are caught here), and the configs' sizes checked against them."""
-    shapes = {name: tensor_shapes(ckpt.weights[name]) for name in SUBFOLDERS if not ckpt.is_pickle(name)}
+    shapes = {name: ckpt.shapes(name) for name in SUBFOLDERS if not ckpt.is_pickle(name)}
     if "mm_projector" in shapes:  # first: its message names both sides of a mismatch
         _check_projector_widths(ckpt, shapes["mm_projector"])
     if "model.embed_tokens.weight" in shapes.get("llm", {}):  # a whole LLM: a partial set of tensors is not compared

@@ -7,7 +7,7 @@ from ..capture import CaptureOptions
 from ..commands.backends import BACKENDS, BackendOptions
 from ..commands.caption import caption_media, caption_source, print_record, stderr_log
 from ..generate import SamplingParams
-from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_format, from_args
+from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_format, add_llava_options, from_args
 
 SAMPLING = ("max_new_tokens", "temperature", "top_p", "seed")
 CAPTURE = ("every", "fps", "window", "max_captions", "realtime", "reconnect_timeout", "record", "alert")
@@ -35,13 +35,15 @@ def add_parser(sub) -> None:
     add_fields(q, BackendOptions, *TORCH, dtype={"choices": ("auto", "float32", "float16", "bfloat16")},
                projector_order={"choices": ("row", "column")})
     add_allow_pickle(q)
+    add_llava_options(q)
     add_format(q, "text", "jsonl")
     q.set_defaults(run=run)
 
 
 def run(args) -> int:
     params = from_args(SamplingParams, args, *SAMPLING)
-    backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "max_tiles", "device", *TORCH, "allow_pickle")
+    backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "max_tiles", "device", *TORCH, "allow_pickle",
+                        "vision_tower", "hf_processor")
     capture = from_args(CaptureOptions, args, *CAPTURE)
     if args.source is not None:
         for record in caption_source(args.model, args.source, args.prompt, params, backend, args.conv_mode, capture,

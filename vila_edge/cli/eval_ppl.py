@@ -4,7 +4,7 @@ import json
 
 from ..errors import require_extra
 from ..quant.options import PplOptions
-from .options import add_allow_pickle, add_device, add_fields, add_format, from_args
+from .options import add_allow_pickle, add_device, add_fields, add_format, add_llava_options, from_args, llava_options
 
 
 def add_parser(sub) -> None:
@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
     add_fields(q, PplOptions, "max_tokens", "seqlen", seqlen={"help": "tokens per window"})
     add_device(q)
     add_allow_pickle(q)
+    add_llava_options(q)
     add_format(q, "text", "json")
     q.set_defaults(run=run)
 
@@ -26,6 +27,7 @@ def run(args) -> int:
     from ..commands.quantize import ppl_line
 
     ppl = eval_ppl(args.source, args.text, from_args(PplOptions, args, "max_tokens", "seqlen"), args.awq,
-                   args.group_size, args.device, args.allow_pickle)
+                   args.group_size, args.device, args.allow_pickle,
+                   **llava_options(args))
     print(json.dumps(ppl, indent=2) if args.format == "json" else ppl_line(ppl))
     return 0

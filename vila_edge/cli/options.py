@@ -9,6 +9,10 @@ from pathlib import Path
 
 HELP = {
     "allow_pickle": "accept pickle (.bin/.pt) weights; they can run code",
+    "vision_tower": "LLaVA-1.5: a local copy of the CLIP tower its config.json names by hub id "
+    "(openai/clip-vit-large-patch14-336) where neither that path nor the Hugging Face cache has it",
+    "hf_processor": "LLaVA-1.5: llava-hf's hub image processor (no pad, centre crop) and chat template (no system "
+    "prompt), as transformers runs it; not what LLaVA-1.5 was trained with (pad, vicuna_v1: the default)",
     "conv_mode": "conversation template (default: the checkpoint's own)",
     "device": "where PyTorch runs: auto is cuda when it sees one",
     "projector_order": "override the projector's token order",
@@ -117,6 +121,16 @@ def from_args(cls, args, *names: str, **values):
 
 def add_allow_pickle(parser) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help=HELP["allow_pickle"])
+
+
+def add_llava_options(parser) -> None:
+    """--vision-tower and --hf-processor: how a LLaVA-1.5 folder is read in place."""
+    parser.add_argument("--vision-tower", metavar="PATH", help=HELP["vision_tower"])
+    parser.add_argument("--hf-processor", action="store_true", help=HELP["hf_processor"])
+
+
+def llava_options(args) -> dict:
+    return {"vision_tower": args.vision_tower, "hf_processor": args.hf_processor}
 
 
 def add_conv_mode(parser, help: str = HELP["conv_mode"]) -> None:

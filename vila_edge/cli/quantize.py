@@ -6,7 +6,18 @@ import warnings
 
 from ..errors import UsageError, require_extra
 from ..quant.options import METHODS, AwqSettings, QuantizeOptions, VisionQuantOptions, parse_calib
-from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_overwrite, from_args, shown_size, size
+from .options import (
+    add_allow_pickle,
+    add_conv_mode,
+    add_device,
+    add_fields,
+    add_llava_options,
+    add_overwrite,
+    from_args,
+    llava_options,
+    shown_size,
+    size,
+)
 
 AWQ = ("group_size", "w_bit", "duo_scaling", "clip")
 RUN = ("n_samples", "seqlen", "seed", "eval_text", "eval_tokens", "max_shard_bytes")
@@ -35,6 +46,7 @@ def add_parser(sub) -> None:
                       "weight_bits": "--vision-weight-bits"}, weight_bits={"choices": (7, 8)})
     add_overwrite(q)
     add_allow_pickle(q)
+    add_llava_options(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(run=run)
 
@@ -61,7 +73,7 @@ def run(args) -> int:
     opts = options(args)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     report = quantize_checkpoint(args.source, args.out, opts, overwrite=args.overwrite, log=log,
-                                 progress=not args.quiet, allow_pickle=args.allow_pickle)
+                                 progress=not args.quiet, allow_pickle=args.allow_pickle, **llava_options(args))
     print("\n".join(summary_lines(report, args.out)))
     for guard in report["guards"]:
         print(f"note: {guard}", file=sys.stderr)

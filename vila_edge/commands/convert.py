@@ -66,7 +66,7 @@ def convert_hf(src: str | Path, out: str | Path, overwrite: bool = False, progre
     report = ConvertReport(src, out, config["model_type"], defaults, {p: len(n) for p, n in parts.items()})
     with atomic_dir(out, overwrite=overwrite) as tmp:
         _write_configs(src, tmp, top)
-        report.bytes = _copy_weights(tmp, parts, shards, progress)
+        report.bytes = copy_weights(tmp, parts, shards, progress)
         load_checkpoint(tmp)  # the result loads, or nothing is written
     return report
 
@@ -94,13 +94,15 @@ def _read_shards(src: Path) -> list[_Shard]:
         files = sorted(src.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{src}: no *.safetensors weights; copy them from the HF-format release")
-    shards = []
-    for f in files:
-        header, metadata = read_header_and_metadata(f)
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-        shards.append(_Shard(f, header, metadata, 8 + n))
-    return shards
+    return [read_shard(f) for f in files]
+
+
+def read_shard(f: Path) -> _Shard:
+    """One safetensors file's header, metadata and where its data begins."""
+    header, metadata = read_header_and_metadata(f)
+    with open(f, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+    return _Shard(f, header, metadata, 8 + n)
 
 
 def _write_configs(src: Path, tmp: Path, top: dict) -> None:
@@ -115,7 +117,7 @@ def _write_configs(src: Path, tmp: Path, top: dict) -> None:
     shutil.copyfile(src / "preprocessor_config.json", tmp / "vision_tower" / "preprocessor_config.json")
 
 
-def _copy_weights(tmp: Path, parts: dict[str, dict[str, str]], shards: list[_Shard], progress: bool) -> int:
+def copy_weights(tmp: Path, parts: dict[str, dict[str, str]], shards: list[_Shard], progress: bool) -> int:
     """Each part's tensors, one output shard per source shard holding them (an index where a part has several)."""
     from tqdm import tqdm
 

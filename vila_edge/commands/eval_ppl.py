@@ -15,10 +15,10 @@ from .quantize import load_fp_llm
 
 
 def eval_ppl(source: str, text: str, opts: PplOptions, awq_path: str | None = None, group_size: int | None = None,
-             device: str = "auto", allow_pickle: bool = False) -> dict:
+             device: str = "auto", allow_pickle: bool = False, **llava) -> dict:
     """fp and RTN (group_size: default --awq's, else AwqSettings') and AWQ perplexity; an AWQ source is scored alone."""
     device = resolve_device(device)
-    ckpt = load_checkpoint(source, allow_pickle=allow_pickle)
+    ckpt = load_checkpoint(source, allow_pickle, **llava)  # llava: vision_tower, hf_processor
     awq = load_checkpoint(awq_path) if awq_path else None
     if awq is not None and not is_awq(awq.llm_config):
         raise UsageError(f"--awq {awq_path}: its llm/ is not AWQ-quantized")

@@ -6,7 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..arch import IMAGENET_MEAN, IMAGENET_STD, PROJECTORS, tower_preprocessing
-from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint, tensor_shapes
+from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint
 from ..conversation import resolve_conv_mode
 from ..errors import UsageError
 from ..formats import BUILD_SCRIPT
@@ -24,10 +24,12 @@ def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | Non
     layout = ckpt.vision_layout.with_max_tiles(max_tiles)
     # the conv mode falls back on the tokenizer's chat template, which is all it reads of the tokenizer
     mode, source = resolve_conv_mode(ckpt, conv_mode, SimpleNamespace(chat_template=ckpt.chat_template))
-    params = {n: sum(math.prod(s) for s in tensor_shapes(ckpt.weights[n]).values())
+    params = {n: sum(math.prod(s) for s in ckpt.shapes(n).values())
               for n in SUBFOLDERS if not ckpt.is_pickle(n)}
     return {
         "checkpoint": str(ckpt.root),
+        "layout": ckpt.layout,  # vila, or llava / llava-hf read in place
+        "vision_tower": str(ckpt.vision_dir),
         "family": ckpt.family.name,
         "config": ckpt.config.get("model_type"),
         "llm": {k: ckpt.llm_config.get(k) for k in LLM_KEYS},
@@ -70,6 +72,9 @@ def format_text(info: dict) -> str:
         f"image tokens {_tokens_line(info)}; {info['num_video_frames']} frames per video",
         f"conv mode    {info['conv_mode']} (from {info['conv_mode_source']})",
     ]
+    if info["layout"] != "vila":
+        lines.insert(1, f"layout       {info['layout']}, read in place as the VILA layout; vision tower from "
+                        f"{info['vision_tower']}")
     if info["quantization"]:
         qc = info["quantization"]
         lines.append(f"quantization {qc.get('quant_method')} int{qc.get('bits')} group {qc.get('group_size')} "
@@ -104,8 +109,9 @@ def _tokens_line(info: dict) -> str:
 
 
 def inspect_checkpoint(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool,
-                       max_tiles: int | None = None) -> dict:
-    return describe(load_checkpoint(path, allow_pickle=allow_pickle), conv_mode, projector_order, max_tiles)
+                       max_tiles: int | None = None, **llava) -> dict:
+    """`llava`: load_checkpoint's vision_tower / hf_processor for a LLaVA-1.5 folder."""
+    return describe(load_checkpoint(path, allow_pickle, **llava), conv_mode, projector_order, max_tiles)
 
 
 def inspect_engine(path: str, conv_mode: str | None, projector_order: str | None) -> dict:
@@ -143,12 +149,12 @@ def format_engine_text(info: dict) -> str:
 
 
 def inspect_folder(path: str, conv_mode: str | None, projector_order: str | None, allow_pickle: bool,
-                   max_tiles: int | None = None) -> tuple[dict, str]:
+                   max_tiles: int | None = None, **llava) -> tuple[dict, str]:
     """(the record, its text) of a checkpoint or an engine folder (one with a manifest.json)."""
     if is_engine(path):
         if max_tiles is not None:
             raise UsageError(f"{path}: --max-tiles shows a checkpoint's tiling; caption takes it for an engine")
         info = inspect_engine(path, conv_mode, projector_order)
         return info, format_engine_text(info)
-    info = inspect_checkpoint(path, conv_mode, projector_order, allow_pickle, max_tiles)
+    info = inspect_checkpoint(path, conv_mode, projector_order, allow_pickle, max_tiles, **llava)
     return info, format_text(info)

@@ -16,19 +16,20 @@ from .. import __version__
 from ..arch import VISION_TOWERS, get_llm
 from ..atomic import atomic_dir
 from ..awq_checkpoint import is_awq, load_awq_llm, save_awq_results, write_awq_llm
-from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint, tensor_shapes
+from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint
 from ..conversation import resolve_conv_mode
 from ..errors import UnsupportedError, UsageError
 from ..export.vision_w8a8 import quantize_vision
 from ..formats import AWQ_RESULTS_FILE, QUANT_REPORT_FILE, VISION_DIR
 from ..llm_awq import check_dump, is_dump, plan_dump, read_dump, write_dump_llm
 from ..media import media_images
-from ..model.vlm import VilaModel, load_tokenizer, resolve_device
+from ..model.vlm import VilaModel, load_llm, load_tokenizer, resolve_device
 from ..quant.awq import rtn_quantize, run_awq
 from ..quant.calib import embed_blocks, media_embeds, read_documents, self_token_blocks, text_token_blocks
 from ..quant.options import AwqSettings, QuantizeOptions
 from ..quant.ppl import eval_tokens, gap_ratio, perplexity
 from ..timing import Stopwatch
+from .convert_llava import write_vila_parts
 
 _LINEAR_WEIGHT = re.compile(r"model\.layers\.\d+\.(.+)\.weight$")
 
@@ -44,7 +45,7 @@ def check_source(ckpt: Checkpoint, settings: AwqSettings) -> None:
         return  # no header to read; quantize_groups checks the same when it gets there
     widths = {  # linear -> [out_features, in_features], from the safetensors headers
         name[: -len(".weight")]: shape
-        for name, shape in tensor_shapes(ckpt.weights["llm"]).items()
+        for name, shape in ckpt.shapes("llm").items()
         if _LINEAR_WEIGHT.match(name) and len(shape) == 2
     }
     g = settings.group_size
@@ -66,13 +67,7 @@ def check_vision(ckpt: Checkpoint) -> None:
 
 
 def load_fp_llm(ckpt: Checkpoint):
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    return AutoModelForCausalLM.from_pretrained(
-        ckpt.llm_dir, dtype=torch.float32, use_safetensors=not ckpt.is_pickle("llm")
-    ).eval()
+    return load_llm(ckpt, torch.float32)
 
 
 def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, log, progress: bool = True):
@@ -98,8 +93,9 @@ def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, lo
 
 def _copy_unchanged(ckpt: Checkpoint, out: Path, conv_mode: str | None) -> None:
     """The top-level files, vision_tower/ and mm_projector/; *_cfg paths point at the new subfolders, and a
-    conv mode chosen for calibration is recorded, so every later command prompts the same way."""
-    for f in ckpt.root.iterdir():
+    conv mode chosen for calibration is recorded, so every later command prompts the same way. A folder read in
+    place (LLaVA-1.5) gets its VILA-layout parts written instead, in safetensors."""
+    for f in ckpt.root.iterdir() if ckpt.layout == "vila" else ():
         if f.is_file() and f.name not in ("config.json", AWQ_RESULTS_FILE, QUANT_REPORT_FILE):
             shutil.copy2(f, out / f.name)
     config = dict(ckpt.config)
@@ -109,6 +105,9 @@ def _copy_unchanged(ckpt: Checkpoint, out: Path, conv_mode: str | None) -> None:
         if isinstance(config.get(f"{name}_cfg"), str):
             config[f"{name}_cfg"] = name
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if ckpt.layout != "vila":
+        write_vila_parts(ckpt, out, ("vision_tower", "mm_projector"))
+        return
     shutil.copytree(ckpt.vision_dir, out / "vision_tower")
     shutil.copytree(ckpt.projector_dir, out / "mm_projector")
 
@@ -175,11 +174,11 @@ def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log, pro
 
 
 def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions, overwrite: bool = False,
-                        log=print, progress: bool = True, allow_pickle: bool = False) -> dict:
+                        log=print, progress: bool = True, allow_pickle: bool = False, **llava) -> dict:
     """AWQ-quantize src's LLM into out (atomically); returns the report that is also written there:
     check, calibrate, baseline, search, write, (vision), (perplexity of what was written), report."""
     out, clock = Path(out), Stopwatch()
-    ckpt = load_checkpoint(src, allow_pickle=allow_pickle, llm_awq=True)
+    ckpt = load_checkpoint(src, allow_pickle, llm_awq=True, **llava)  # llava: vision_tower, hf_processor (LLaVA-1.5)
     if is_dump(ckpt.weights["llm"][0]):  # a VILA1.5-*-AWQ folder: its published int4 weights, not a search
         return import_llm_awq(ckpt, out, opts, overwrite, log, progress)
     check_request(ckpt, out, opts, overwrite)
@@ -195,7 +194,8 @@ def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions,
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with clock.stage("write"):
             _copy_unchanged(ckpt, tmp, conv_mode)
-            write_awq_llm(tmp / "llm", ckpt.llm_dir, llm, result.packed, opts.settings.group_size, opts.max_shard_bytes)
+            write_awq_llm(tmp / "llm", ckpt.llm_dir, llm, result.packed, opts.settings.group_size, opts.max_shard_bytes,
+                          config=ckpt.llm_config)
             save_awq_results(tmp / AWQ_RESULTS_FILE, result, opts.settings)
         vision = None
         if opts.vision is not None:

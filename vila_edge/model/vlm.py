@@ -2,14 +2,22 @@
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, DynamicCache, SiglipVisionModel
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionModel,
+    DynamicCache,
+    SiglipVisionModel,
+)
 from transformers.utils import logging as hf_logging
 
 from ..arch import ORDERS, get_tower
 from ..awq_checkpoint import is_awq, load_awq_llm
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedError, UsageError
+from ..part_weights import read_part
 from ..prompt import splice_parts
 from ..tiling import encode_multiscale
 from .intern_vit import load_intern_vit
@@ -44,10 +52,7 @@ def _load_projector(ckpt: Checkpoint, order: str | None, dtype: torch.dtype) -> 
     if order is not None and order not in ORDERS:
         raise UsageError(f"--projector-order {order!r}: expected one of {', '.join(ORDERS)}")
     projector = Projector(ckpt.projector_type, ckpt.mm_hidden, ckpt.llm_hidden, ckpt.projector_order(order) or None)
-    state = {}
-    for f in ckpt.weights["mm_projector"]:
-        state.update(load_file(f) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True))
-    projector.load_state_dict(state, strict=True)
+    projector.load_state_dict(read_part(ckpt, "mm_projector"), strict=True)
     return projector.to(dtype).eval()
 
 
@@ -57,12 +62,31 @@ def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | Non
     hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
     if spec.renames:  # VILA's own tower code (InternViT): its weight names mapped onto transformers' class
         tower = load_intern_vit(ckpt.vision_dir, ckpt.weights["vision_tower"], ckpt.vision_config, spec, dtype)
+    elif ckpt.renames.get("vision_tower"):  # in shards shared with the other parts (a LLaVA-1.5 folder)
+        cls = _TOWER_CLASSES[spec.hf_class]
+        config = cls.config_class.from_dict(ckpt.vision_config)
+        tower = cls.from_pretrained(None, config=config, state_dict=read_part(ckpt, "vision_tower"), dtype=dtype)
     else:
         tower = _TOWER_CLASSES[spec.hf_class].from_pretrained(
             ckpt.vision_dir, dtype=dtype, use_safetensors=not ckpt.is_pickle("vision_tower")
         )
     vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature, spec.layers, spec.layer_takes_mask).eval()
     return vision, _load_projector(ckpt, projector_order, dtype)
+
+
+def load_llm(ckpt: Checkpoint, dtype: torch.dtype):
+    """The fp LLM (an HF *ForCausalLM, eval mode, on the CPU): from llm/, or from the shards of a LLaVA-1.5 folder."""
+    hf_logging.disable_progress_bar()
+    if not ckpt.renames.get("llm"):
+        return AutoModelForCausalLM.from_pretrained(
+            ckpt.llm_dir, dtype=dtype, use_safetensors=not ckpt.is_pickle("llm")
+        ).eval()
+    c = {k: v for k, v in ckpt.llm_config.items() if k != "model_type"}
+    config = AutoConfig.for_model(ckpt.llm_config["model_type"], **c)
+    model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(
+        None, config=config, state_dict=read_part(ckpt, "llm"), dtype=dtype
+    )
+    return model.eval()
 
 
 class VilaModel:
@@ -85,9 +109,7 @@ class VilaModel:
         if is_awq(ckpt.llm_config):  # the reference runs int4 checkpoints on their dequantised weights
             self.llm = load_awq_llm(ckpt.llm_dir, self.dtype, ckpt.weights["llm"]).to(self.device)
         else:
-            self.llm = AutoModelForCausalLM.from_pretrained(
-                ckpt.llm_dir, dtype=self.dtype, use_safetensors=not ckpt.is_pickle("llm")
-            ).to(self.device).eval()
+            self.llm = load_llm(ckpt, self.dtype).to(self.device)
         end_text = ckpt.family.image_end_text
         self.image_end_ids = self.tokenizer(end_text, add_special_tokens=False).input_ids if end_text else []
         self.cache = None
