@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from vila_edge.errors import UsageError
 from vila_edge.int4 import (
     AWQ_ORDER,
     dequantize_groups,
@@ -36,7 +37,7 @@ def test_error_is_within_half_a_step():
 
 
 def test_group_size_must_divide_in_features():
-    with pytest.raises(ValueError, match="group_size 128 does not divide in_features 96"):
+    with pytest.raises(UsageError, match="--group-size 128 does not divide in_features 96"):
         quantize_groups(torch.randn(8, 96), 128)
 
 

@@ -244,6 +244,9 @@ def test_eval_ppl_reads_the_original_folder(folders, tmp_path, cli):
     assert code == 0, err
     ppl = json.loads(out)
     assert ppl["fp"] > 1 and ppl["rtn"] > 1
+    code, _, err = cli("eval-ppl", folders["original"], "--text", text, *flags(folders, "original"),
+                       "--max-tokens", 128, "--seqlen", 64, "--group-size", 48)  # pickle: no header to check it from
+    assert code == 2 and "--group-size 48 does not divide in_features" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("name", ["original", "hf4"])

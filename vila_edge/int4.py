@@ -12,13 +12,16 @@ AutoAWQ GEMM layout (the interchange format transformers and vLLM load):
 
 import torch
 
+from .errors import UsageError
+
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 MAX_Q = 15
 
 
 def _check_groups(k: int, group_size: int) -> None:
-    if group_size <= 0 or k % group_size:
-        raise ValueError(f"group_size {group_size} does not divide in_features {k}")
+    if group_size <= 0 or k % group_size:  # (a safetensors checkpoint is refused earlier, from its headers, by name)
+        raise UsageError(f"--group-size {group_size} does not divide in_features {k}; pick a group size that divides "
+                         "every layer's (32 and 64 usually do)")
 
 
 def quantize_groups(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
