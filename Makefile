@@ -6,9 +6,9 @@ DEMO := demo
 # setup.py takes ranges (and leaves torch to the user: a Jetson keeps JetPack's); the tests ran on these.
 # torch==2.13.0, the CPU build that lies on disk, goes in first: an unpinned torch pulls several GB of CUDA.
 TESTED := transformers==5.23.0 onnx==1.23.2 onnxruntime==1.31.1 fastapi==0.165.0 uvicorn==0.54.0 \
-	prometheus-client==0.26.0 llguidance==1.9.1 openai==3.57.0 websockets==17.4
+	prometheus-client==0.26.0 llguidance==1.9.1 openai==3.57.0 websockets==17.4 paho-mqtt==2.2.0 httpx==0.28.1
 
-.PHONY: test demo bench clean rtsp-server
+.PHONY: test demo bench clean rtsp-server mqtt-broker
 
 $(VENV)/.installed: setup.py pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.py pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[test]' $(TESTED)
 	touch $@
 
-test: $(VENV)/.installed rtsp-server
+test: $(VENV)/.installed rtsp-server mqtt-broker
 	$(VENV)/bin/ruff check vila_edge export benchmarks tests setup.py
 	$(PY) -m pytest -q tests
 
@@ -34,6 +34,15 @@ rtsp-server:
 		echo "installing the RTSP test server: $(RTSP_PACKAGES)"; \
 		$(APT_INSTALL) >/dev/null || { apt-get update -q >/dev/null && $(APT_INSTALL) >/dev/null; }; \
 	else echo "note: the RTSP tests will skip; install (as root): apt-get install $(RTSP_PACKAGES)"; fi
+
+# Debian's mosquitto for tests/test_serve_mqtt.py (the fixture starts it on a free loopback port); as above.
+mqtt-broker:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing the MQTT test broker: mosquitto"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto >/dev/null; }; \
+	else echo "note: the MQTT tests will skip; install (as root): apt-get install mosquitto"; fi
 
 VLE := $(VENV)/bin/vila-edge
 CKPT := $(DEMO)/vila-demo

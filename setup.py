@@ -81,10 +81,11 @@ EXTRAS = {
     "jetson": ["jetson-stats>=4.2"],
     "plot": ["matplotlib>=3.8"],  # bench-table --plot
     # `vila-edge serve`: the HTTP server, its metrics, JSON-constrained decoding (numpy only, no torch)
-    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "websockets>=12", "prometheus-client>=0.20", "llguidance>=1.0"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "websockets>=12", "prometheus-client>=0.20", "llguidance>=1.0",
+              "paho-mqtt>=2.0"],
 }
 EXTRAS["test"] = [*QUANTIZE, *EXTRAS["serve"], "matplotlib>=3.8", "packaging>=23", "pytest>=8", "ruff==0.17.6",
-                  "openai>=1.40"]  # what `make test` installs; the openai SDK is the server tests' client
+                  "openai>=1.40", "httpx>=0.27"]  # what `make test` installs; the openai SDK and httpx: the server tests' clients
 
 
 # Code outside vila_edge/ is installed under the vila_edge namespace: export/ as vila_edge.export.

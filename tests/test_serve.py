@@ -7,14 +7,11 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
+import openai
 import pytest
 from PIL import Image
-
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("uvicorn")
-
 from served import Running, SlowDecode  # noqa: E402
 
 from vila_edge.caption import Captioner  # noqa: E402
