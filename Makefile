@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.py pyproject.toml Makefile
 	touch $@
 
 test: $(VENV)/.installed rtsp-server mqtt-broker
-	$(VENV)/bin/ruff check vila_edge export benchmarks tests setup.py
+	$(VENV)/bin/ruff check vila_edge export benchmarks examples tests setup.py
 	$(PY) -m pytest -q tests
 
 # GStreamer's RTSP server for tests/test_rtsp.py, from Debian's packages, run by Debian's python3. Installed
@@ -94,6 +94,11 @@ demo: $(VENV)/.installed
 		-o $(DEMO)/results/bench-vila-demo-cpu-t$$t.json || exit 1; done
 	$(VLE) bench-table $(DEMO)/results -o $(DEMO)/table.md --plot $(DEMO)/table.png
 	cat $(DEMO)/table.md
+	@echo "== 11. serve it: an OpenAI-compatible server on 127.0.0.1, asked one question about an image with the"
+	@echo "      openai SDK (examples/openai_client.py), then stopped"
+	$(VLE) serve $(DEMO)/vila-demo-cpu --port 8765 & pid=$$!; \
+		$(PY) examples/openai_client.py --base-url http://127.0.0.1:8765/v1 --image $(DEMO)/scene.png --wait 120; \
+		code=$$?; kill $$pid; wait $$pid 2>/dev/null; exit $$code
 
 # CPU engine vs llama.cpp (llama-cpp-python, built from source: a few minutes) and PyTorch; see benchmarks/README.md.
 bench: $(VENV)/.installed
