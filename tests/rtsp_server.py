@@ -2,7 +2,7 @@
 gir1.2-gst-rtsp-server-1.0, python3-gi and the plugins) serving a moving test pattern as H.264.
 
 Run by Debian's own python3 (/usr/bin/python3), whose `gi` the packages install:
-    /usr/bin/python3 tests/rtsp_server.py [--port 8554] [--mount /live]  # prints "ready", serves until killed
+    /usr/bin/python3 tests/rtsp_server.py [--port 8554] [--mount /live] [--fps 30] [--gop N]  # prints "ready", serves
     /usr/bin/python3 tests/rtsp_server.py --check                        # exit 0 if everything is installed
 """
 
@@ -16,7 +16,7 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 PIPELINE = ("( videotestsrc is-live=true pattern=ball ! video/x-raw,width={w},height={h},framerate={fps}/1 "
-            "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} ! rtph264pay name=pay0 pt=96 )")
+            "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} ! rtph264pay name=pay0 pt=96 )")
 
 
 def main() -> int:
@@ -25,6 +25,7 @@ def main() -> int:
     p.add_argument("--mount", default="/live")
     p.add_argument("--size", default="320x240")
     p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--gop", type=int, help="frames between keyframes (default: one a second; x264's own default is 250)")
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
     Gst.init(None)
@@ -39,7 +40,7 @@ def main() -> int:
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(PIPELINE.format(w=w, h=h, fps=args.fps))
+    factory.set_launch(PIPELINE.format(w=w, h=h, fps=args.fps, gop=args.gop or args.fps))
     factory.set_shared(True)
     server.get_mount_points().add_factory(args.mount, factory)
     if not server.attach(None):

@@ -29,11 +29,11 @@ pytestmark = pytest.mark.skipif(missing is not None, reason=f"GStreamer RTSP ser
 class Server:
     """tests/rtsp_server.py in a process of its own, which a test can stop and start again."""
 
-    def __init__(self):
-        self.proc = None
+    def __init__(self, *args: str):
+        self.proc, self.args = None, args or ("--port", "8554")
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([SYSTEM_PYTHON, SERVER, "--port", "8554"], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([SYSTEM_PYTHON, SERVER, *self.args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()
         if line != "ready":
@@ -143,3 +143,43 @@ def test_the_cli_stops_cleanly_on_ctrl_c(server, engine, tmp_path):
     cap = cv2.VideoCapture(str(out))
     assert cap.isOpened() and cap.get(cv2.CAP_PROP_FRAME_COUNT) > 10
     assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]
+
+
+def test_a_stream_joined_between_far_apart_keyframes_waits_for_the_next_one():
+    """x264's default GOP (250 frames) at 15 fps: a keyframe every ~17 s. A first viewer starts the shared stream;
+    ours joins 3 s later, sees nothing decodable for ~14 s, and must wait for the keyframe instead of reconnecting
+    in a loop every 5 s read timeout (each new connection would join between keyframes again)."""
+    import threading
+
+    import cv2
+
+    from vila_edge.capture import open_source
+
+    server = Server("--port", "8555", "--fps", "15", "--gop", "250")
+    server.start()
+    url, stop = "rtsp://127.0.0.1:8555/live", threading.Event()
+
+    def watch():  # the first viewer, on its own thread from open to release (OpenCV captures are not thread-safe)
+        viewer = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+        while not stop.is_set() and viewer.read()[0]:
+            pass
+        viewer.release()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        time.sleep(3)
+        log: list[str] = []
+        source, got = open_source(url, reconnect_s=60, log=log.append), []
+        reader = threading.Thread(target=lambda: got.append(next(iter(source))), daemon=True)
+        reader.start()
+        reader.join(timeout=60)  # keyframes are ~17 s apart
+        source.close()
+        assert got and got[0].image.size == (320, 240), f"no frame in 60 s: {log}"
+        # it waited on its connection; OpenCV's FFmpeg capture gives up on one after two read timeouts (its next read
+        # fails at once), and the new one waits again: a frame within a GOP or two, not a loop of 5 s reconnects
+        assert source.reconnects <= 3 and any("waiting for a keyframe" in line for line in log), log
+    finally:
+        stop.set()
+        watcher.join(timeout=60)
+        server.stop()

@@ -27,6 +27,9 @@ STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 # Low latency over TCP (no UDP loss on Wi-Fi); a user's own OPENCV_FFMPEG_CAPTURE_OPTIONS wins.
 RTSP_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer|flags;low_delay|max_delay;500000"
 OPEN_TIMEOUT_S, READ_TIMEOUT_S = 5.0, 5.0
+# A connection that has decoded nothing yet waits this long for its first keyframe before it counts as lost: x264's
+# default GOP is 250 frames, a keyframe every ~17 s at 15 fps, and a client that joins between two sees no frame.
+FIRST_FRAME_S = 30.0
 Tap = Callable[[object, int, float], None]  # (BGR frame, index, timestamp): every decoded frame, for --record
 
 
@@ -177,11 +180,18 @@ class LiveSource:
 
     def _read(self) -> None:
         index, start = 0, time.monotonic()
+        connected, decoded = start, False  # since this connection: a stream joined between keyframes shows nothing
         try:
             while not self._stop.is_set():
+                asked = time.monotonic()
                 ok, bgr = self.cap.read()
+                timed_out = time.monotonic() - asked >= 0.8 * READ_TIMEOUT_S  # data came, no frame (a closed one fails at once)
+                if not ok and timed_out and self.reconnect_s and not decoded and time.monotonic() - connected < FIRST_FRAME_S:
+                    self._waiting(connected)
+                    continue  # the same connection: its next keyframe makes the first frame
                 if not ok:
                     if self.reconnect_s and self._reconnect():
+                        connected, decoded = time.monotonic(), False
                         continue
                     if not (self.pace or self.error or self._stop.is_set()):  # a file ends; a camera should not
                         self.error = MediaError(f"{self.name} stopped delivering frames (unplugged, or taken by "
@@ -192,6 +202,7 @@ class LiveSource:
                     time.sleep(max(0.0, start + t - time.monotonic()))
                 else:
                     t = time.monotonic() - start
+                decoded = True
                 if self.tap:
                     self.tap(bgr, index, t)
                 if self.sampler.take(index, t):
@@ -207,6 +218,10 @@ class LiveSource:
             with self._cond:
                 self._finished = True
                 self._cond.notify()
+
+    def _waiting(self, connected: float) -> None:
+        self.log(f"{self.name}: no decodable frame after {time.monotonic() - connected:.0f} s; waiting for a keyframe "
+                 f"(up to {FIRST_FRAME_S:g} s: streams with a long GOP send one every few seconds)")
 
     def _reconnect(self) -> bool:
         self.cap.release()
