@@ -93,10 +93,25 @@ def server_runs(url: str, image_url: str, concurrency: int, n: int) -> dict:
     return summary(done, time.perf_counter() - start)
 
 
+def with_alerts(url: str, image_url: str, clip: Path, n: int) -> dict:
+    """Concurrency-1 chat while two rules are evaluated every second on `clip` played as a live stream."""
+    import httpx
+
+    stream = httpx.post(f"{url}/api/v1/live-stream", json={"liveStreamUrl": str(clip)}).json()["id"]
+    httpx.post(f"{url}/api/v1/alerts", json={"alerts": ["Is there a person?", "Is there a house?"], "id": stream})
+    time.sleep(3)  # the rules under way
+    chat = server_runs(url, image_url, 1, n)
+    rules = httpx.get(f"{url}/api/v1/alerts").json()
+    httpx.delete(f"{url}/api/v1/live-stream/{stream}")
+    return {"chat": chat, "rule_evaluations": sum(r["evaluations"] for r in rules["alerts"]),
+            "skipped_evaluations": rules["skipped_evaluations"]}
+
+
 def start_server(engine: Path, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vila_edge.cli", "serve", str(engine), "--port", str(port),
-                             "--threads", str(threads), "--max-queue", "64"], stdout=subprocess.DEVNULL)
+                             "--threads", str(threads), "--max-queue", "64", "--alert-interval", "1"],
+                            stdout=subprocess.DEVNULL)
     url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
     while True:
         try:
@@ -131,13 +146,19 @@ def main() -> None:
             print(f"c={concurrency:2}: direct TTFT p50 {direct['ttft_p50_s']:.3f} s, total {direct['total_mean_s']:.3f} s, "
                   f"{direct['throughput_req_s']:.2f} req/s | server TTFT p50 {served['ttft_p50_s']:.3f} s, total "
                   f"{served['total_mean_s']:.3f} s, {served['throughput_req_s']:.2f} req/s", flush=True)
+        shared = with_alerts(url, image_url, Path("demo/clip.mp4").resolve(), REQUESTS[1]) \
+            if Path("demo/clip.mp4").is_file() else None
+        if shared:
+            print(f"c= 1 with 2 alert rules every 1 s: TTFT p50 {shared['chat']['ttft_p50_s']:.3f} s, total "
+                  f"{shared['chat']['total_mean_s']:.3f} s; {shared['rule_evaluations']} rule evaluations meanwhile",
+                  flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     one = rows[0]
     overhead = one["server"]["total_mean_s"] / one["direct"]["total_mean_s"] - 1
     result = {"benchmark": "serve", "engine": str(engine), "threads": args.threads, "cpu": cpu_description(),
-              "question": QUESTION, "max_tokens": TOKENS, "rows": rows,
+              "question": QUESTION, "max_tokens": TOKENS, "rows": rows, "with_alert_rules": shared,
               "server_overhead_at_concurrency_1": round(overhead, 4), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_text_atomic(HERE / "results" / "serve.json", json.dumps(result, indent=2) + "\n")
     print(f"server overhead at concurrency 1: {100 * overhead:+.1f} % of the direct call's total time")

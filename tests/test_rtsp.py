@@ -183,3 +183,25 @@ def test_a_stream_joined_between_far_apart_keyframes_waits_for_the_next_one():
         stop.set()
         watcher.join(timeout=60)
         server.stop()
+
+
+def test_the_server_watches_an_rtsp_stream_and_answers_about_its_newest_frame(server, caption_engine):
+    """`vila-edge serve`'s live-stream layer on the real RTSP server: the stream goes live and a chat part takes its
+    newest frame (one image block of the engine's size)."""
+    import httpx
+    from served import Running
+
+    running = Running(caption_engine)
+    try:
+        stream_id = httpx.post(f"{running.url}/api/v1/live-stream", json={"liveStreamUrl": URL}).json()["id"]
+        deadline = time.time() + 30
+        while (state := httpx.get(f"{running.url}/api/v1/live-stream").json()[0])["state"] != "live":
+            assert time.time() < deadline and state["state"] == "connecting", state
+            time.sleep(0.1)
+        r = httpx.post(f"{running.url}/v1/chat/completions", timeout=60, json={"max_tokens": 3, "messages": [
+            {"role": "user", "content": [{"type": "stream", "stream": {"stream_id": stream_id}},
+                                         {"type": "text", "text": "What moves?"}]}]})
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens_details"]["image_tokens"] > 0
+        assert state["frames"] > 0 and state["liveStreamUrl"] == URL
+    finally:
+        running.stop()

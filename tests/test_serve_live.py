@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -74,12 +75,12 @@ def answers(caption_engine, image, rules):
     return out, captioner
 
 
-def test_a_rule_that_holds_is_pushed_to_the_websocket_and_the_webhook(caption_engine, scene, webhook):
+def test_a_rule_that_holds_is_pushed_to_the_websocket_and_the_webhook(caption_engine, scene, webhook, tmp_path):
     direct, captioner = answers(caption_engine, load_image(scene / "0.png"), CANDIDATES)
     yes = [r for r, a in direct.items() if a == "yes"]
     no = [r for r, a in direct.items() if a == "no"]
     assert yes and no, f"the tiny engine answers every candidate alike: {direct}"
-    running = Running(caption_engine, alert_interval=0.1, webhook=webhook)
+    running = Running(caption_engine, alert_interval=0.1, webhook=webhook, record_dir=str(tmp_path))
     try:
         with websockets_sync.connect(f"ws://127.0.0.1:{running.settings.port}/api/v1/alerts/ws") as ws:
             stream_id = httpx.post(f"{running.url}/api/v1/live-stream",
@@ -111,6 +112,8 @@ def test_a_rule_that_holds_is_pushed_to_the_websocket_and_the_webhook(caption_en
         assert chat["usage"]["prompt_tokens_details"]["image_tokens"] == want.image_tokens
         assert httpx.delete(f"{running.url}/api/v1/live-stream/{stream_id}").status_code == 200
         assert httpx.get(f"{running.url}/api/v1/alerts").json()["alerts"] == []  # its rules went with it
+        assert event["clip"] == str(tmp_path / f"{stream_id}.alert-001.mp4")  # --record-dir: a clip per alert
+        assert (tmp_path / f"{stream_id}.mp4").stat().st_size > 0 and Path(event["clip"]).stat().st_size > 0
     finally:
         running.stop()
 

@@ -26,6 +26,8 @@ def check_bind(settings) -> None:
     if not is_loopback(settings.host) and not settings.api_key:
         raise UsageError(f"--host {settings.host} serves beyond this machine: pass --api-key KEY (or set {API_KEY_ENV}); "
                          "clients then send Authorization: Bearer KEY")
+    if settings.record_dir and not os.path.isdir(settings.record_dir):
+        raise UsageError(f"--record-dir {settings.record_dir}: no such folder; create it first")
     if not 0 < settings.port < 65536 or settings.max_queue < 1:
         raise UsageError(f"--port {settings.port} / --max-queue {settings.max_queue}: a port in 1..65535, a queue of 1 or more")
 

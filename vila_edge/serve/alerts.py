@@ -131,7 +131,11 @@ class Alerts:
         rule.announced = state
         if state:
             rule.last_alert = now
-        self.notifier.publish(event(rule, frame, now))
+        record = event(rule, frame, now)
+        if stream.recorder:  # the recording shows the rule while it holds; an alert starts (or extends) a clip
+            clip = stream.recorder.caption(f"ALERT: {rule.text}" if state else "", alert=state)
+            record["clip"] = str(clip) if clip else None
+        self.notifier.publish(record)
 
 
 def event(rule: Rule, frame, now: float) -> dict:

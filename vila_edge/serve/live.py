@@ -79,7 +79,8 @@ async def alert_socket(websocket: WebSocket):
 
 def add_live_routes(app: FastAPI, server, settings, log=print) -> None:
     """The live-stream layer on `app`: its registry, rules, notifier and the task that evaluates the rules."""
-    app.state.streams = Streams(settings.max_streams, settings.stream_window, settings.stream_fps, log=log)
+    app.state.streams = Streams(settings.max_streams, settings.stream_window, settings.stream_fps, log=log,
+                                record_dir=settings.record_dir)
     app.state.notifier = Notifier(settings.webhook, settings.mqtt, log=log)
     app.state.alerts = Alerts(app.state.streams, server, app.state.notifier, settings.alert_interval,
                               settings.alert_cooldown, settings.max_rules)

@@ -46,6 +46,7 @@ class ServeSettings:
     max_rules: int = 10
     webhook: str | None = None
     mqtt: str | None = None
+    record_dir: str | None = None  # each live stream recorded there, with a clip around each alert
 
     @property
     def limits(self) -> Limits:
@@ -61,7 +62,7 @@ SERVER_FIELDS = ("host", "port", "api_key", "max_queue", "default_max_tokens")
 LIMIT_FIELDS = ("max_images", "max_tokens", "max_frames", "max_body_bytes", "max_image_bytes", "max_pixels")
 MEDIA_FIELDS = ("allow_url_fetch", "allow_private_urls", "fetch_timeout_s")
 LIVE_FIELDS = ("max_streams", "stream_fps", "stream_window", "alert_interval", "alert_cooldown", "max_rules", "webhook",
-               "mqtt")
+               "mqtt", "record_dir")
 HELP = {
     "host": "address to bind; anything but loopback needs --api-key",
     "port": "TCP port",
@@ -85,4 +86,6 @@ HELP = {
     "max_rules": "alert rules per stream",
     "webhook": "POST each alert event as JSON to this http(s) URL (retried with back-off)",
     "mqtt": "publish each alert event to mqtt://HOST[:PORT]/TOPIC at QoS 1 (needs paho-mqtt)",
+    "record_dir": "record each live stream to DIR/STREAM_ID.mp4 with the rule that holds drawn on it, and a clip around "
+    "each alert (DIR/STREAM_ID.alert-001.mp4, ...; its path is in the event)",
 }

@@ -9,9 +9,11 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..capture import open_source
 from ..errors import VilaEdgeError
+from ..record import Recorder
 from .protocol import ApiError
 
 
@@ -28,6 +30,7 @@ class Stream:
     frame_count: int = 0
     started: float = field(default_factory=time.time)
     thread: threading.Thread | None = None
+    recorder: object = None  # record.Recorder, with --record-dir
 
     def to_json(self) -> dict:
         source = self.source
@@ -39,8 +42,10 @@ class Stream:
 class Streams:
     """The registry: add (opens the source before answering, so a bad URL is a 4xx), list, newest frames, remove."""
 
-    def __init__(self, max_streams: int = 4, window: int = 8, fps: float = 2.0, reconnect_s: float = 3600.0, log=print):
+    def __init__(self, max_streams: int = 4, window: int = 8, fps: float = 2.0, reconnect_s: float = 3600.0, log=print,
+                 record_dir: str | None = None):
         self.max_streams, self.window, self.fps, self.reconnect_s, self.log = max_streams, window, fps, reconnect_s, log
+        self.record_dir = record_dir and Path(record_dir)
         self.streams: dict[str, Stream] = {}
         self.lock = threading.Lock()
 
@@ -61,6 +66,9 @@ class Streams:
                                         reconnect_s=self.reconnect_s, log=self.log)
         except VilaEdgeError as e:
             raise ApiError(422, f"cannot open the stream: {e}", "liveStreamUrl", "stream_unavailable") from None
+        if self.record_dir:  # every decoded frame, with the rule that holds drawn on it; a clip around each alert
+            stream.recorder = Recorder(self.record_dir / f"{stream.id}.mp4", stream.source.fps, alerts=True)
+            stream.source.tap = stream.recorder.write
         stream.thread = threading.Thread(target=self._watch, args=(stream,), name=f"stream {stream.id}", daemon=True)
         with self.lock:
             self.streams[stream.id] = stream
@@ -100,6 +108,9 @@ class Streams:
             self.streams.pop(stream_id, None)
         if hasattr(stream.source, "close"):  # a live source's capture thread
             stream.source.close()
+        if stream.recorder:
+            stream.thread.join(timeout=10)  # a file or folder source's last frames
+            stream.recorder.close()
         return stream
 
     def close(self) -> None:
