@@ -237,6 +237,10 @@ def test_an_api_key_is_required_when_set_and_needed_beyond_loopback(caption_engi
         running.stop()
     code, _, err = cli("serve", caption_engine, "--host", "0.0.0.0")
     assert code == 2 and "--api-key" in err and "Traceback" not in err  # a usage error, before the model loads
+    for flag, value, says in (("--webhook", "ftp://x/hook", "an http(s) URL"), ("--mqtt", "mqtt://broker", "TOPIC"),
+                              ("--record-dir", "/nonexistent/dir", "no such folder")):
+        code, _, err = cli("serve", caption_engine, flag, value)
+        assert code == 2 and says in err and "Traceback" not in err, err
 
 
 def test_multi_turn_prompts_follow_vilas_conversation_get_prompt():

@@ -1,8 +1,10 @@
 """`vila-edge serve MODEL`: load the model once (an engine folder, or a checkpoint on torch), then serve it over
 HTTP with uvicorn until stopped. Safe by default: loopback only; any other address needs an API key."""
 
+import importlib.util
 import ipaddress
 import os
+import urllib.parse
 
 from ..caption import Captioner
 from ..errors import UsageError, require_extra
@@ -26,6 +28,14 @@ def check_bind(settings) -> None:
     if not is_loopback(settings.host) and not settings.api_key:
         raise UsageError(f"--host {settings.host} serves beyond this machine: pass --api-key KEY (or set {API_KEY_ENV}); "
                          "clients then send Authorization: Bearer KEY")
+    if settings.webhook and urllib.parse.urlsplit(settings.webhook).scheme not in ("http", "https"):
+        raise UsageError(f"--webhook {settings.webhook}: an http(s) URL")
+    if settings.mqtt:
+        mqtt = urllib.parse.urlsplit(settings.mqtt)
+        if mqtt.scheme != "mqtt" or not mqtt.hostname or not mqtt.path.strip("/"):
+            raise UsageError(f"--mqtt {settings.mqtt}: expected mqtt://HOST[:PORT]/TOPIC")
+        if importlib.util.find_spec("paho") is None:
+            raise UsageError("--mqtt needs paho-mqtt: pip install paho-mqtt (or 'vila-edge[serve]')")
     if settings.record_dir and not os.path.isdir(settings.record_dir):
         raise UsageError(f"--record-dir {settings.record_dir}: no such folder; create it first")
     if not 0 < settings.port < 65536 or settings.max_queue < 1:
