@@ -35,10 +35,11 @@ class Rule:
     last_alert: float = 0.0
     announced: bool = False  # the state the last event announced
     checked_frame: int = -1
+    error: str | None = None  # the last evaluation's failure
 
     def to_json(self) -> dict:
         return {"id": self.id, "stream_id": self.stream_id, "rule_string": self.text, "state": self.state,
-                "answer": self.answer, "evaluations": self.evaluations}
+                "answer": self.answer, "evaluations": self.evaluations, "error": self.error}
 
 
 def is_yes(answer: str) -> bool | None:
@@ -89,10 +90,13 @@ class Alerts:
             del self.rules[rule_id]
 
     async def run(self) -> None:
-        """Forever: a round of evaluations every `interval` seconds."""
+        """Forever: a round of evaluations every `interval` seconds. A rule whose evaluation fails is reported in
+        `errors` (and by GET /api/v1/alerts) and tried again next round; the others go on."""
         while True:
-            started = time.monotonic()
-            await asyncio.gather(*(self.evaluate(rule) for rule in list(self.rules.values())))
+            started, rules = time.monotonic(), list(self.rules.values())
+            results = await asyncio.gather(*(self.evaluate(rule) for rule in rules), return_exceptions=True)
+            for rule, result in zip(rules, results):
+                rule.error = f"{type(result).__name__}: {result}" if isinstance(result, Exception) else None
             await asyncio.sleep(max(0.05, self.interval - (time.monotonic() - started)))
 
     async def yes_no(self):
