@@ -203,5 +203,17 @@ def test_the_server_watches_an_rtsp_stream_and_answers_about_its_newest_frame(se
                                          {"type": "text", "text": "What moves?"}]}]})
         assert r.status_code == 200 and r.json()["usage"]["prompt_tokens_details"]["image_tokens"] > 0
         assert state["frames"] > 0 and state["liveStreamUrl"] == URL
+        server.stop()  # the camera goes away: the stream says so, reconnects with back-off, and comes back live
+        states = {"live"}
+        deadline = time.time() + 30
+        while "reconnecting" not in states:
+            assert time.time() < deadline, states
+            states.add(httpx.get(f"{running.url}/api/v1/live-stream").json()[0]["state"])
+            time.sleep(0.1)
+        server.start()
+        while (state := httpx.get(f"{running.url}/api/v1/live-stream").json()[0])["state"] != "live" or \
+                not state["reconnects"]:
+            assert time.time() < deadline + 30, state
+            time.sleep(0.1)
     finally:
         running.stop()

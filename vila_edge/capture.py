@@ -157,6 +157,7 @@ class LiveSource:
             self.fps = 30.0  # cameras and streams that report nothing (or 90000, the RTP clock)
         self.tap: Tap | None = None
         self.dropped = self.sampled = self.reconnects = 0
+        self.reconnecting = False  # between losing a network stream and getting it back
         self.error: Exception | None = None
         self._pending: tuple | None = None
         self._finished = False
@@ -224,6 +225,13 @@ class LiveSource:
                  f"(up to {FIRST_FRAME_S:g} s: streams with a long GOP send one every few seconds)")
 
     def _reconnect(self) -> bool:
+        self.reconnecting = True
+        try:
+            return self._reopen()
+        finally:
+            self.reconnecting = False
+
+    def _reopen(self) -> bool:
         self.cap.release()
         deadline, delay = time.monotonic() + self.reconnect_s, 0.5
         while not self._stop.is_set():

@@ -24,7 +24,7 @@ class Stream:
     description: str
     window: int  # frames kept: a chat part's `window` takes up to this many
     source: object = None
-    state: str = "connecting"  # connecting, live, ended, error
+    state: str = "connecting"  # connecting, live, ended, error (and reconnecting, from the capture, in to_json)
     error: str | None = None
     frames: deque = field(default_factory=deque)
     frame_count: int = 0
@@ -34,7 +34,8 @@ class Stream:
 
     def to_json(self) -> dict:
         source = self.source
-        return {"id": self.id, "liveStreamUrl": self.url, "description": self.description, "state": self.state,
+        state = "reconnecting" if getattr(source, "reconnecting", False) else self.state
+        return {"id": self.id, "liveStreamUrl": self.url, "description": self.description, "state": state,
                 "error": self.error, "frames": self.frame_count,
                 "reconnects": getattr(source, "reconnects", 0), "dropped_frames": getattr(source, "dropped", 0)}
 
