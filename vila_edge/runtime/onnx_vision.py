@@ -11,8 +11,8 @@ INPUT, OUTPUT = "pixel_values", "image_embeds"
 FEATURES = "image_features"  # a multi-scale tower's output and its projector's input
 
 
-def session(path: str | Path, threads: int | None = None, extra_outputs: bytes | None = None):
-    """An ONNX Runtime CPU session; `extra_outputs` (a serialized model) replaces the file when given."""
+def session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -23,7 +23,7 @@ def session(path: str | Path, threads: int | None = None, extra_outputs: bytes |
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(extra_outputs or str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
         raise CheckpointError(f"{path}: ONNX Runtime cannot load it ({e}); re-run vila-edge quantize") from None
 
