@@ -19,7 +19,7 @@ from ..generate import SamplingParams, TextStream
 from .live import add_live_routes, start_live, stop_live
 from .media import decode_media
 from .metrics import Metrics
-from .protocol import FINISH, ApiError, chunk, completion, completion_id, parse_chat
+from .protocol import FINISH, ApiError, chunk, completion, completion_id, parse_chat, read_json
 from .settings import ServeSettings
 from .worker import Job, QueueFull, Worker
 
@@ -136,21 +136,6 @@ async def first_event(server: Server, job: Job, request: Request, final: bool) -
         if final or job.cancelled.is_set():
             job.cancelled.set()
             server.metrics.queue_depth.set(server.worker.depth)
-
-
-async def read_json(request: Request, limit: int):
-    size = int(request.headers.get("content-length") or 0)
-    if size > limit:
-        raise ApiError(413, f"the request body is {size} bytes; this server takes at most {limit}", None, "body_too_large")
-    body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise ApiError(413, f"the request body is over {limit} bytes", None, "body_too_large")
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not JSON: {e}", None, "invalid_json") from None
 
 
 async def chat(request: Request):

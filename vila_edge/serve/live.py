@@ -3,22 +3,18 @@ work unchanged: /api/v1/live-stream (POST, GET, DELETE), /api/v1/alerts (POST, G
 /api/v1/alerts/ws of alert events, and GET /api/v1/alerts/events (the recent ones)."""
 
 import asyncio
-import json
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from .alerts import Alerts
 from .notify import Notifier
-from .protocol import ApiError
+from .protocol import ApiError, read_json
 from .streams import Streams
 
 
 async def _body(request: Request) -> dict:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"the request body is not JSON: {e}", None, "invalid_json") from None
+    body = await read_json(request, request.app.state.server.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", None, "invalid_json")
     return body

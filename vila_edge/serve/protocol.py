@@ -8,6 +8,7 @@ string or a list of parts `text`, `image_url` (an object or a bare string), `vid
 A message's images go before its text, as VILA puts them, unless the text places them with `<image>` tags.
 """
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -185,6 +186,22 @@ def parse_chat(body, limits: Limits) -> ChatRequest:
         include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
         response_format=_response_format(body),
     )
+
+
+async def read_json(request, limit: int):
+    """A request's JSON body (a starlette Request), at most `limit` bytes."""
+    size = int(request.headers.get("content-length") or 0)
+    if size > limit:
+        raise ApiError(413, f"the request body is {size} bytes; this server takes at most {limit}", None, "body_too_large")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise ApiError(413, f"the request body is over {limit} bytes", None, "body_too_large")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the request body is not JSON: {e}", None, "invalid_json") from None
 
 
 # ---- responses -----------------------------------------------------------------------------------------------------
