@@ -104,6 +104,19 @@ INTERN_VIT_RENAMES = (
     (r"\.ls1$", ".lambda_1"),
     (r"\.ls2$", ".lambda_2"),
 )
+# LLaMA-VID's EVA-ViT-g as LAVIS saved it (eva_vit_g.pth, eva_vit.py::VisionTransformer) -> transformers'
+# Blip2VisionModel, the same transformer (q_bias / v_bias beside a bias-free qkv, no layer scale, pre-LN blocks).
+EVA_RENAMES = (
+    (r"^cls_token$", "embeddings.class_embedding"),  # [1, 1, C]
+    (r"^pos_embed$", "embeddings.position_embedding"),  # [1, 1 + patches, C]
+    (r"^patch_embed\.proj\.", "embeddings.patch_embedding."),
+    (r"^blocks\.", "encoder.layers."),
+    (r"\.norm1\.", ".layer_norm1."),
+    (r"\.norm2\.", ".layer_norm2."),
+    (r"\.attn\.proj\.", ".self_attn.projection."),
+    (r"\.attn\.", ".self_attn."),  # qkv.weight, q_bias, v_bias
+)
+EVA_HEAD_DIM = 88  # eva_vit.py: num_heads = embed_dim // 88 (16 heads at 1408)
 # ImageNet's statistics, which VILA's InternVisionPreprocessor hard-codes (intern_encoder.py::build_transform)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -144,6 +157,13 @@ VISION_TOWERS = {
             preprocessing={"image_processor_type": "InternVisionPreprocessor", "do_resize": True, "resample": 3,
                            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
                            "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)},
+        ),
+        # EVA-ViT-g (LLaMA-VID): LayerNorm eps 1e-6, exact GELU, a class token; every block's output is used, no
+        # final norm (LLaMA-VID's EVAVisionTowerLavis ignores mm_vision_select_layer). One fused qkv linear.
+        VisionTower(
+            "eva", "Blip2VisionModel", cls_token=True,
+            smooth_pairs=(("layer_norm1", ("self_attn.qkv",)), ("layer_norm2", ("mlp.fc1",))),
+            position_embedding=("embeddings.position_embedding", 1), layer_takes_mask=False, renames=EVA_RENAMES,
         ),
     )
 }
@@ -216,6 +236,8 @@ class Family:
     image_text: str  # text each image or frame puts in the user turn
     image_end_text: str  # text embedded after each image block (NVILA's end token)
     downsample_order: str  # token order of a plain mlp_downsample projector
+    # the vision side reads the question (LLaMA-VID's Q-Former), and a video's frames fill one image place
+    question_conditioned: bool = False
 
 
 FAMILIES = {
@@ -223,7 +245,22 @@ FAMILIES = {
     # NVILA puts no newline after <image> in the turn, embeds one after each image block, and its
     # flat_square permutes to row-major.
     "nvila": Family("nvila", image_text="<image>", image_end_text="\n", downsample_order="row"),
+    # LLaMA-VID (llamavid_arch.py): each frame is [context token, content tokens], conditioned on the question; the
+    # whole video goes in one <image> place (prepare_inputs_labels_for_multimodal).
+    "llama-vid": Family("llama-vid", image_text="<image>\n", image_end_text="", downsample_order="column",
+                        question_conditioned=True),
 }
+
+# ---- LLaMA-VID's Q-Former (llamavid_arch.py::init_bert, qformer.py) ----------------------------------------------
+
+# bert-base-uncased's config.json, which init_bert reads from the hub: what a local copy without one would say.
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "hidden_act": "gelu", "layer_norm_eps": 1e-12, "max_position_embeddings": 512, "vocab_size": 30522,
+             "pad_token_id": 0, "position_embedding_type": "absolute"}
+QFORMER_CROSS_ATTENTION_FREQ = 2  # init_bert: a cross-attention block in layers 0, 2, 4, ...
+QFORMER_MAX_QUESTION = 256  # vlm_attention: the question's BERT ids, truncated on the left
+QFORMER_ADDED_TOKEN = "[DEC]"  # init_bert adds it as bos_token (vocab 30523); BERT's own encoding never emits it
+COMPRESS_TYPES = ("mean", "mean_concat", "grid:N", "null")  # token_generation: content tokens per frame
 
 
 # ---- conversation templates -----------------------------------------------------------------------------
@@ -280,6 +317,9 @@ TEMPLATES = {
         # SeparatorStyle.TWO: sep " " after user turns, sep2 "</s>" after answers
         Template("vicuna_v1", "{system} ", _VICUNA_SYSTEM, "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:",
                  ("</s>",)),
+        # LLaMA-VID's conv_vicuna_imgsp_v1: vicuna_v1's text under another name (its training scripts' --version).
+        Template("imgsp_v1", "{system} ", _VICUNA_SYSTEM, "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:",
+                 ("</s>",)),
         # Llama-3-VILA1.5-8B-Fix and the README since Aug 2024.
         _llama3("llama_3", "<|eot_id|>", "assistant"),
         # The May 2024 template the original Llama-3-VILA1.5-8B was trained with: sep <|end_of_text|>
@@ -295,6 +335,7 @@ TEMPLATES = {
 
 # Checkpoint-name substrings -> conv mode, most specific first (VILA README, TRT-LLM's mapping).
 KNOWN_NAMES = (
+    ("llama-vid", "imgsp_v1"),
     ("nvila", "qwen2"),
     ("8b-fix", "llama_3"),
     ("vila1.5-8b", "llama_3_original"),

@@ -29,6 +29,10 @@ class ModelInfo(Protocol):
     def model_max_length(self) -> int: ...
     @property
     def num_video_frames(self) -> int: ...
+    @property
+    def tokens_per_image(self) -> int: ...  # LLaMA-VID: per frame
+    @property
+    def question_tokenizer_dir(self) -> Path | None: ...  # LLaMA-VID's BERT tokenizer (question.py); else None
 
     def recorded_conv_mode(self) -> tuple[str, str] | None:
         """(conv mode, where it is recorded) when the model names its own template."""
@@ -42,8 +46,16 @@ class Backend(Protocol):
     info: ModelInfo
     tokenizer: object  # a transformers tokenizer or runtime.tokenizer.EngineTokenizer
 
-    def encode_images(self, pixels: np.ndarray):
-        """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order."""
+    def encode_images(self, pixels: np.ndarray, question_ids: np.ndarray | None = None):
+        """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order. A
+        question-conditioned family (LLaMA-VID) also takes the question's Q-Former ids [L] (question.py)."""
+
+    def tower_features(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels [N, 3, S, S] -> the tower's features [N, P, C] float32 (what LLaMA-VID's feature cache keeps)."""
+
+    def frame_tokens(self, features: np.ndarray, question_ids: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: tower features [N, P, C] + the question's ids [L] -> LLM tokens [N, T, H] float32, per frame
+        [context, content...] (the Q-Former, token generation and mm_projector)."""
 
     def splice(self, ids: list[int], image_embeds):
         """Prompt ids with IMAGE_TOKEN_INDEX markers + [N, T, H] image blocks -> the backend's prefill input."""

@@ -13,7 +13,10 @@ from .errors import UsageError
 from .generate import SamplingParams, TextStream, generate
 from .media import layout_preprocess
 from .prompt import tokenize_prompt, user_turn
+from .question import QuestionTokenizer
 from .tiling import ImageTiles, image_tiles
+
+FRAME_BATCH = 64  # frames per Q-Former call (upstream's long-video block_size)
 
 
 @dataclass
@@ -27,6 +30,15 @@ class Answer:
     vision_s: float
     ttft_s: float  # from the question to the first sampled token, vision included
     decode_tok_s: float
+
+
+@dataclass
+class VideoClip:
+    """A video as LLaMA-VID takes it: its sampled frames' tower features [F, P, C] (from the feature cache or just
+    computed), all in one image place of the prompt."""
+
+    features: np.ndarray
+    timestamps: list[float] | None = None
 
 
 @dataclass
@@ -56,6 +68,8 @@ class Captioner:
         self.conv_mode, self.conv_mode_source = resolve_conv_mode(ckpt, conv_mode, self.tokenizer)
         self.template = get_template(self.conv_mode)
         self.layout = ckpt.vision_layout.with_max_tiles(max_tiles)
+        self.conditioned = ckpt.family.question_conditioned
+        self.question_tokenizer = QuestionTokenizer(ckpt.question_tokenizer_dir) if self.conditioned else None
         limit = getattr(ckpt, "max_tiles_limit", None)
         if max_tiles is not None and limit is not None and max_tiles > limit:
             raise UsageError(f"--max-tiles {max_tiles}: {ckpt.root} was built for at most {limit} tiles per image; "
@@ -81,14 +95,34 @@ class Captioner:
     def _preprocess(self, image: Image.Image) -> np.ndarray:
         return layout_preprocess(image, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio, self.layout)
 
-    def encode(self, images: list[Image.Image]) -> Encoded:
-        """The images as the checkpoint's layout has them: tiles through the tower, merged, projected."""
+    def encode(self, images: list, question: str = "") -> Encoded:
+        """The images as the checkpoint's layout has them: tiles through the tower, merged, projected; a
+        question-conditioned family (LLaMA-VID) reads the question, and takes VideoClips."""
+        if self.conditioned:
+            return self._encode_conditioned(images, question)
         tiles = image_tiles(self.layout, images, self._preprocess)
         if not tiles:
             return Encoded(None, [])
         if all(t.kind in ("single", "tiles") for t in tiles):  # tower + projector per tile: any backend
             return Encoded(self.model.encode_images(np.concatenate([t.pixels for t in tiles])), tiles)
         return Encoded(self.model.encode_multiscale(self.layout, tiles), tiles)
+
+    def _encode_conditioned(self, media: list, question: str) -> Encoded:
+        """LLaMA-VID: per image, [context, content...] from the tower features and the question; a VideoClip's
+        frames in one block (prepare_inputs_labels_for_multimodal puts the whole video at one <image>)."""
+        if not media:
+            return Encoded(None, [])
+        ids = self.question_tokenizer(question)
+        blocks = []
+        for item in media:
+            if isinstance(item, VideoClip):
+                features = item.features
+            else:
+                features = self.model.tower_features(self._preprocess(item)[None])
+            tokens = [self.model.frame_tokens(np.asarray(features[i : i + FRAME_BATCH], dtype=np.float32), ids)
+                      for i in range(0, len(features), FRAME_BATCH)]
+            blocks.append(np.concatenate(tokens).reshape(-1, tokens[0].shape[-1]))
+        return Encoded(blocks, [])
 
     def __call__(self, images: list[Image.Image], question: str, params: SamplingParams,
                  on_text: Callable[[str], None] | None = None) -> Answer:
@@ -100,7 +134,7 @@ class Captioner:
         """Answer a conversation (see conversation_ids) whose images are `images`, in turn order; `stop`: more stop
         strings than the template's."""
         t0 = time.perf_counter()
-        encoded = self.encode(images)
+        encoded = self.encode(images, next((text for role, text in reversed(turns) if role == "user"), ""))
         ids = self.conversation_ids(system, turns, images_per_turn, encoded.tiles_per_image)
         image_embeds = encoded.blocks
         vision_s = time.perf_counter() - t0

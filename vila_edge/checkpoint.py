@@ -25,10 +25,12 @@ from .config_checks import (
 from .errors import CheckpointError
 from .formats import CHECKPOINT_PARTS as SUBFOLDERS
 from .formats import PICKLE_SUFFIXES
+from .llamavid_format import LlamaVid, llamavid_fields, vila_llamavid
 from .llava_format import layout_error, llava_fields, renamed_shapes
 from .llm_awq import llm_awq_weights
 from .safetensors_header import read_header
 from .tiling import VisionLayout, layout_from_config
+from .weight_checks import check_weights
 
 
 @dataclass
@@ -46,7 +48,8 @@ class Checkpoint:
     weights: dict[str, list[Path]] = field(repr=False)  # subfolder -> weight files
     # part -> llava_format.RULES naming its tensors, where they are not in a VILA folder under their own names
     renames: dict[str, tuple] = field(default_factory=dict, repr=False)
-    layout: str = "vila"  # or "llava", "llava-hf": read in place (llava_format.py)
+    layout: str = "vila"  # or "llava", "llava-hf" (llava_format.py), "llama-vid" (llamavid_format.py): read in place
+    llamavid: LlamaVid | None = None  # LLaMA-VID's question-conditioned vision side (weights["vlm_att"])
 
     def shapes(self, part: str) -> dict[str, list[int]]:
         """{VILA-layout tensor name: shape} of a part, from its safetensors headers."""
@@ -152,7 +155,15 @@ class Checkpoint:
         return n - 1 if self.select_feature == "patch" else n  # `patch` drops token 0
 
     @property
+    def question_tokenizer_dir(self) -> Path | None:
+        """LLaMA-VID's bert-base-uncased tokenizer folder (question.QuestionTokenizer), None for other families."""
+        return self.llamavid.tokenizer_dir if self.llamavid is not None else None
+
+    @property
     def tokens_per_image(self) -> int:
+        """LLM tokens per image (LLaMA-VID: per frame, its context token and content tokens)."""
+        if self.llamavid is not None:
+            return 1 + self.llamavid.content_tokens((self.image_size // self.vision_config["patch_size"]) ** 2)
         return tokens_after(self.vision_tokens, PROJECTORS[self.projector_type].downsample)
 
     @property
@@ -228,6 +239,8 @@ def tensor_shapes(files: list[Path]) -> dict[str, list[int]]:
 
 
 def detect_family(config: dict, llm_config: dict) -> Family:
+    if config.get("llamavid") is not None:
+        return FAMILIES["llama-vid"]
     nvila = (
         config.get("dynamic_s2")
         or config.get("image_aspect_ratio") in ("dynamic", "dynamic_s2")
@@ -237,18 +250,19 @@ def detect_family(config: dict, llm_config: dict) -> Family:
 
 
 def load_checkpoint(path: str | Path, allow_pickle: bool = False, vision_tower: str | None = None,
-                    hf_processor: bool = False, llm_awq: bool = False) -> Checkpoint:
+                    hf_processor: bool = False, llm_awq: bool = False, qformer_tokenizer: str | None = None) -> Checkpoint:
     """Read and validate a checkpoint folder (the VILA layout; LLaVA-1.5's two, read in place by llava_format with
-    `vision_tower` and `hf_processor`); raises CheckpointError naming the file and the fix. llm_awq: see
-    _weight_files."""
+    `vision_tower` and `hf_processor`; LLaMA-VID's, by llamavid_format with `vision_tower` and `qformer_tokenizer`);
+    raises CheckpointError naming the file and the fix. llm_awq: see _weight_files."""
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: no such checkpoint folder; pass the folder that holds config.json")
     config = _read_top_config(root)
-    fields = llava_fields(root, config, allow_pickle, vision_tower, hf_processor) or \
-        _vila_fields(root, config, allow_pickle, llm_awq)
+    fields = (llamavid_fields(root, config, allow_pickle, vision_tower, qformer_tokenizer)
+              or llava_fields(root, config, allow_pickle, vision_tower, hf_processor)
+              or _vila_fields(root, config, allow_pickle, llm_awq))
     ckpt = Checkpoint(**fields, family=detect_family(fields["config"], fields["llm_config"]))
-    _check_weights(ckpt)  # the sizes in the configs hold from here on
+    check_weights(ckpt)  # the sizes in the configs hold from here on
     check_feature_selection(ckpt)
     check_preprocessor(ckpt)
     return ckpt
@@ -260,7 +274,9 @@ def _vila_fields(root: Path, config: dict, allow_pickle: bool, llm_awq: bool = F
     configs = zip(("llm_config", "vision_config", "projector_config", "preprocessor"), _read_part_configs(*folders.values()))
     check_llm_files(folders["llm_dir"])
     weights = {name: _weight_files(folder, allow_pickle, llm_awq) for name, folder in zip(SUBFOLDERS, folders.values())}
-    return dict(root=root, config=config, **folders, **dict(configs), weights=weights)
+    extra = vila_llamavid(root, config, allow_pickle)  # LLaMA-VID's vlm_att/
+    weights.update(extra.pop("extra_weights", {}))
+    return dict(root=root, config=config, **folders, **dict(configs), weights=weights, **extra)
 
 
 def _read_top_config(root: Path) -> dict:
@@ -290,105 +306,3 @@ def _read_part_configs(llm_dir: Path, vision_dir: Path, projector_dir: Path) -> 
     )
     check_projector_type(projector_dir, projector_config)
     return llm_config, nested, projector_config, preprocessor
-
-
-# ---- the weights against the configs -------------------------------------------------------------------------
-
-
-def _check_weights(ckpt: Checkpoint) -> None:
-    """Every safetensors header read (truncated files are caught here), and the configs' sizes checked against them."""
-    shapes = {name: ckpt.shapes(name) for name in SUBFOLDERS if not ckpt.is_pickle(name)}
-    if "mm_projector" in shapes:  # first: its message names both sides of a mismatch
-        _check_projector_widths(ckpt, shapes["mm_projector"])
-    if "model.embed_tokens.weight" in shapes.get("llm", {}):  # a whole LLM: a partial set of tensors is not compared
-        _check_sizes(ckpt.llm_dir / "config.json", _llm_sizes(ckpt.llm_config, shapes["llm"]))
-    if "vision_tower" in shapes:
-        tower = VISION_TOWERS.get(ckpt.vision_kind, VISION_TOWERS["siglip"])
-        _check_sizes(ckpt.vision_dir / "config.json", _vision_sizes(ckpt.vision_config, shapes["vision_tower"], tower))
-
-
-def _layer_count(shapes: dict, prefix: str) -> int | None:
-    """How many layers the weights hold: distinct N in `{prefix}N.` (None where there are none)."""
-    return len({name[len(prefix) :].split(".", 1)[0] for name in shapes if name.startswith(prefix)}) or None
-
-
-def _rows(shapes: dict, linear: str) -> int | None:
-    """Output features of a linear: rows of its weight [out, in], or of an AWQ GEMM qweight [in, out / 8]."""
-    if f"{linear}.weight" in shapes:
-        return shapes[f"{linear}.weight"][0]
-    if f"{linear}.qweight" in shapes:
-        return shapes[f"{linear}.qweight"][1] * 8
-    return None
-
-
-def _llm_sizes(c: dict, shapes: dict) -> list[tuple[str, int, int | None, str]]:
-    """(what the config says, its value, what the weights hold or None, where) for the sizes of the LLM."""
-    embed = shapes["model.embed_tokens.weight"]
-    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    kv_heads = c.get("num_key_value_heads") or c["num_attention_heads"]
-    attn = "model.layers.0.self_attn"
-    return [
-        ("vocab_size", c["vocab_size"], embed[0], "model.embed_tokens.weight"),
-        ("hidden_size", c["hidden_size"], embed[1], "model.embed_tokens.weight"),
-        ("num_hidden_layers", c["num_hidden_layers"], _layer_count(shapes, "model.layers."), "model.layers.*"),
-        ("intermediate_size", c["intermediate_size"], _rows(shapes, "model.layers.0.mlp.gate_proj"), "gate_proj"),
-        (f"num_attention_heads × head_dim ({c['num_attention_heads']} × {head_dim})", c["num_attention_heads"] * head_dim,
-         _rows(shapes, f"{attn}.q_proj"), "q_proj"),
-        (f"num_key_value_heads × head_dim ({kv_heads} × {head_dim})", kv_heads * head_dim, _rows(shapes, f"{attn}.k_proj"),
-         "k_proj"),
-    ]  # fmt: skip
-
-
-def _vision_sizes(c: dict, shapes: dict, tower) -> list[tuple[str, int, int | None, str]]:
-    """The same for the vision tower (transformers 4 saved its tensors under vision_model.)."""
-    shapes = {k.removeprefix("vision_model."): v for k, v in shapes.items()}
-    patch = shapes.get("embeddings.patch_embedding.weight") or [None, None, None]  # [hidden, 3, p, p]
-    table, axis = tower.position_embedding
-    positions, cls_token = (shapes.get(table) or [None] * (axis + 1))[axis], tower.cls_token
-    grid = c["image_size"] // c["patch_size"]
-    return [
-        ("hidden_size", c["hidden_size"], patch[0], "embeddings.patch_embedding.weight"),
-        ("patch_size", c["patch_size"], patch[2], "embeddings.patch_embedding.weight"),
-        (f"positions for image_size {c['image_size']} / patch_size {c['patch_size']}", grid**2 + cls_token, positions,
-         table),
-        ("num_hidden_layers", c["num_hidden_layers"], _layer_count(shapes, "encoder.layers."), "encoder.layers.*"),
-        ("intermediate_size", c["intermediate_size"], _rows(shapes, "encoder.layers.0.mlp.fc1"), "fc1"),
-    ]  # fmt: skip
-
-
-def _check_sizes(path: Path, sizes: list[tuple[str, int, int | None, str]]) -> None:
-    for what, want, got, tensor in sizes:
-        if got is not None and got != want:
-            raise CheckpointError(
-                f"{path}: {what} is {want}, the weights hold {got} ({tensor}); {RESTORE}, "
-                "or the weights beside it come from another model"
-            )
-
-
-def _check_projector_widths(ckpt: Checkpoint, shapes: dict[str, list[int]]) -> None:
-    spec = PROJECTORS[ckpt.projector_type]
-    where = ckpt.weights["mm_projector"][0]
-    for key in (spec.first_key, spec.last_key):
-        if key not in shapes:
-            raise CheckpointError(
-                f"{where}: tensor {key} missing for projector type {ckpt.projector_type}; "
-                "mm_projector/config.json names the wrong type or the weights are from another projector"
-            )
-    want_in = ckpt.mm_hidden * spec.downsample**2
-    got_in = shapes[spec.first_key][1]
-    if got_in != want_in:
-        factor = f" × {spec.downsample ** 2}" if spec.downsample > 1 else ""
-        source = ckpt.vision_dir / "config.json"
-        if ckpt.s2_scales:
-            source = f"{source} hidden_size × {len(ckpt.s2_scales)} S2 scales in {ckpt.root / 'config.json'}"
-        raise CheckpointError(
-            f"{where}: projector input width {got_in} does not match the vision tower "
-            f"(hidden {ckpt.mm_hidden}{factor} = {want_in}, from {source}); "
-            "vision_tower/ and mm_projector/ come from different models"
-        )
-    got_out = shapes[spec.last_key][0]
-    if got_out != ckpt.llm_hidden:
-        raise CheckpointError(
-            f"{where}: projector output width {got_out} does not match the LLM hidden size {ckpt.llm_hidden} "
-            f"({ckpt.llm_dir / 'config.json'}); llm/ and mm_projector/ come from different models"
-        )

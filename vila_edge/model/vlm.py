@@ -20,7 +20,9 @@ from ..errors import UnsupportedError, UsageError
 from ..part_weights import read_part
 from ..prompt import splice_parts
 from ..tiling import encode_multiscale
+from .eva_vit import load_eva_vit
 from .intern_vit import load_intern_vit
+from .llamavid import LlamaVidAttention
 from .projector import Projector
 from .vision import VisionEncoder
 
@@ -60,7 +62,9 @@ def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | Non
     """(VisionEncoder, Projector) on the CPU, eval mode: the image half of the model."""
     spec = get_tower(ckpt.vision_kind, str(ckpt.vision_dir / "config.json"))
     hf_logging.disable_progress_bar()  # per-tensor bars for a load that takes a second
-    if spec.renames:  # VILA's own tower code (InternViT): its weight names mapped onto transformers' class
+    if spec.kind == "eva":  # LLaMA-VID's LAVIS EVA-ViT-g: its names mapped onto transformers' Blip2VisionModel
+        tower = load_eva_vit(ckpt.weights["vision_tower"][0], ckpt.vision_config, spec, dtype)
+    elif spec.renames:  # VILA's own tower code (InternViT): its weight names mapped onto transformers' class
         tower = load_intern_vit(ckpt.vision_dir, ckpt.weights["vision_tower"], ckpt.vision_config, spec, dtype)
     elif ckpt.renames.get("vision_tower"):  # in shards shared with the other parts (a LLaVA-1.5 folder)
         cls = _TOWER_CLASSES[spec.hf_class]
@@ -72,6 +76,13 @@ def load_vision(ckpt: Checkpoint, dtype: torch.dtype, projector_order: str | Non
         )
     vision = VisionEncoder(tower, ckpt.select_layer, ckpt.select_feature, spec.layers, spec.layer_takes_mask).eval()
     return vision, _load_projector(ckpt, projector_order, dtype)
+
+
+def load_attention(ckpt: Checkpoint, projector: Projector, dtype: torch.dtype) -> LlamaVidAttention:
+    """LLaMA-VID's Q-Former, its projections and mm_projector: the frame tokens from tower features and a question."""
+    state = read_part(ckpt, "vlm_att")
+    shapes = {k: list(v.shape) for k, v in state.items()}
+    return LlamaVidAttention(ckpt.llamavid, shapes, projector).load(state, ckpt.weights["vlm_att"][0]).to(dtype)
 
 
 def load_llm(ckpt: Checkpoint, dtype: torch.dtype):
@@ -102,9 +113,13 @@ class VilaModel:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.vision_fn, self.projector_fn = vision, projector
+        self.attention = None  # LLaMA-VID: frame tokens from tower features and the question
         if vision is None:
             tower, projector = load_vision(ckpt, self.dtype, projector_order)
             self.vision, self.projector = tower.to(self.device), projector.to(self.device)
+        if ckpt.llamavid is not None and self.projector_fn is None:
+            projector = self.projector if vision is None else _load_projector(ckpt, projector_order, self.dtype)
+            self.attention = load_attention(ckpt, projector, self.dtype).to(self.device)
         self.tokenizer = load_tokenizer(ckpt)
         if is_awq(ckpt.llm_config):  # the reference runs int4 checkpoints on their dequantised weights
             self.llm = load_awq_llm(ckpt.llm_dir, self.dtype, ckpt.weights["llm"]).to(self.device)
@@ -124,8 +139,11 @@ class VilaModel:
         return self.llm.config.vocab_size
 
     @torch.inference_mode()
-    def encode_images(self, pixels: np.ndarray) -> torch.Tensor:
-        """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order."""
+    def encode_images(self, pixels: np.ndarray, question_ids: np.ndarray | None = None) -> torch.Tensor:
+        """pixels [N, 3, S, S] float32 -> image embeddings [N, T, H] in the projector's token order; a
+        question-conditioned family (LLaMA-VID) reads the question's Q-Former ids too."""
+        if self.ckpt.family.question_conditioned:
+            return torch.from_numpy(self.frame_tokens(self.tower_features(pixels), question_ids)).to(self.device, self.dtype)
         if self.vision_fn is not None:
             return torch.from_numpy(self.vision_fn(pixels)).to(self.device, self.dtype)
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
@@ -134,8 +152,19 @@ class VilaModel:
     @torch.inference_mode()
     def tower_features(self, pixels: np.ndarray) -> np.ndarray:
         """pixels [n, 3, t, t] -> the selected tower features [n, P, C], float32."""
+        if self.vision_fn is not None:
+            return self.vision_fn(pixels)
         x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         return self.vision(x).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def frame_tokens(self, features: np.ndarray, question_ids: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: tower features [n, P, C] and the question's Q-Former ids [L] -> LLM tokens [n, T, H], float32."""
+        if self.projector_fn is not None:
+            return self.projector_fn(features, question_ids)
+        x = torch.from_numpy(np.ascontiguousarray(features)).to(self.device, self.dtype)
+        ids = torch.from_numpy(np.asarray(question_ids, dtype=np.int64)).to(self.device)[None]
+        return self.attention(x, ids).float().cpu().numpy()
 
     @torch.inference_mode()
     def project(self, features: np.ndarray) -> np.ndarray:
@@ -163,7 +192,8 @@ class VilaModel:
     @torch.inference_mode()
     def splice(self, ids: list[int], image_embeds: torch.Tensor | None) -> torch.Tensor:
         """Prompt ids with IMAGE_TOKEN_INDEX markers + [N, T, H] image blocks -> inputs_embeds [L, H]."""
-        return torch.cat(splice_parts(ids, image_embeds, self.embed, self.image_end_ids))
+        parts = splice_parts(ids, image_embeds, self.embed, self.image_end_ids)
+        return torch.cat([torch.as_tensor(p).to(self.device, self.dtype) for p in parts])
 
     # ---- the LLM backend interface shared with the C++ and TensorRT backends ----
 
