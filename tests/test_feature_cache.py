@@ -135,14 +135,18 @@ def test_ctrl_c_after_two_chunks_leaves_a_resumable_entry(clip, cache, monkeypat
     np.testing.assert_array_equal(resumed, uninterrupted)
 
 
-@pytest.mark.parametrize("interrupted, recorded", [(6, ["0", "1"]), (5, ["0"])])
-def test_ctrl_c_while_writing_leaves_no_partial_file(clip, cache, monkeypatch, interrupted, recorded):
+C0, C1 = "chunk_00000.npy", "chunk_00001.npy"
+
+
+@pytest.mark.parametrize("interrupted, files, recorded", [(7, [C0, C1], ["0", "1"]), (6, [C0, C1], ["0"]), (3, [], [])])
+def test_ctrl_c_while_writing_leaves_no_partial_file(clip, cache, monkeypatch, interrupted, files, recorded):
     plan = sample_plan(clip, fps=30)
     real_fsync, calls = os.fsync, []
 
     def interrupted_fsync(fd):  # after a file's bytes, before its rename
         calls.append(fd)
-        if len(calls) == interrupted:  # digests.json, chunk 0, manifest, chunk 1, manifest (5), chunk 2 (6)
+        # digests.json, the new entry's manifest, chunk 0 (3), manifest, chunk 1, manifest (6), chunk 2 (7)
+        if len(calls) == interrupted:
             raise KeyboardInterrupt
         real_fsync(fd)
 
@@ -150,7 +154,7 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(clip, cache, monkeypatch, i
     with pytest.raises(KeyboardInterrupt):
         cache.features(plan, KEY, Encoder(), preprocess, progress=False)
     folder = cache.entry_folder(plan, KEY)
-    assert sorted(p.name for p in folder.iterdir()) == ["chunk_00000.npy", "chunk_00001.npy", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [*files, "manifest.json"]  # no temporary file left
     assert sorted(json.loads((folder / "manifest.json").read_text())["chunks"]) == recorded
     monkeypatch.setattr(fc.os, "fsync", real_fsync)
     encoder = Encoder()

@@ -146,9 +146,15 @@ def test_errors_are_one_line_naming_the_file(clips, tmp_path):
     with pytest.raises(MediaError) as e:
         sample_plan(clips["avi30"], start=5.0)  # the video is 3 s long
     one_line(e, "v30.avi", "no frame in", "3.000 s")
+    for bad in (0, 2.5):
+        with pytest.raises(UsageError) as e:
+            sample_plan(clips["avi30"], max_frames=bad)
+        one_line(e, "v30.avi", "max_frames")
     with pytest.raises(UsageError) as e:
-        sample_plan(clips["avi30"], max_frames=0)
-    one_line(e, "v30.avi", "max_frames")
+        sample_plan(clips["avi30"], start=float("nan"))
+    one_line(e, "v30.avi", "start nan")
+    with pytest.raises(ValueError, match="must increase"):
+        video.VideoPlan(clips["avi30"], 30.0, 90, (30, 0), (1.0, 0.0), 3.0)
 
 
 def test_a_container_that_overstates_its_frame_count_is_counted_for_real(clips, tmp_path):

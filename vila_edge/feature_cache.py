@@ -211,8 +211,9 @@ class _Entry:
         if shape is not None and list(array.shape[1:]) != shape:
             raise UsageError(f"{self.folder}: encode gives features {list(array.shape[1:])}, this entry holds {shape}; "
                              "the cache key must name everything that changes the features (weights, image size)")
-        if not self.folder.exists():
+        if not self.folder.exists():  # a new entry: its manifest first, so that no folder is ever without one
             self.folder.mkdir(parents=True)
+            _write_json(self.manifest_path, self.manifest)
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         data = buffer.getvalue()

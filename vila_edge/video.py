@@ -27,6 +27,10 @@ class VideoPlan:
     timestamps_s: tuple[float, ...]  # index / avg_fps
     duration_s: float  # total_frames / avg_fps
 
+    def __post_init__(self):
+        if any(b <= a for a, b in zip(self.indices, self.indices[1:])) or (self.indices and self.indices[0] < 0):
+            raise ValueError(f"{self.path}: plan indices must increase from 0 or later, got {self.indices[:8]}...")
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -64,8 +68,11 @@ def _first_at(t_s: float, avg_fps: float) -> int:
 def _check_options(path: Path, fps: float, max_frames: int | None, start: float | None, end: float | None) -> None:
     if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
         raise UsageError(f"{path}: sampling fps {fps} must be a number > 0, e.g. 1 for one frame a second")
-    if max_frames is not None and max_frames < 1:
-        raise UsageError(f"{path}: max_frames {max_frames} must be 1 or more (or None for no limit)")
+    if max_frames is not None and not (isinstance(max_frames, int) and max_frames >= 1):
+        raise UsageError(f"{path}: max_frames {max_frames} must be a whole number, 1 or more (or None for no limit)")
+    for name, t in (("start", start), ("end", end)):
+        if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t)):
+            raise UsageError(f"{path}: {name} {t} must be a time in seconds (or None for the video's {name})")
     if start is not None and end is not None and start >= end:
         raise UsageError(f"{path}: start {start} s is not before end {end} s; give start < end")
 
