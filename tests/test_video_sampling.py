@@ -93,10 +93,18 @@ def test_the_decoded_frames_are_the_planned_ones(clips, clip):
 
 
 class CountingCapture:
-    """The real OpenCV capture, counting its grab() and retrieve() calls."""
+    """The real OpenCV capture, counting its grab(), retrieve() and set() calls; `seek_error` frames added to a seek
+    make it land elsewhere, as an inexact seek in some containers does."""
 
-    def __init__(self, cap, counts):
-        self.cap, self.counts = cap, counts
+    def __init__(self, cap, counts, seek_error=0):
+        self.cap, self.counts, self.seek_error = cap, counts, seek_error
+
+    def set(self, prop, value):
+        self.counts["set"] = self.counts.get("set", 0) + 1
+        return self.cap.set(prop, value + self.seek_error)
+
+    def get(self, prop):
+        return self.cap.get(prop)
 
     def grab(self):
         self.counts["grab"] += 1
@@ -120,6 +128,28 @@ def test_skipped_positions_are_never_retrieved(clips, monkeypatch):
     assert [frame_number(image) for _, image in frames] == list(plan.indices[20:])
     assert counts == {"grab": plan.indices[-1] + 1, "retrieve": 10}  # read up to the last wanted frame, no further
     assert list(iter_frames(plan, skip=set(range(30)))) == []
+
+
+@pytest.mark.parametrize("clip", ["avi30", "mp430"])
+def test_a_long_gap_is_sought_over_and_lands_on_the_right_frame(clips, monkeypatch, clip):
+    plan = sample_plan(clips[clip], fps=30)
+    counts = {"grab": 0, "retrieve": 0}
+    real = video.open_video
+    monkeypatch.setattr(video, "open_video", lambda path: CountingCapture(real(path), counts))
+    frames = list(iter_frames(plan, skip=set(range(60)), seek_after_s=0.5))
+    assert [frame_number(image) for _, image in frames] == list(range(60, 90))
+    assert counts == {"grab": 30, "retrieve": 30, "set": 1}  # frames 0-59 were never read
+
+
+@pytest.mark.parametrize("seek_error", [-3, 2])
+def test_an_inexact_seek_is_caught_and_the_video_read_through(clips, monkeypatch, seek_error):
+    plan = sample_plan(clips["mp430"], fps=10)
+    counts = {"grab": 0, "retrieve": 0}
+    real = video.open_video
+    monkeypatch.setattr(video, "open_video", lambda path: CountingCapture(real(path), counts, seek_error))
+    frames = list(iter_frames(plan, skip=set(range(20)), seek_after_s=1.0))
+    assert [frame_number(image) for _, image in frames] == list(plan.indices[20:])
+    assert counts["set"] == 1 and counts["retrieve"] == 10  # one seek tried, then frame by frame from frame 0
 
 
 def one_line(excinfo, *words):

@@ -99,23 +99,47 @@ def sample_plan(path: str | Path, fps: float = 1.0, max_frames: int | None = Non
     return VideoPlan(path, avg_fps, total, tuple(indices), tuple(i / avg_fps for i in indices), total / avg_fps)
 
 
-def iter_frames(plan: VideoPlan, skip: set[int] | frozenset[int] = frozenset()) -> Iterator[tuple[int, Image.Image]]:
-    """(position in plan.indices, RGB image) for each planned frame not in `skip`, in order, read sequentially:
-    frames not wanted (skipped ones included) are only grabbed, never converted, and one frame is held at a time."""
+SEEK_AFTER_S = 30.0  # seek rather than grab through a gap longer than this: longer than most videos' keyframe gaps
+
+
+def _seek(cap, index: int, avg_fps: float) -> bool:
+    """Moves `cap` onto frame `index` (grabbed, ready to retrieve) by seeking; False where the frame it lands on is
+    not the one asked for by its timestamp (an inexact seek), and then `cap` is of no further use."""
+    import cv2
+
+    if not (cap.set(cv2.CAP_PROP_POS_FRAMES, index) and cap.grab()):
+        return False
+    return abs(cap.get(cv2.CAP_PROP_POS_MSEC) / 1000 * avg_fps - index) < 0.5
+
+
+def iter_frames(plan: VideoPlan, skip: set[int] | frozenset[int] = frozenset(),
+                seek_after_s: float | None = SEEK_AFTER_S) -> Iterator[tuple[int, Image.Image]]:
+    """(position in plan.indices, RGB image) for each planned frame not in `skip`, in order, one frame held at a time:
+    frames not wanted (skipped ones included) are only grabbed, never converted; a gap of more than `seek_after_s`
+    seconds is sought over (CAP_PROP_POS_FRAMES, checked by the frame's timestamp, else read through from frame 0)."""
     wanted = [(pos, index) for pos, index in enumerate(plan.indices) if pos not in skip]
     if not wanted:
         return
-    cap, at = open_video(plan.path), 0  # at: the index of the frame the next grab() reads
+    gap = seek_after_s * plan.avg_fps if seek_after_s is not None else None
+    caps = [open_video(plan.path)]  # the one in use is last; `at`: the index of the frame its next grab() reads
+    at = 0
     try:
         for pos, index in wanted:
+            if gap is not None and index - at > gap:
+                if _seek(caps[-1], index, plan.avg_fps):
+                    at = index + 1
+                else:  # never a wrong frame: start again from frame 0, and read through from now on
+                    caps.append(open_video(plan.path))
+                    at, gap = 0, None
             while at <= index:
-                if not cap.grab():
+                if not caps[-1].grab():
                     raise MediaError(f"{plan.path}: the video ends at frame {at}, before planned frame {index}; "
                                      "the file changed since it was planned or is damaged: plan it again")
                 at += 1
-            ok, frame = cap.retrieve()
+            ok, frame = caps[-1].retrieve()
             if not ok:
                 raise MediaError(f"{plan.path}: frame {index} does not decode; check the file or re-encode it")
             yield pos, bgr_to_image(frame)
     finally:
-        cap.release()
+        for cap in caps:
+            cap.release()
