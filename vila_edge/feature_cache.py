@@ -111,7 +111,10 @@ def video_digest(path: str | Path, root: str | Path | None = None) -> str:
     if (isinstance(known, dict) and known.get("size") == before.st_size and known.get("mtime_ns") == before.st_mtime_ns
             and _is_sha256(known.get("sha256"))):
         return known["sha256"]
-    digest = _hash_file(path)
+    try:
+        digest = _hash_file(path)
+    except OSError as e:
+        raise MediaError(f"{path}: cannot read this video ({e.strerror or e}); check its permissions") from None
     after = path.stat()
     if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):  # not written to while hashed
         index[name] = {"size": after.st_size, "mtime_ns": after.st_mtime_ns, "sha256": digest}
@@ -148,7 +151,9 @@ class _Entry:
 
     def __init__(self, folder: Path, header: dict, n_frames: int, chunk_frames: int):
         self.folder, self.manifest_path, self.header, self.n_frames = folder, folder / MANIFEST_FILE, header, n_frames
-        self.manifest = self._load() or {**header, "chunk_frames": chunk_frames, "frame_shape": None, "chunks": {}}
+        loaded = self._load()
+        self.fresh = loaded is None  # the manifest is still to be written (before the first chunk)
+        self.manifest = loaded or {**header, "chunk_frames": chunk_frames, "frame_shape": None, "chunks": {}}
 
     def _problem(self, manifest) -> str | None:
         if not isinstance(manifest, dict) or manifest.get("format") != FEATURE_CACHE_FORMAT:
@@ -211,9 +216,10 @@ class _Entry:
         if shape is not None and list(array.shape[1:]) != shape:
             raise UsageError(f"{self.folder}: encode gives features {list(array.shape[1:])}, this entry holds {shape}; "
                              "the cache key must name everything that changes the features (weights, image size)")
-        if not self.folder.exists():  # a new entry: its manifest first, so that no folder is ever without one
-            self.folder.mkdir(parents=True)
+        if self.fresh:  # a new entry: its manifest first, so that no folder is ever without one
+            self.folder.mkdir(parents=True, exist_ok=True)
             _write_json(self.manifest_path, self.manifest)
+            self.fresh = False
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)
         data = buffer.getvalue()
@@ -293,8 +299,7 @@ class FeatureCache:
 
     def entry_folder(self, plan: VideoPlan, key: dict, dtype=np.float16) -> Path:
         """Where the features of this plan under this key live: ROOT/sha256(canonical JSON of the header)."""
-        header = _header(video_digest(plan.path, self.root), plan, key, np.dtype(dtype))
-        return self.root / hashlib.sha256(canonical_json(header).encode()).hexdigest()
+        return self.root / _entry_name(_header(video_digest(plan.path, self.root), plan, key, np.dtype(dtype)))
 
     def features(self, plan: VideoPlan, key: dict, encode: Encode, preprocess: Preprocess, batch: int = 8,
                  progress: bool = True, dtype=np.float16) -> np.ndarray:
@@ -304,8 +309,7 @@ class FeatureCache:
         dtype = np.dtype(dtype)
         try:
             header = _header(video_digest(plan.path, self.root), plan, key, dtype)
-            name = hashlib.sha256(canonical_json(header).encode()).hexdigest()
-            entry = _Entry(self.root / name, header, len(plan), self.chunk_frames)
+            entry = _Entry(self.root / _entry_name(header), header, len(plan), self.chunk_frames)
             result = _Frames(len(plan), dtype)
             for chunk, array in entry.valid_chunks(dtype):
                 result.put(chunk * entry.chunk_frames, array)
@@ -324,8 +328,13 @@ class FeatureCache:
 
 
 def _header(digest: str, plan: VideoPlan, key: dict, dtype: np.dtype) -> dict:
+    """What the features depend on, written in the manifest and hashed into the entry's name."""
     return {"format": FEATURE_CACHE_FORMAT, "video_sha256": digest, "indices": list(plan.indices), "key": key,
             "dtype": dtype.name}
+
+
+def _entry_name(header: dict) -> str:
+    return hashlib.sha256(canonical_json(header).encode()).hexdigest()
 
 
 class NullCache:
