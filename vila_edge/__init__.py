@@ -12,8 +12,8 @@ and trt paths never import each other.
                   (LLaVA-1.5 folders read in place), part_weights, int4 (group quantizer, AutoAWQ GEMM layout), awq_checkpoint,
                   llm_awq (llm-awq's real-quant dumps of the VILA1.5-*-AWQ repos, repacked), llamavid_format (LLaMA-VID
                   folders read in place), weight_checks
-    front, model  conversation, prompt, question, media, scenes, corpus, generate, backend, caption; model/ (torch
-                  reference)
+    front, model  conversation, prompt, question, media, video (frames at a rate, streamed), feature_cache (per-frame
+                  features on disk), scenes, corpus, generate, backend, caption; model/ (torch reference)
     quant         quant/: AWQ search, calibration data, SmoothQuant, int8 Q/DQ, perplexity
     export, run   export/ (vila_edge.export: writers of engines and ONNX), runtime/ (cpu and trt backends)
     live, measure capture, record, bench, bandwidth, bench_table
@@ -33,8 +33,8 @@ LAYERS = (
     ("facts", ("arch", "targets", "device", "plan", "tiling")),
     ("load", ("checkpoint", "config_checks", "hf_format", "llava_format", "llamavid_format", "weight_checks",
               "part_weights", "int4", "awq_checkpoint", "llm_awq")),
-    ("front, model", ("conversation", "prompt", "question", "media", "scenes", "corpus", "generate", "backend", "caption",
-                      "model")),
+    ("front, model", ("conversation", "prompt", "question", "media", "video", "feature_cache", "scenes", "corpus",
+                      "generate", "backend", "caption", "model")),
     ("quant", ("quant",)),
     ("export, run", ("export", "runtime")),
     ("live, measure", ("capture", "record", "bench", "bandwidth", "bench_table")),

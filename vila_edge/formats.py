@@ -54,6 +54,10 @@ PROJECTOR_PLAN_FILE = "vision/projector.plan"  # multi-scale towers' projector, 
 TRTLLM_CACHE_FILE = "model.cache"  # trtllm-build's timing cache: in the engine's llm/ and the device cache folder
 VISION_DEVICE_CACHE_FILE = "vision.cache"  # the vision plan's timing cache, in the device cache folder
 
+# ---- caches (feature_cache.py): per-frame vision features of videos, content-addressed --------------------
+FEATURE_CACHE_FORMAT = "vila_edge.feature_cache/1"  # an entry's manifest.json: chunks with their sha256 and shape
+FEATURE_DIGESTS_FILE = "digests.json"  # in the cache root: video sha256 by (resolved path, size, mtime_ns)
+
 # ---- results ---------------------------------------------------------------------------------------------
 BENCH_FORMAT, BENCH_FORMAT_VERSION = "vila-edge-bench", 1
 
