@@ -94,7 +94,7 @@ def test_the_published_layout_loads_with_the_cls_counted(vila40b, cli):
 @pytest.mark.parametrize("size", [(130, 90), (S, S), (60, 200)])
 def test_pixels_are_vilas_hard_coded_transform_bit_for_bit(vila40b, model, size):
     im = image(*size, seed=size[0])
-    got = Captioner(model.ckpt, model, "hermes-2")._preprocess(im)
+    got = Captioner(model.ckpt, model, "hermes-2").preprocess(im)
     np.testing.assert_array_equal(got, ui.process_image(im, S).numpy())
 
 
@@ -139,7 +139,7 @@ def test_the_comparison_catches_swapped_layer_scales(vila40b):
 
 def test_image_embeddings_match_the_oracle(vila40b, model):
     ims = [image(130, 90, 1), image(70, 160, 2)]
-    pixels = np.stack([Captioner(model.ckpt, model, "hermes-2")._preprocess(im) for im in ims])
+    pixels = np.stack([Captioner(model.ckpt, model, "hermes-2").preprocess(im) for im in ims])
     got = model.encode_images(pixels)
     want = oracle_embeds(vila40b, torch.stack([ui.process_image(im, S) for im in ims]))
     assert got.shape == want.shape == (2, 16, 64)

@@ -114,7 +114,7 @@ def test_pixels_embeddings_and_greedy_tokens_match_llava(folders, name):
     captioner = Captioner(ckpt, model)
     ref = reference(folders, name)
     image = scene()
-    pixels = captioner._preprocess(image)[None]
+    pixels = captioner.preprocess(image)[None]
     np.testing.assert_allclose(pixels, ref.pixels([image]).numpy(), rtol=0, atol=1e-6)
     got = model.encode_images(pixels).numpy()
     want = ref.encode_images(torch.from_numpy(pixels)).numpy()
@@ -139,7 +139,7 @@ def test_hf_processor_takes_the_hub_processor_and_template(folders, name):
     assert ckpt.image_aspect_ratio is None and ckpt.recorded_conv_mode() == ("llava_hf", "config.json conv_mode")
     captioner = Captioner(ckpt, VilaModel(ckpt, dtype="float32"))
     ref, image = reference(folders, name, hub_processor=True), scene(seed=1)
-    pixels = captioner._preprocess(image)[None]
+    pixels = captioner.preprocess(image)[None]
     np.testing.assert_allclose(pixels, ref.pixels([image]).numpy(), rtol=0, atol=1e-6)  # centre crop, no pad
     if name == "hf4":
         answer = captioner([image], QUESTION, SamplingParams(max_new_tokens=8, temperature=0))
@@ -198,7 +198,7 @@ def _write(root, config, files=()):
 
 
 @pytest.mark.parametrize("config,files,resembles", [
-    ({"architectures": ["LlavaLlamaAttForCausalLM"], "model_type": "llava", "mm_vision_tower": "./eva_vit_g.pth"}, (),
+    ({"architectures": ["LlavaMistralForCausalLM"], "model_type": "llava_mistral", "mm_vision_tower": "openai/clip"}, (),
      "resembles the LLaVA-1.5 original layout (a flat config with mm_vision_tower"),
     ({"architectures": ["LlavaNextForConditionalGeneration"], "model_type": "llava_next", "text_config": {},
       "vision_config": {}}, (), "resembles llava-hf (text_config / vision_config)"),
@@ -230,7 +230,7 @@ def test_convert_writes_the_vila_layout_in_safetensors(folders, name, tmp_path, 
     assert all(f.suffix == ".safetensors" for part in SUBFOLDERS for f in converted.weights[part])
     source = load_checkpoint(folders[name], **options(folders, name))
     a, b = VilaModel(source, dtype="float32"), VilaModel(converted, dtype="float32")
-    pixels = Captioner(converted, b)._preprocess(scene())[None]
+    pixels = Captioner(converted, b).preprocess(scene())[None]
     assert torch.equal(a.encode_images(pixels), b.encode_images(pixels))
     state_a, state_b = a.llm.state_dict(), b.llm.state_dict()
     assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)

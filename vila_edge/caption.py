@@ -92,7 +92,8 @@ class Captioner:
         prompt = render_conversation(self.template, system, placed, self.tokenizer)
         return tokenize_prompt(self.tokenizer, prompt)
 
-    def _preprocess(self, image: Image.Image) -> np.ndarray:
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One image as the tower takes it (the checkpoint's processor and aspect ratio), [3, S, S] float32."""
         return layout_preprocess(image, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio, self.layout)
 
     def encode(self, images: list, question: str = "") -> Encoded:
@@ -100,7 +101,7 @@ class Captioner:
         question-conditioned family (LLaMA-VID) reads the question, and takes VideoClips."""
         if self.conditioned:
             return self._encode_conditioned(images, question)
-        tiles = image_tiles(self.layout, images, self._preprocess)
+        tiles = image_tiles(self.layout, images, self.preprocess)
         if not tiles:
             return Encoded(None, [])
         if all(t.kind in ("single", "tiles") for t in tiles):  # tower + projector per tile: any backend
@@ -118,7 +119,7 @@ class Captioner:
             if isinstance(item, VideoClip):
                 features = item.features
             else:
-                features = self.model.tower_features(self._preprocess(item)[None])
+                features = self.model.tower_features(self.preprocess(item)[None])
             tokens = [self.model.frame_tokens(np.asarray(features[i : i + FRAME_BATCH], dtype=np.float32), ids)
                       for i in range(0, len(features), FRAME_BATCH)]
             blocks.append(np.concatenate(tokens).reshape(-1, tokens[0].shape[-1]))

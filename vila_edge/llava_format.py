@@ -76,6 +76,7 @@ LAYOUTS = (
     "VILA (config.json with llm_cfg / vision_tower_cfg / mm_projector_cfg beside llm/, vision_tower/, mm_projector/)",
     "LLaVA-1.5 original (a flat LlavaLlamaForCausalLM config.json with mm_vision_tower, weights at the root)",
     "llava-hf (LlavaForConditionalGeneration: text_config / vision_config, model_type llava)",
+    "LLaMA-VID (a flat LlavaLlamaAttForCausalLM config.json with bert_type and mm_vision_tower eva_vit_g.pth)",
     "HF-format NVILA (text_config / vision_config, model_type nvila / vila: `vila-edge convert` it first)",
     "TinyChat / llm-awq -AWQ (the VILA layout with llm/*.pt)",
 )
@@ -134,8 +135,8 @@ def layout_error(root: Path, config: dict, missing: str | None = None) -> Except
                 "copy the whole checkpoint folder")
     elif isinstance(_tower_name(config), str):
         near = (f"the LLaVA-1.5 original layout (a flat config with mm_vision_tower {shown(_tower_name(config))}), "
-                f"but architectures {archs} is not LlavaLlamaForCausalLM: a LLaVA descendant (LLaMA-VID, LLaVA-NeXT, "
-                "...) that vila-edge does not run")
+                f"but architectures {archs} is not LlavaLlamaForCausalLM (nor LLaMA-VID's LlavaLlamaAttForCausalLM): a "
+                "LLaVA descendant (LLaVA-NeXT, ...) that vila-edge does not run")
     elif isinstance(config.get("text_config"), dict) or isinstance(config.get("vision_config"), dict):
         near = (f"llava-hf (text_config / vision_config), but model_type {shown(model_type)} / architectures {archs} "
                 "is not LlavaForConditionalGeneration (llava); only LLaVA-1.5's conversion is read")

@@ -15,6 +15,7 @@ RECIPES = next((p for p in (Path(__file__).resolve().parents[1] / "recipes", Pat
                 if p.is_dir()), Path(__file__).resolve().parents[1] / "recipes")
 GB = 1e9
 VISION_BYTES = {"int8": 1, "fp16": 2, "none": 0}  # per vision parameter, by the vision plan's precision
+FRAME_BATCH = 8  # LLaMA-VID: video frames stream through the tower this many at a time, whatever their number
 PLAN_PRECISION = {"w8a8": "int8", "fp16": "fp16", "none": "none"}  # build-engine --vision -> the vision plan's precision
 
 
@@ -63,6 +64,16 @@ def vision_params(vision: dict) -> int:
     h, i = vision["hidden"], vision["intermediate"]
     patches = (vision["image_size"] // vision["patch"]) ** 2
     return vision["layers"] * (4 * h * h + 2 * h * i) + 3 * vision["patch"] ** 2 * h + patches * h
+
+
+def qformer_params(q: dict | None) -> int:
+    """LLaMA-VID's attention modules: the BERT Q-Former (query and text feed-forwards, cross-attention every other
+    layer) and the context projections; 0 for other recipes."""
+    if not q:
+        return 0
+    h, i, c = q["hidden"], q["intermediate"], q["cross_width"]
+    layers = q["layers"] * (4 * h * h + 2 * 2 * h * i) + (q["layers"] + 1) // 2 * (2 * h * h + 2 * c * h)
+    return layers + q["vocab"] * h + h * c + c * c + c * q["llm_hidden"]
 
 
 def recipe_layout(vision: dict, max_tiles: int | None = None) -> VisionLayout:
@@ -136,6 +147,8 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
     tables = (1 if llm.get("tied") else 2) * llm["vocab"] * llm["hidden"] * 2
     tokens = input_len * batch  # activations are sized for a full prefill of max_num_tokens
     tiles = passes * images * batch if vision_precision != "none" else 0
+    if recipe.get("qformer"):  # `images` counts a video's frames, which the tower takes FRAME_BATCH at a time
+        tiles = min(tiles, FRAME_BATCH)
     patches = (vision["image_size"] // vision["patch"]) ** 2
     parts = {
         "llm weights (int4)": llm_linear_params(llm) * bits / 8 / GB,
@@ -146,6 +159,8 @@ def memory_plan(recipe: dict, target: Target, group_size: int = 128, images: int
                         + tiles * patches * vision["intermediate"] * 2 * 2) / GB,
         "runtime (CUDA, TensorRT)": target.runtime_gb,
     }
+    if recipe.get("qformer"):
+        parts["q-former + projections (fp16)"] = qformer_params(recipe["qformer"]) * 2 / GB
     return Plan(recipe["name"], target, batch, input_len, seq, batch * images * image_tokens, images,
                 {k: round(v, 3) for k, v in parts.items()}, tower_batch=max(1, images) * batch * passes,
                 max_tiles=layout.max_tiles if layout.mode.startswith("dynamic") else None,

@@ -6,6 +6,7 @@ import sys
 from ..capture import CaptureOptions
 from ..commands.backends import BACKENDS, BackendOptions
 from ..commands.caption import caption_media, caption_source, print_record, stderr_log
+from ..commands.long_video import VideoOptions
 from ..generate import SamplingParams
 from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_format, add_llava_options, from_args
 
@@ -13,6 +14,7 @@ SAMPLING = ("max_new_tokens", "temperature", "top_p", "seed")
 CAPTURE = ("every", "fps", "window", "max_captions", "realtime", "reconnect_timeout", "record", "alert")
 CPU_ENGINE = ("threads", "kernels", "max_seq", "activations")
 TORCH = ("dtype", "projector_order")
+LONG_VIDEO = ("max_frames", "start", "end", "feature_cache", "no_feature_cache")
 
 
 def add_parser(sub) -> None:
@@ -29,6 +31,8 @@ def add_parser(sub) -> None:
     add_conv_mode(q)
     add_fields(q, SamplingParams, *SAMPLING)
     q.add_argument("--num-frames", type=int, help="frames sampled from --video (default: the config's)")
+    add_fields(q, VideoOptions, *LONG_VIDEO, max_frames={"metavar": "N"}, start={"metavar": "S"}, end={"metavar": "S"},
+               feature_cache={"metavar": "DIR"})
     add_fields(q, BackendOptions, "backend", *CPU_ENGINE, "max_tiles", backend={"choices": BACKENDS},
                activations={"choices": ("int8", "fp32")})
     add_device(q)
@@ -43,7 +47,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     params = from_args(SamplingParams, args, *SAMPLING)
     backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "max_tiles", "device", *TORCH, "allow_pickle",
-                        "vision_tower", "hf_processor")
+                        "vision_tower", "hf_processor", "qformer_tokenizer")
     capture = from_args(CaptureOptions, args, *CAPTURE)
     if args.source is not None:
         for record in caption_source(args.model, args.source, args.prompt, params, backend, args.conv_mode, capture,
@@ -52,7 +56,8 @@ def run(args) -> int:
         return 0
     text = args.format == "text"
     record, stats = caption_media(args.model, args.image, args.video, args.num_frames, args.prompt, params, backend,
-                                  args.conv_mode, capture, on_text=Streamer() if text else None)
+                                  args.conv_mode, capture, on_text=Streamer() if text else None,
+                                  video_opts=from_args(VideoOptions, args, *LONG_VIDEO))
     if text:
         print()
         print(stats, file=sys.stderr)

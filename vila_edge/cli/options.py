@@ -9,6 +9,14 @@ from pathlib import Path
 
 HELP = {
     "allow_pickle": "accept pickle (.bin/.pt) weights; they can run code",
+    "qformer_tokenizer": "LLaMA-VID: a local copy of bert-base-uncased (vocab.txt) for the Q-Former's question "
+                         "(default: the Hugging Face cache; never the network)",
+    "max_frames": "LLaMA-VID --video: at most this many frames, spread over the video (or --start/--end)",
+    "start": "LLaMA-VID --video: from this second",
+    "end": "LLaMA-VID --video: up to this second",
+    "feature_cache": "LLaMA-VID --video: where per-frame tower features are cached by content "
+                     "(default: $VILA_EDGE_CACHE/features, else ~/.cache/vila-edge/features)",
+    "no_feature_cache": "LLaMA-VID --video: run the tower on every frame, keep nothing on disk",
     "vision_tower": "LLaVA-1.5: a local copy of the CLIP tower its config.json names by hub id "
     "(openai/clip-vit-large-patch14-336) where neither that path nor the Hugging Face cache has it",
     "hf_processor": "LLaVA-1.5: llava-hf's hub image processor (no pad, centre crop) and chat template (no system "
@@ -34,7 +42,8 @@ HELP = {
     "tile (fastest)",
     # live sources
     "every": "--source: caption every Nth frame",
-    "fps": "--source: caption at most F frames per second of the source (instead of --every)",
+    "fps": "--source: caption at most F frames per second of the source (instead of --every); LLaMA-VID --video: "
+           "the frames sampled per second (default 1, every round(video fps / F)-th frame)",
     "window": "--source: the K most recent sampled frames in each prompt",
     "max_captions": "--source: stop after this many captions",
     "realtime": "--source FILE: play the file at its frame rate, dropping frames that arrive while the model is busy, "
@@ -124,13 +133,15 @@ def add_allow_pickle(parser) -> None:
 
 
 def add_llava_options(parser) -> None:
-    """--vision-tower and --hf-processor: how a LLaVA-1.5 folder is read in place."""
+    """--vision-tower, --hf-processor and --qformer-tokenizer: how a LLaVA-1.5 or LLaMA-VID folder is read in place."""
     parser.add_argument("--vision-tower", metavar="PATH", help=HELP["vision_tower"])
     parser.add_argument("--hf-processor", action="store_true", help=HELP["hf_processor"])
+    parser.add_argument("--qformer-tokenizer", metavar="PATH", help=HELP["qformer_tokenizer"])
 
 
 def llava_options(args) -> dict:
-    return {"vision_tower": args.vision_tower, "hf_processor": args.hf_processor}
+    return {"vision_tower": args.vision_tower, "hf_processor": args.hf_processor,
+            "qformer_tokenizer": args.qformer_tokenizer}
 
 
 def add_conv_mode(parser, help: str = HELP["conv_mode"]) -> None:

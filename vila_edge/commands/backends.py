@@ -27,6 +27,7 @@ class BackendOptions:
     allow_pickle: bool = False  # torch
     vision_tower: str | None = None  # torch: a LLaVA-1.5 folder's CLIP tower
     hf_processor: bool = False  # torch: a LLaVA-1.5 folder with llava-hf's processor and template
+    qformer_tokenizer: str | None = None  # torch: a LLaMA-VID folder's bert-base-uncased
     max_tiles: int | None = None  # NVILA: tiles per image at most (default: the checkpoint's max_tiles; 1: one tile)
 
 
@@ -69,7 +70,8 @@ def load_backend(folder, opts: BackendOptions) -> tuple[Backend, str]:
     from ..checkpoint import load_checkpoint
     from ..model.vlm import VilaModel
 
-    ckpt = load_checkpoint(folder, opts.allow_pickle, opts.vision_tower, opts.hf_processor)
+    ckpt = load_checkpoint(folder, opts.allow_pickle, opts.vision_tower, opts.hf_processor,
+                           qformer_tokenizer=opts.qformer_tokenizer)
     vision = projector = None
     if opts.backend == "onnx":  # the exported tower + projector: its token order is baked in
         from ..runtime.onnx_vision import OnnxVision

@@ -13,6 +13,7 @@ from ..generate import SamplingParams
 from ..media import load_image, load_video_frames
 from ..record import Recorder
 from .backends import BackendOptions, load_backend
+from .long_video import VideoOptions, video_clip
 
 
 def answer_record(answer: Answer, source: str, prompt: str, images: int, captioner: Captioner, backend: str) -> dict:
@@ -35,21 +36,41 @@ def answer_record(answer: Answer, source: str, prompt: str, images: int, caption
 
 def caption_media(model: str, image_paths: list[str] | None, video: str | None, num_frames: int | None, prompt: str,
                   params: SamplingParams, backend: BackendOptions, conv_mode: str | None, capture: CaptureOptions,
-                  on_text: Callable[[str], None] | None = None) -> tuple[dict, str]:
-    """(the jsonl record of one answer, the stats line text mode prints after it)."""
-    given = capture.given()
+                  on_text: Callable[[str], None] | None = None, video_opts: VideoOptions = VideoOptions()
+                  ) -> tuple[dict, str]:
+    """(the jsonl record of one answer, the stats line text mode prints after it). A question-conditioned model
+    (LLaMA-VID) takes a --video at --fps (default 1) as one clip, its tower features cached (long_video.py)."""
+    given = [g for g in capture.given() if not (video and g == "--fps")]
     if given:
         raise UsageError(f"{', '.join(given)}: these sample a --source; with --image or --video drop them")
     engine, name = load_backend(model, backend)
-    if video:
+    captioner = Captioner(engine.info, engine, conv_mode, backend.max_tiles)
+    rated = bool(video) and engine.info.family.question_conditioned
+    _check_video_options(engine.info.name, rated, num_frames, capture.fps if video else None, video_opts)
+    if rated:
+        clip = video_clip(captioner, name, video, capture.fps, video_opts, prompt, params.max_new_tokens)
+        images, source, count = [clip], video, len(clip.features)
+    elif video:
         images, source = load_video_frames(video, num_frames or engine.info.num_video_frames), video
+        count = len(images)
     else:
         images, source = [load_image(p) for p in image_paths or []], ",".join(image_paths or [])
-    captioner = Captioner(engine.info, engine, conv_mode, backend.max_tiles)
+        count = len(images)
     answer = captioner(images, prompt, params, on_text=on_text)
     stats = (f"[{answer.prompt_tokens} prompt tokens ({answer.image_tokens} image), {len(answer.token_ids)} new, "
              f"TTFT {answer.ttft_s:.2f} s, decode {answer.decode_tok_s:.1f} tok/s, conv mode {captioner.conv_mode}]")
-    return answer_record(answer, source, prompt, len(images), captioner, name), stats
+    return answer_record(answer, source, prompt, count, captioner, name), stats
+
+
+def _check_video_options(model: str, rated: bool, num_frames: int | None, fps: float | None, opts: VideoOptions) -> None:
+    """--num-frames picks VILA's frames; --fps, --max-frames, --start, --end and the cache sample LLaMA-VID's."""
+    if rated and num_frames is not None:
+        raise UsageError(f"--num-frames: {model} samples a video at --fps (default 1, as LLaMA-VID); cap the frames "
+                         "with --max-frames instead")
+    given = opts.given() + (["--fps"] if fps is not None else [])
+    if not rated and given:
+        raise UsageError(f"{', '.join(given)}: these sample a --video for LLaMA-VID; {model} takes --num-frames "
+                         "frames of a --video")
 
 
 def compile_alert(pattern: str | None) -> re.Pattern | None:
