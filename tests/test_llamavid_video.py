@@ -1,6 +1,7 @@
 """`caption LLAMAVID --video`: frames at --fps (upstream load_video), the tower's features cached on disk and reused,
 resumable after Ctrl-C, a video too long for the context refused with the rate that fits."""
 
+import base64
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from coded_video import write_coded_video
 from tiny_llamavid import build_llamavid, write_bert_folder
 from upstream_llamavid import load_video_indices
 
-from vila_edge.caption import Captioner
+from vila_edge.caption import Captioner, VideoClip
 from vila_edge.capture import CaptureOptions
 from vila_edge.checkpoint import load_checkpoint
 from vila_edge.commands.backends import BackendOptions
@@ -139,3 +140,24 @@ def test_features_cached_in_float16_stay_close_to_float32(folder, videos, tmp_pa
     exact = vlm.tower_features(np.stack([captioner.preprocess(im) for _, im in iter_frames(plan)]))
     assert cached.dtype == np.float16
     np.testing.assert_allclose(cached.astype(np.float32), exact, rtol=2e-3, atol=2e-3)
+
+
+def test_a_served_video_is_one_clip_at_one_frame_per_second(folder, tmp_path):
+    from served import Running
+
+    model, bert = folder
+    vlm = VilaModel(load_checkpoint(model, True, qformer_tokenizer=str(bert)), dtype="float32")
+    captioner = Captioner(vlm.ckpt, vlm)
+    path = write_coded_video(tmp_path / "clip.mp4", 50, fps=10)  # 5 s: frames 0, 10, 20, 30, 40
+    url = "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+    running = Running(None, captioner=captioner)
+    try:
+        r = running.client().chat.completions.create(model="m", max_tokens=6, temperature=0, messages=[
+            {"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                         {"type": "text", "text": QUESTION}]}])
+    finally:
+        running.stop()
+    clip = VideoClip(frames=[im for _, im in iter_frames(sample_plan(path))])
+    want = captioner([clip], QUESTION, SamplingParams(max_new_tokens=6, temperature=0.0))
+    assert len(clip) == 5 and r.usage.prompt_tokens_details.image_tokens == want.image_tokens == 10
+    assert r.choices[0].message.content == want.text

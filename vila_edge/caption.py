@@ -34,11 +34,15 @@ class Answer:
 
 @dataclass
 class VideoClip:
-    """A video as LLaMA-VID takes it: its sampled frames' tower features [F, P, C] (from the feature cache or just
-    computed), all in one image place of the prompt."""
+    """A video as LLaMA-VID takes it, all in one image place of the prompt: its sampled frames' tower features
+    [F, P, C] (from the feature cache), or the frames themselves (a served video: the tower runs on them here)."""
 
-    features: np.ndarray
+    features: np.ndarray | None = None
     timestamps: list[float] | None = None
+    frames: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.features) if self.features is not None else len(self.frames)
 
 
 @dataclass
@@ -116,10 +120,13 @@ class Captioner:
         ids = self.question_tokenizer(question)
         blocks = []
         for item in media:
-            if isinstance(item, VideoClip):
+            if isinstance(item, VideoClip) and item.features is not None:
                 features = item.features
             else:
-                features = self.model.tower_features(self.preprocess(item)[None])
+                frames = item.frames if isinstance(item, VideoClip) else [item]
+                features = np.concatenate([self.model.tower_features(np.stack([self.preprocess(f) for f in
+                                                                               frames[i : i + 8]]))
+                                           for i in range(0, len(frames), 8)])
             tokens = [self.model.frame_tokens(np.asarray(features[i : i + FRAME_BATCH], dtype=np.float32), ids)
                       for i in range(0, len(features), FRAME_BATCH)]
             blocks.append(np.concatenate(tokens).reshape(-1, tokens[0].shape[-1]))

@@ -143,7 +143,7 @@ async def chat(request: Request):
     limits = server.settings.limits
     req = parse_chat(await read_json(request, server.settings.max_body_bytes), limits)
     images, counts = await run_in_threadpool(decode_media, req.media_per_turn, server.settings.media, limits.max_images,
-                                             request.app.state.streams)
+                                             request.app.state.streams, server.captioner.conditioned)
     params = await server.params(req)
     job = server.submit(lambda on_text: server.captioner.chat(req.system, req.turns, counts, images, params, on_text,
                                                               req.stop))

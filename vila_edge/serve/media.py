@@ -14,8 +14,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..caption import VideoClip
 from ..errors import MediaError
 from ..media import load_video_frames
+from ..video import iter_frames, sample_plan
 from .protocol import ApiError, MediaRef
 from .settings import MediaPolicy
 
@@ -90,14 +92,18 @@ def decode_image(ref: MediaRef, policy: MediaPolicy) -> Image.Image:
         raise _refuse(ref, f"not a readable image ({e})") from None
 
 
-def decode_video(ref: MediaRef, policy: MediaPolicy) -> list[Image.Image]:
-    """The video's frames, sampled as `caption --video` samples them."""
+def decode_video(ref: MediaRef, policy: MediaPolicy, rated: int | None = None) -> list[Image.Image]:
+    """The video's frames, sampled as `caption --video` samples them: VILA's `frames` spread over it, or (`rated`,
+    LLaMA-VID) one per second as its load_video, at most `frames` or `rated` of them."""
     data = _bytes_of(ref, VIDEO_TYPES, policy)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "video"
         path.write_bytes(data)
         try:
-            frames = load_video_frames(path, ref.frames or policy.default_frames)
+            if rated:
+                frames = [im for _, im in iter_frames(sample_plan(path, 1.0, ref.frames or rated))]
+            else:
+                frames = load_video_frames(path, ref.frames or policy.default_frames)
         except MediaError as e:
             raise _refuse(ref, str(e).replace(str(path), "the video")) from None
     for f in frames:
@@ -107,21 +113,26 @@ def decode_video(ref: MediaRef, policy: MediaPolicy) -> list[Image.Image]:
     return frames
 
 
-def decode_media(refs_per_turn: list[list[MediaRef]], policy: MediaPolicy, max_images: int, streams=None
-                 ) -> tuple[list[Image.Image], list[int]]:
-    """(every image in turn order, videos and live streams as their frames; how many each turn holds)."""
-    images, counts = [], []
+def decode_media(refs_per_turn: list[list[MediaRef]], policy: MediaPolicy, max_images: int, streams=None,
+                 clips: bool = False) -> tuple[list, list[int]]:
+    """(every image in turn order, videos and live streams as their frames; how many each turn holds). `clips`
+    (LLaMA-VID): a video or a stream's frames are one caption.VideoClip, in one image place."""
+    images, counts, frames = [], [], 0
     for refs in refs_per_turn:
         n = 0
         for ref in refs:
             if ref.kind == "stream" and streams is None:
                 raise _refuse(ref, "this server watches no live streams", "stream_not_found", 404)
-            got = ([decode_image(ref, policy)] if ref.kind == "image" else decode_video(ref, policy) if ref.kind == "video"
+            got = ([decode_image(ref, policy)] if ref.kind == "image" else
+                   decode_video(ref, policy, max_images if clips else None) if ref.kind == "video"
                    else streams.newest(ref.url, ref.frames or 1, ref.param))
+            frames += len(got)
+            if clips and ref.kind != "image":
+                got = [VideoClip(frames=got)]
             images += got
             n += len(got)
         counts.append(n)
-    if len(images) > max_images:
-        raise ApiError(400, f"{len(images)} images and video frames; this server takes at most {max_images} per request",
+    if frames > max_images:
+        raise ApiError(400, f"{frames} images and video frames; this server takes at most {max_images} per request",
                        "messages", "too_many_images")
     return images, counts
