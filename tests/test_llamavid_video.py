@@ -161,3 +161,12 @@ def test_a_served_video_is_one_clip_at_one_frame_per_second(folder, tmp_path):
     want = captioner([clip], QUESTION, SamplingParams(max_new_tokens=6, temperature=0.0))
     assert len(clip) == 5 and r.usage.prompt_tokens_details.image_tokens == want.image_tokens == 10
     assert r.choices[0].message.content == want.text
+
+
+def test_inspect_reads_the_released_folder(folder, cli):
+    code, out, err = cli("inspect", *flags(folder))
+    assert code == 0, err
+    assert "family llama-vid" in out and "q-former     qformer_pretrain_freeze: 4-layer BERT" in out
+    assert "2 per image; a video's frames at --fps (default 1) in one image place" in out
+    code, out, _ = cli("inspect", *flags(folder), "--format", "json")
+    assert json.loads(out)["llamavid"]["num_query"] == 8

@@ -54,7 +54,17 @@ def describe(ckpt: Checkpoint, conv_mode: str | None, projector_order: str | Non
         "conv_mode_source": source,
         "quantization": ckpt.llm_config.get("quantization_config"),
         "parameters": params,
+        "llamavid": _llamavid(ckpt),
     }
+
+
+def _llamavid(ckpt: Checkpoint) -> dict | None:
+    """LLaMA-VID's question-conditioned side: the Q-Former, the content tokens, where the BERT tokenizer is."""
+    if ckpt.llamavid is None:
+        return None
+    bert = ckpt.llamavid.bert
+    return {**ckpt.llamavid.semantics(), "bert_layers": bert["num_hidden_layers"], "bert_hidden": bert["hidden_size"],
+            "question_tokenizer": str(ckpt.llamavid.tokenizer_dir)}
 
 
 def format_text(info: dict) -> str:
@@ -69,12 +79,18 @@ def format_text(info: dict) -> str:
         f"layer {vis['select_layer']} {vis['select_feature']}, {vis['image_aspect_ratio']}",
         f"pixels       {_pixels_line(vis)}",
         f"projector    {proj['type']}" + (f" ({proj['order']}-major tokens)" if proj["order"] else ""),
-        f"image tokens {_tokens_line(info)}; {info['num_video_frames']} frames per video",
+        f"image tokens {_tokens_line(info)}; " + (f"{info['num_video_frames']} frames per video" if not info["llamavid"]
+                                                   else "a video's frames at --fps (default 1) in one image place"),
         f"conv mode    {info['conv_mode']} (from {info['conv_mode_source']})",
     ]
     if info["layout"] != "vila":
         lines.insert(1, f"layout       {info['layout']}, read in place as the VILA layout; vision tower from "
                         f"{info['vision_tower']}")
+    if info["llamavid"]:
+        q = info["llamavid"]
+        lines.insert(-1, f"q-former     {q['bert_type']}: {q['bert_layers']}-layer BERT of width {q['bert_hidden']}, "
+                         f"{q['num_query']} queries over the frame; the question through {q['question_tokenizer']}; "
+                         f"content tokens by compress_type {q['compress_type']}")
     if info["quantization"]:
         qc = info["quantization"]
         lines.append(f"quantization {qc.get('quant_method')} int{qc.get('bits')} group {qc.get('group_size')} "
