@@ -20,7 +20,7 @@ from pathlib import Path
 from .arch import BERT_BASE, EVA_HEAD_DIM, QFORMER_ADDED_TOKEN
 from .config_checks import RESTORE, check_llm_config, check_llm_files, check_vision_config, read_json, shown
 from .errors import CheckpointError, UnsupportedError
-from .llava_format import LLAVA_KEY_PREFIXES, _cached_snapshot, hub_cache, part_files, weight_files
+from .llava_format import LLAVA_KEY_PREFIXES, _cached_snapshot, _clip_processor, hub_cache, part_files, weight_files
 from .pickle_header import pickle_shapes
 from .safetensors_header import read_header
 
@@ -145,18 +145,22 @@ def processor_config(root: Path, name) -> dict:
     if isinstance(name, str):
         for folder in _local(root, name):
             if (folder / "preprocessor_config.json").is_file():
-                pre = read_json(folder / "preprocessor_config.json", RESTORE)
-                size = pre.get("size")
-                if isinstance(size, int) and not isinstance(size, bool):
-                    pre["size"] = {"shortest_edge": size}
-                crop = pre.get("crop_size")
-                if isinstance(crop, int) and not isinstance(crop, bool):
-                    pre["crop_size"] = {"height": crop, "width": crop}
-                return pre
+                return _clip_processor(read_json(folder / "preprocessor_config.json", RESTORE))
     size = 336 if "336" in str(name) else 224
     return {"do_resize": True, "size": {"shortest_edge": size}, "resample": 3, "do_center_crop": True,
             "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
             "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD}
+
+
+def processor_size(pre: dict, root: Path) -> int:
+    """The tower's input size: the processor's shortest edge (eva_vit.py: img_size = size['shortest_edge']), which
+    its centre crop keeps."""
+    size = pre.get("size")
+    edge = size.get("shortest_edge") if isinstance(size, dict) else None
+    if not isinstance(edge, int) or isinstance(edge, bool) or edge < 1:
+        raise CheckpointError(f"{root / 'config.json'}: image_processor's size {shown(size)} has no shortest_edge; "
+                              f"LLaMA-VID's CLIP processors say 224 or 336; {RESTORE}")
+    return edge
 
 
 def eva_config(shapes: dict[str, list[int]], image_size: int, where: Path) -> dict:
@@ -199,7 +203,7 @@ def llamavid_fields(root: Path, config: dict, allow_pickle: bool = False, vision
         raise CheckpointError(f"{eva}: pickle-only weights, which can run arbitrary code when loaded. Convert them to "
                               "safetensors, or pass --allow-pickle if you trust where they came from")
     preprocessor = processor_config(root, config.get("image_processor"))
-    vision = eva_config(tower_shapes(eva), preprocessor["crop_size"]["height"], eva)
+    vision = eva_config(tower_shapes(eva), processor_size(preprocessor, root), eva)
     llm = {k: v for k, v in config.items()
            if not k.startswith(LLAVA_KEY_PREFIXES) and k not in LLAMAVID_KEYS and k != "architectures"}
     llm.update(model_type="llama", architectures=["LlamaForCausalLM"])
