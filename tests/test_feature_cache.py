@@ -4,6 +4,8 @@ rebuilt when damaged; the expected features are computed here from frames OpenCV
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -300,3 +302,35 @@ def test_bad_calls_are_one_line_errors(clip, cache):
     (cache.entry_folder(plan, KEY) / "chunk_00000.npy").unlink()  # so that its frames are encoded again
     with pytest.raises(UsageError, match="the cache key must name"):  # same key, another model's features
         cache.features(plan, KEY, lambda x: np.zeros((len(x), 7)), preprocess, progress=False)
+
+
+CORE_ONLY = """
+import sys
+import numpy as np
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(name + " is blocked in this test")
+
+sys.meta_path.insert(0, Block())
+from vila_edge.feature_cache import FeatureCache
+from vila_edge.video import sample_plan
+
+plan = sample_plan(sys.argv[1], fps=10)
+pre = lambda im: np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255
+out = FeatureCache(sys.argv[2]).features(plan, {{"model": "m"}}, lambda x: x.mean(axis=(2, 3)), pre, progress=False)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r})
+assert not loaded, loaded
+print(out.shape)
+"""
+
+
+def test_sampling_and_the_cache_run_without_torch(clip, tmp_path):
+    from conftest import QUANTIZE_EXTRA
+
+    script = CORE_ONLY.format(blocked=QUANTIZE_EXTRA)
+    run = subprocess.run([sys.executable, "-c", script, str(clip), str(tmp_path / "cache")], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(30, 3)"

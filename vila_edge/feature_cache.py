@@ -10,7 +10,11 @@ An hour of video at 1 fps is 3,600 tower passes, so features are kept between ru
 <entry> is the sha256 of the canonical JSON of (video sha256, indices, key, dtype). Every file is written to a temporary
 sibling, fsynced and renamed, and the manifest is rewritten after each chunk, so an interrupted run (Ctrl-C) leaves
 whole chunks that the next run keeps; a chunk that fails its checks (checksum, shape, dtype) is reported in one line
-and encoded again, never returned.
+and encoded again, never returned. A caller names in `key` everything on the model side that changes the features:
+
+    plan = sample_plan(video, fps=1)
+    cache = open_feature_cache(root, enabled)  # --feature-cache DIR / --no-feature-cache
+    features = cache.features(plan, {"model": tower_weights_sha256, "image_size": 224}, encode, preprocess)
 """
 
 import hashlib
