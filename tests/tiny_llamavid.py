@@ -35,17 +35,17 @@ OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26
 TOWER_PATH = "./model_zoo/LAVIS/eva_vit_g.pth"
 
 
-def eva_state(seed: int) -> dict[str, torch.Tensor]:
+def eva_state(seed: int, eva: dict = EVA) -> dict[str, torch.Tensor]:
     """eva_vit_g.pth's tensors (LAVIS names), random, fp16 as LAVIS saved them."""
     g = torch.Generator().manual_seed(seed)
-    c, mlp, p = EVA["width"], EVA["mlp"], EVA["patch"]
+    c, mlp, p = eva["width"], eva["mlp"], eva["patch"]
 
     def r(*shape, std=0.05):
         return (torch.randn(*shape, generator=g) * std).half()
 
-    state = {"cls_token": r(1, 1, c, std=0.5), "pos_embed": r(1, EVA["trained_grid"] ** 2 + 1, c, std=0.5),
+    state = {"cls_token": r(1, 1, c, std=0.5), "pos_embed": r(1, eva["trained_grid"] ** 2 + 1, c, std=0.5),
              "patch_embed.proj.weight": r(c, 3, p, p, std=0.02), "patch_embed.proj.bias": r(c)}
-    for i in range(EVA["depth"]):
+    for i in range(eva["depth"]):
         b = f"blocks.{i}."
         state.update({b + "norm1.weight": 1 + r(c), b + "norm1.bias": r(c), b + "attn.qkv.weight": r(3 * c, c),
                       b + "attn.q_bias": r(c), b + "attn.v_bias": r(c), b + "attn.proj.weight": r(c, c),
@@ -63,15 +63,16 @@ def _norm(g, width: int, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}.weight": 1 + 0.1 * torch.randn(width, generator=g), f"{prefix}.bias": 0.05 * torch.randn(width, generator=g)}
 
 
-def qformer_state(g, vocab: int, num_query: int, llm_hidden: int) -> dict[str, torch.Tensor]:
+def qformer_state(g, vocab: int, num_query: int, llm_hidden: int, bert: dict = BERT, att: int = EVA["width"]
+                  ) -> dict[str, torch.Tensor]:
     """model.vlm_att_*: the LAVIS Q-Former (BertLMHeadModel.bert, cls dropped) and LLaMA-VID's projections."""
-    w, inner, att = BERT["hidden_size"], BERT["intermediate_size"], EVA["width"]
+    w, inner = bert["hidden_size"], bert["intermediate_size"]
     e = "model.vlm_att_encoder.bert."
     state = {e + "embeddings.word_embeddings.weight": torch.randn(vocab, w, generator=g),
-             e + "embeddings.position_embeddings.weight": torch.randn(BERT["max_position_embeddings"], w, generator=g) * 0.5,
-             e + "embeddings.position_ids": torch.arange(BERT["max_position_embeddings"])[None],
+             e + "embeddings.position_embeddings.weight": torch.randn(bert["max_position_embeddings"], w, generator=g) * 0.5,
+             e + "embeddings.position_ids": torch.arange(bert["max_position_embeddings"])[None],
              **_norm(g, w, e + "embeddings.LayerNorm")}
-    for i in range(BERT["num_hidden_layers"]):
+    for i in range(bert["num_hidden_layers"]):
         layer = f"{e}encoder.layer.{i}."
         blocks = ["attention"] + (["crossattention"] if i % 2 == 0 else [])
         for block in blocks:
@@ -94,12 +95,12 @@ def qformer_state(g, vocab: int, num_query: int, llm_hidden: int) -> dict[str, t
     return state
 
 
-def write_bert_folder(out: Path) -> Path:
+def write_bert_folder(out: Path, bert: dict = BERT) -> Path:
     """bert-base-uncased as a local copy holds it: vocab.txt, tokenizer_config.json, config.json (tiny)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.txt").write_text("\n".join(WORDS) + "\n")
     (out / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "model_max_length": 512}))
-    (out / "config.json").write_text(json.dumps({**BERT, "vocab_size": len(WORDS)}))
+    (out / "config.json").write_text(json.dumps({**bert, "vocab_size": len(WORDS)}))
     return out
 
 
@@ -113,15 +114,18 @@ def write_processor(out: Path, size: int = IMAGE) -> Path:
 
 
 def build_llamavid(root: Path, tokenizer_dir: Path, compress_type: str | None = "mean_concat", num_query: int = 8,
-                   seed: int = 50, tower: bool = True) -> Path:
-    """The released layout in `root` (the tower at its config path unless tower=False)."""
+                   seed: int = 50, tower: bool = True, eva: dict = EVA, bert: dict = BERT, llm_shape: dict = LLM,
+                   image: int = IMAGE) -> Path:
+    """The released layout in `root` (the tower at its config path unless tower=False); the shapes are the tests'
+    unless given (benchmarks/llamavid.py builds one at EVA-ViT-g's and BERT-base's)."""
     root.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0, **LLM)).eval()
-    state = {k: v.half() for k, v in llm.state_dict().items()}
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=512, bos_token_id=1, eos_token_id=2, pad_token_id=0, **llm_shape))
+    state = {k: v.half() for k, v in llm.eval().state_dict().items()}
+    hidden = llm_shape["hidden_size"]
     state.update({k: v if k.endswith("position_ids") else v.half()
-                  for k, v in qformer_state(g, len(WORDS) + 1, num_query, LLM["hidden_size"]).items()})
+                  for k, v in qformer_state(g, len(WORDS) + 1, num_query, hidden, bert, eva["width"]).items()})
     names = sorted(state)
     shards = {"pytorch_model-00001-of-00002.bin": [n for n in names if "vlm_att" not in n],
               "pytorch_model-00002-of-00002.bin": [n for n in names if "vlm_att" in n]}
@@ -131,20 +135,22 @@ def build_llamavid(root: Path, tokenizer_dir: Path, compress_type: str | None = 
     (root / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
     if tower:
         (root / "model_zoo" / "LAVIS").mkdir(parents=True)
-        torch.save(eva_state(seed + 1), root / TOWER_PATH)
-    write_processor(root / "model_zoo" / "OpenAI" / "clip-vit-large-patch14")
+        torch.save(eva_state(seed + 1, eva), root / TOWER_PATH)
+    write_processor(root / "model_zoo" / "OpenAI" / "clip-vit-large-patch14", image)
     config = {"_name_or_path": "./model_zoo/LLM/vicuna/7B-V1.5", "architectures": ["LlavaLlamaAttForCausalLM"],
               "bert_type": "qformer_pretrain_freeze", "bos_token_id": 1, "compress_type": compress_type,
               "cross_att_freq": 2, "eos_token_id": 2, "freeze_mm_mlp_adapter": False, "fusion_type": None,
-              "hidden_act": "silu", "hidden_size": LLM["hidden_size"], "image_aspect_ratio": "pad",
+              "hidden_act": "silu", "hidden_size": hidden, "image_aspect_ratio": "pad",
               "image_processor": "./model_zoo/OpenAI/clip-vit-large-patch14", "initializer_range": 0.02,
-              "intermediate_size": LLM["intermediate_size"], "max_position_embeddings": LLM["max_position_embeddings"],
-              "max_token": 8192, "mm_hidden_size": EVA["width"], "mm_projector_type": "mlp2x_gelu",
+              "intermediate_size": llm_shape["intermediate_size"],
+              "max_position_embeddings": llm_shape["max_position_embeddings"],
+              "max_token": 8192, "mm_hidden_size": eva["width"], "mm_projector_type": "mlp2x_gelu",
               "mm_use_im_patch_token": False, "mm_use_im_start_end": False, "mm_vision_select_feature": "patch",
               "mm_vision_select_layer": -2, "mm_vision_tower": TOWER_PATH, "model_type": "llava",
-              "num_attention_heads": LLM["num_attention_heads"], "num_hidden_layers": LLM["num_hidden_layers"],
-              "num_key_value_heads": LLM["num_key_value_heads"], "num_qformer": 1, "num_query": num_query,
-              "pad_token_id": 0, "position_type": None, "pretraining_tp": 1, "rms_norm_eps": LLM["rms_norm_eps"],
+              "num_attention_heads": llm_shape["num_attention_heads"],
+              "num_hidden_layers": llm_shape["num_hidden_layers"],
+              "num_key_value_heads": llm_shape["num_key_value_heads"], "num_qformer": 1, "num_query": num_query,
+              "pad_token_id": 0, "position_type": None, "pretraining_tp": 1, "rms_norm_eps": llm_shape["rms_norm_eps"],
               "rope_scaling": {"factor": 16.0, "type": "linear"}, "tie_word_embeddings": False,
               "torch_dtype": "float16", "transformers_version": "4.31.0", "tune_mm_mlp_adapter": False,
               "use_cache": True, "use_mm_proj": True, "vocab_size": 512}
