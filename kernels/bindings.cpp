@@ -278,6 +278,7 @@ PYBIND11_MODULE(_runtime, m) {
              })
         .def("reset", &Engine::reset)
         .def("trim", &Engine::trim)
+        .def("extend", &Engine::extend, py::arg("n"))
         .def_property_readonly("position", &Engine::position)
         .def_property_readonly("max_seq", &Engine::max_seq)
         .def_property_readonly("threads", &Engine::threads)

@@ -308,3 +308,22 @@ def test_caption_and_bench_take_kv_cache_without_torch(engines, cli):
     with pytest.raises(SystemExit) as exit_:
         cli("caption", engines["llama"][1], *args, "--kv-cache", "int4")
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("kv", KV_CACHES)
+def test_extend_copies_cached_rows_for_benchmarks(kv, engines):
+    """benchmarks/long_context.py reaches a long context by copying cached rows: each copy is its row's bits."""
+    eng = CpuEngine(engines["llama"][1], threads=1, kv_cache=kv, max_seq=400)
+    x = eng.embed(ids_of(10, eng.vocab_size))
+    with pytest.raises(ValueError, match="needs cached positions to copy"):
+        eng.llm.extend(5)
+    eng.prefill(x)
+    one = eng.decode(7)  # position 10 over the 10 prompt rows
+    eng.trim(10)
+    eng.llm.extend(290)
+    assert eng.llm.position == 300 and eng.llm.cache_capacity == 400
+    assert np.isfinite(eng.decode(7)).all()
+    eng.trim(10)  # the prompt's rows came through the copies and the growth to 400 untouched
+    np.testing.assert_array_equal(eng.decode(7), one)
+    with pytest.raises(ValueError, match="room for them"):
+        eng.llm.extend(400)

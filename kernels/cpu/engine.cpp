@@ -67,6 +67,11 @@ size_t KvCache::row_bytes() const {
     return type_ == KvType::F32 ? 4 * size_t(hd_) : type_ == KvType::F16 ? 2 * size_t(hd_) : size_t(hd_) + 2 * size_t(hd_ / QK);
 }
 
+std::vector<size_t> KvCache::sections() const {
+    if (type_ == KvType::Q8) return {size_t(hd_), 2 * size_t(hd_ / QK)};
+    return {row_bytes()};
+}
+
 size_t KvCache::plane_bytes(int capacity) const { return size_t(layers_) * kv_heads_ * capacity * row_bytes(); }
 
 // int8: where a plane's scales begin, after every head's values
@@ -77,14 +82,11 @@ void KvCache::reserve(int needed, int filled) {
     long long grown = 256;
     while (grown < needed) grown *= 2;
     const int cap = int(std::min<long long>(grown, max_seq_));
-    // a plane is one section (fp32, fp16) or two (int8 values, then scales) of [layer][kv_head][capacity][row]
     const size_t heads = size_t(layers_) * kv_heads_;
-    std::vector<size_t> sections = {row_bytes()};
-    if (type_ == KvType::Q8) sections = {size_t(hd_), 2 * size_t(hd_ / QK)};
     for (std::unique_ptr<uint8_t[]>* plane : {&k_, &v_}) {
         std::unique_ptr<uint8_t[]> next(new uint8_t[plane_bytes(cap)]);
         size_t from = 0, to = 0;
-        for (size_t row : sections) {
+        for (size_t row : sections()) {
             if (filled)
                 for (size_t h = 0; h < heads; ++h)
                     std::memcpy(next.get() + to + h * cap * row, plane->get() + from + h * cap_ * row, size_t(filled) * row);
@@ -107,6 +109,20 @@ void KvCache::write(int layer, int head, int pos, const float* k, const float* v
             for (int d = 0; d < hd_; ++d) y[d] = float_to_fp16(x[d]);
         } else {
             quantize_kv_q8(x, hd_, reinterpret_cast<int8_t*>(plane) + row * hd_, scales_of(plane, values) + row * (hd_ / QK));
+        }
+    }
+}
+
+void KvCache::replicate(int filled, int to) {
+    const size_t heads = size_t(layers_) * kv_heads_;
+    for (uint8_t* plane : {k_.get(), v_.get()}) {
+        size_t at = 0;
+        for (size_t row : sections()) {
+            for (size_t h = 0; h < heads; ++h) {
+                uint8_t* rows = plane + at + h * cap_ * row;
+                for (int t = filled; t < to; ++t) std::memcpy(rows + size_t(t) * row, rows + size_t(t % filled) * row, row);
+            }
+            at += heads * cap_ * row;
         }
     }
 }
@@ -192,6 +208,15 @@ Engine::Engine(const std::string& path, size_t data_start, const std::map<std::s
 void Engine::trim(int n) {
     if (n < 0 || n > pos_) throw std::invalid_argument("trim(" + std::to_string(n) + ") outside the cache's " + std::to_string(pos_) + " positions");
     pos_ = n;
+}
+
+void Engine::extend(int n) {
+    if (pos_ == 0 || n < 0 || pos_ + n > max_seq_)
+        throw std::invalid_argument("extend(" + std::to_string(n) + ") needs cached positions to copy and room for them (" +
+                                    std::to_string(pos_) + " of " + std::to_string(max_seq_) + " used)");
+    cache_.reserve(pos_ + n, pos_);
+    cache_.replicate(pos_, pos_ + n);
+    pos_ += n;
 }
 
 void Engine::embed(const int32_t* ids, int n, float* out) const {

@@ -64,6 +64,7 @@ public:
     KvCache(KvType type, int layers, int kv_heads, int head_dim, int max_seq);
     void reserve(int needed, int filled);  // capacity >= needed; positions [0, filled) kept
     void write(int layer, int head, int pos, const float* k, const float* v);
+    void replicate(int filled, int to);  // positions [filled, to) as copies of [0, filled), cyclically
     // kernels' attend over positions [0, n) of one kv head
     void attend(const Kernels& kt, int layer, int head, const float* q, int n, float scale, float* p, float* out) const;
     KvType type() const { return type_; }
@@ -73,6 +74,8 @@ public:
 private:
     size_t row_bytes() const;                 // one position of one head: values and, for int8, scales
     size_t plane_bytes(int capacity) const;   // K (or V) for every layer and head at this capacity
+    // a plane's sections, each [layer][kv_head][capacity][its bytes per row]: one, or int8's values then scales
+    std::vector<size_t> sections() const;
     size_t head_rows(int layer, int head) const { return (size_t(layer) * kv_heads_ + head) * cap_; }
     KvType type_;
     int layers_, kv_heads_, hd_, max_seq_, cap_ = 0;
@@ -92,6 +95,9 @@ public:
     void embed(const int32_t* ids, int n, float* out) const;
     void reset() { pos_ = 0; }
     void trim(int n);  // keep the first n positions
+    // For benchmarks: n more positions, copies of the cached ones (decode at a long context without prefilling it;
+    // attention costs the same whatever the rows hold)
+    void extend(int n);
 
     int position() const { return pos_; }
     int max_seq() const { return max_seq_; }
