@@ -315,7 +315,8 @@ void Engine::attention(int layer, const float* qkv, int m, float* out) {
         thread_local std::vector<float> score;
         score.resize(pos_ + m);
         for (int task = b; task < e; ++task) {
-            const int h = task % nh, i = task / nh, n = pos_ + i + 1;
+            // head-major: a thread's consecutive tasks read the same cached rows, still warm in its caches
+            const int h = task / m, i = task % m, n = pos_ + i + 1;
             const float* q = qkv + size_t(i) * stride + size_t(h) * hd;
             cache_.attend(*k_, layer, h / group, q, n, scale, score.data(), out + size_t(i) * nh * hd + size_t(h) * hd);
         }
