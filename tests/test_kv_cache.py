@@ -1,7 +1,8 @@
 """The cpu engine's KV cache: fp16 (the default), int8 blocks (llama.cpp's q8_0) or fp32, allocated for the
 positions in use and grown on demand. The writers against numpy (IEEE half rounding) and an oracle written from
 ggml's quantize_row_q8_0_ref (ggml/src/ggml-quants.c); each table's attention over each storage against numpy;
-the tiny engines' logits and greedy tokens against the fp32 cache; growth that changes no bit; cache_bytes."""
+the tiny engines against the torch reference run on keys and values rounded as the cache stores them, and against
+the fp32 cache (logits, greedy tokens); growth that changes no bit; cache_bytes; max_seq; the command line."""
 
 import json
 
