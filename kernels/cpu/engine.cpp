@@ -83,16 +83,19 @@ void KvCache::reserve(int needed, int filled) {
     while (grown < needed) grown *= 2;
     const int cap = int(std::min<long long>(grown, max_seq_));
     const size_t heads = size_t(layers_) * kv_heads_;
-    for (std::unique_ptr<uint8_t[]>* plane : {&k_, &v_}) {
-        std::unique_ptr<uint8_t[]> next(new uint8_t[plane_bytes(cap)]);
+    // both planes allocated before either is replaced: a failed allocation (bad_alloc) leaves the cache as it was
+    std::unique_ptr<uint8_t[]> next[2] = {std::unique_ptr<uint8_t[]>(new uint8_t[plane_bytes(cap)]),
+                                          std::unique_ptr<uint8_t[]>(new uint8_t[plane_bytes(cap)])};
+    std::unique_ptr<uint8_t[]>* planes[2] = {&k_, &v_};
+    for (int p = 0; p < 2; ++p) {
         size_t from = 0, to = 0;
         for (size_t row : sections()) {
             if (filled)
                 for (size_t h = 0; h < heads; ++h)
-                    std::memcpy(next.get() + to + h * cap * row, plane->get() + from + h * cap_ * row, size_t(filled) * row);
+                    std::memcpy(next[p].get() + to + h * cap * row, planes[p]->get() + from + h * cap_ * row, size_t(filled) * row);
             from += heads * cap_ * row, to += heads * cap * row;
         }
-        *plane = std::move(next);
+        *planes[p] = std::move(next[p]);
     }
     cap_ = cap;
 }
