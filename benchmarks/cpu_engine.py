@@ -35,7 +35,7 @@ from vila_edge.corpus import stdlib_docs
 from vila_edge.demo import build_demo_checkpoint
 from vila_edge.export.cpu_engine import build_cpu_engine, write_llm
 from vila_edge.formats import CPU_LLM_FILE as LLM_FILE
-from vila_edge.runtime.cpu import CpuEngine, open_llm
+from vila_edge.runtime.cpu import DEFAULT_KV_CACHE, KV_CACHE_BYTES, CpuEngine, open_llm
 from vila_edge.safetensors_header import read_header
 
 HERE = Path(__file__).parent
@@ -194,7 +194,7 @@ def engine_dir(group: int) -> Path:
 
 def our_weights(path: Path, spec: dict, context: float) -> dict:
     """From the engine file: bits per linear weight, and bytes a decoded token reads (all weights but one
-    embedding row, plus the fp32 KV cache)."""
+    embedding row, plus the KV cache in the engines' default type, fp16; fp32 before issue 19)."""
     header = read_header(path)
     size = {name: t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items()}
     linear_bytes = sum(n for name, n in size.items() if name.startswith("layers.") and not name.endswith("norm"))
@@ -206,7 +206,7 @@ def our_weights(path: Path, spec: dict, context: float) -> dict:
         "file_mb": round(sum(size.values()) / 2**20, 1),
         "linear_bpw": round(8 * linear_bytes / linear_params, 3),
         "lm_head_bpw": round(8 * sum(size[n] for n in head) / head_params, 3),
-        "bytes_per_token": safetensors_bytes_per_token(path, spec, context),
+        "bytes_per_token": safetensors_bytes_per_token(path, spec, context, KV_CACHE_BYTES[DEFAULT_KV_CACHE]),
     }
 
 

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <cmath>
 #include <stdexcept>
 #include <vector>
 
@@ -89,6 +90,66 @@ F32 f16_matmul(const F32& x, const py::array& w16, const std::string& name) {
     return y;
 }
 
+// One query row [hd] over n cached rows [n, hd] in each storage the KV cache has (scale 1/sqrt(hd)).
+F32 attend_out(const F32& q, py::ssize_t n, py::ssize_t hd, std::vector<float>& p) {
+    if (q.ndim() != 1 || q.shape(0) != hd) throw std::invalid_argument("q: need [" + std::to_string(hd) + "]");
+    if (n < 1) throw std::invalid_argument("need at least one cached row");
+    p.resize(size_t(n));
+    return F32(std::vector<py::ssize_t>{hd});
+}
+
+F32 attend(const F32& q, const F32& k, const F32& v, const std::string& name) {
+    const Kernels& kt = kernels_or_throw(name);
+    if (k.ndim() != 2) throw std::invalid_argument("k: need [n, hd]");
+    const int n = int(k.shape(0)), hd = int(k.shape(1));
+    std::vector<float> p;
+    F32 y = attend_out(q, n, hd, p);
+    kt.attend(q.data(), data_of<float>(k, "k", {n, hd}), data_of<float>(v, "v", {n, hd}), n, hd, 1.f / std::sqrt(float(hd)),
+              p.data(), y.mutable_data());
+    return y;
+}
+
+F32 attend_f16(const F32& q, const py::array& k, const py::array& v, const std::string& name) {
+    const Kernels& kt = kernels_or_throw(name);
+    if (k.ndim() != 2) throw std::invalid_argument("k: need [n, hd]");
+    const int n = int(k.shape(0)), hd = int(k.shape(1));
+    std::vector<float> p;
+    F32 y = attend_out(q, n, hd, p);
+    kt.attend_f16(q.data(), data_of<uint16_t>(k, "k", {n, hd}), data_of<uint16_t>(v, "v", {n, hd}), n, hd,
+                  1.f / std::sqrt(float(hd)), p.data(), y.mutable_data());
+    return y;
+}
+
+F32 attend_q8(const F32& q, const py::array& kq, const py::array& kd, const py::array& vq, const py::array& vd,
+              const std::string& name) {
+    const Kernels& kt = kernels_or_throw(name);
+    if (kq.ndim() != 2 || kq.shape(1) % QK) throw std::invalid_argument("k: need [n, hd] with hd a multiple of 32");
+    const int n = int(kq.shape(0)), hd = int(kq.shape(1));
+    std::vector<float> p;
+    F32 y = attend_out(q, n, hd, p);
+    const KvQ8 k{data_of<int8_t>(kq, "k", {n, hd}), data_of<uint16_t>(kd, "k scales", {n, hd / QK})};
+    const KvQ8 v{data_of<int8_t>(vq, "v", {n, hd}), data_of<uint16_t>(vd, "v scales", {n, hd / QK})};
+    kt.attend_q8(q.data(), k, v, n, hd, 1.f / std::sqrt(float(hd)), p.data(), y.mutable_data());
+    return y;
+}
+
+// The KV cache's writers: float_to_fp16 (any shape) and quantize_kv_q8 on each row of [n, hd].
+py::array_t<uint16_t> to_fp16(const F32& x) {
+    py::array_t<uint16_t> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    for (py::ssize_t i = 0; i < x.size(); ++i) y.mutable_data()[i] = float_to_fp16(x.data()[i]);
+    return y;
+}
+
+py::tuple quantize_kv(const F32& x) {
+    if (x.ndim() != 2 || x.shape(1) % QK) throw std::invalid_argument("x: need [n, hd] with hd a multiple of 32");
+    const int n = int(x.shape(0)), hd = int(x.shape(1));
+    py::array_t<int8_t> q({n, hd});
+    py::array_t<uint16_t> d({n, hd / QK});
+    for (int i = 0; i < n; ++i)
+        quantize_kv_q8(x.data() + size_t(i) * hd, hd, q.mutable_data() + size_t(i) * hd, d.mutable_data() + size_t(i) * (hd / QK));
+    return py::make_tuple(q, d);
+}
+
 py::tuple quantize_activations(const F32& x, const std::string& name) {
     Quantized a(x, kernels_or_throw(name));
     py::array_t<int8_t> q({a.act.m, a.act.k});
@@ -147,6 +208,12 @@ PYBIND11_MODULE(_runtime, m) {
           py::arg("kernels") = "");
     m.def("q8_matmul", &q8_matmul, py::arg("x"), py::arg("q"), py::arg("scales"), py::arg("kernels") = "");
     m.def("f16_matmul", &f16_matmul, py::arg("x"), py::arg("w"), py::arg("kernels") = "");
+    m.def("attend", &attend, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kernels") = "");
+    m.def("attend_f16", &attend_f16, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kernels") = "");
+    m.def("attend_q8", &attend_q8, py::arg("q"), py::arg("kq"), py::arg("kd"), py::arg("vq"), py::arg("vd"),
+          py::arg("kernels") = "");
+    m.def("to_fp16", &to_fp16, py::arg("x"));
+    m.def("quantize_kv", &quantize_kv, py::arg("x"));
     m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("kernels") = "ref");
     m.def("read_bandwidth", &read_bandwidth, py::arg("mb") = 1024, py::arg("threads") = 1, py::arg("repeat") = 5,
           py::call_guard<py::gil_scoped_release>());
@@ -166,18 +233,20 @@ PYBIND11_MODULE(_runtime, m) {
 
     py::class_<Engine>(m, "Engine")
         .def(py::init([](const std::string& path, size_t data_start, const py::dict& tensors, const ModelConfig& config,
-                         int max_seq, int threads, const std::string& kernels, bool int8_activations) {
+                         int max_seq, int threads, const std::string& kernels, bool int8_activations,
+                         const std::string& kv_cache) {
                  std::map<std::string, TensorInfo> index;
                  for (auto item : tensors) {
                      auto t = item.second.cast<py::tuple>();  // (dtype, shape, begin, end)
                      index[item.first.cast<std::string>()] = {t[0].cast<std::string>(), t[1].cast<std::vector<int64_t>>(),
                                                               t[2].cast<size_t>(), t[3].cast<size_t>()};
                  }
+                 const KvType kv = kv_type_named(kv_cache);
                  py::gil_scoped_release release;
-                 return new Engine(path, data_start, index, config, max_seq, threads, kernels, int8_activations);
+                 return new Engine(path, data_start, index, config, max_seq, threads, kernels, int8_activations, kv);
              }),
              py::arg("path"), py::arg("data_start"), py::arg("tensors"), py::arg("config"), py::arg("max_seq"),
-             py::arg("threads") = 1, py::arg("kernels") = "", py::arg("int8_activations") = true)
+             py::arg("threads") = 1, py::arg("kernels") = "", py::arg("int8_activations") = true, py::arg("kv_cache") = "fp16")
         .def("embed",
              [](const Engine& e, const I32& ids) {
                  if (ids.ndim() != 1) throw std::invalid_argument("ids: need a 1-D array");
@@ -209,9 +278,13 @@ PYBIND11_MODULE(_runtime, m) {
              })
         .def("reset", &Engine::reset)
         .def("trim", &Engine::trim)
+        .def("extend", &Engine::extend, py::arg("n"))
         .def_property_readonly("position", &Engine::position)
         .def_property_readonly("max_seq", &Engine::max_seq)
         .def_property_readonly("threads", &Engine::threads)
         .def_property_readonly("kernels", [](const Engine& e) { return std::string(e.kernels()); })
-        .def_property_readonly("int8_activations", &Engine::int8_activations);
+        .def_property_readonly("int8_activations", &Engine::int8_activations)
+        .def_property_readonly("kv_cache", [](const Engine& e) { return std::string(kv_type_name(e.cache().type())); })
+        .def_property_readonly("cache_capacity", [](const Engine& e) { return e.cache().capacity(); })
+        .def_property_readonly("cache_bytes", [](const Engine& e) { return e.cache().bytes(); });
 }

@@ -7,7 +7,8 @@ import pytest
 from vila_edge import _runtime
 
 KERNELS = _runtime.supported_kernels()
-ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "q4_matmul_f32", "quantize"]
+ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "attend_f16", "attend_q8", "q4_matmul_f32", "quantize"]
+ATTEND = ("attend", "attend_f16", "attend_q8")
 
 
 def own(table, *entries):
@@ -18,11 +19,11 @@ def own(table, *entries):
 EXPECTED = {
     "ref": own("ref", *ENTRIES),
     "avx2": own("avx2", *ENTRIES),
-    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", "attend", "q4_matmul_f32", "quantize")},
+    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", *ATTEND, "q4_matmul_f32", "quantize")},
     "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul"), "f16_matmul": "avx512",
-                   **own("avx2", "attend", "q4_matmul_f32", "quantize")},
-    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", "attend", "quantize"), "q4_matmul_f32": "ref"},
-    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", "attend", "quantize"),
+                   **own("avx2", *ATTEND, "q4_matmul_f32", "quantize")},
+    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", *ATTEND, "quantize"), "q4_matmul_f32": "ref"},
+    "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", *ATTEND, "quantize"),
                      "q4_matmul_f32": "ref"},
 }
 

@@ -266,7 +266,7 @@ def test_quantize_build_engine_caption_without_torch(folders, name, tmp_path, cl
     bench = ("bench", engine, "--prompt-len", 160, "--gen-len", 4, "--images", 1, "--repeat", 1, "--warmup", 0,
              "--threads", 1, "--format", "json")
     (code, answer, err), (bench_code, record, bench_err) = cli_without_quantize_extra(
-        ("caption", engine, *args, "--activations", "fp32"), bench)
+        ("caption", engine, *args, "--activations", "fp32", "--kv-cache", "fp32"), bench)
     assert code == 0, err
     assert json.loads(answer)["token_ids"] == json.loads(out)["token_ids"]
     assert json.loads(answer)["image_tokens"] == 25

@@ -203,7 +203,7 @@ def test_engines_built_from_the_import_caption_and_bench_without_torch(imported,
     assert code == 0, err
     reference = json.loads(stdout)
     (code, stdout, err), (bench_code, _, bench_err) = cli_without_quantize_extra(
-        ["caption", engine, *_ask(image), "--activations", "fp32"],
+        ["caption", engine, *_ask(image), "--activations", "fp32", "--kv-cache", "fp32"],
         ["bench", engine, "--prompt-len", 128, "--gen-len", 4, "--images", 1, "--repeat", 1, "--warmup", 0,
          "--threads", 1, "--format", "json"])
     assert code == 0, err

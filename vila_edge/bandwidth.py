@@ -16,9 +16,9 @@ def kv_bytes(spec: dict, context: float, item_bytes: int) -> float:
     return 2 * spec["layers"] * spec["kv_heads"] * spec["head_dim"] * item_bytes * context
 
 
-def safetensors_bytes_per_token(path: Path, spec: dict, context: float, kv_item_bytes: int = 4) -> int:
-    """A cpu engine's llm.safetensors: every tensor but the embedding table, one row of it, and the
-    (fp32) KV cache."""
+def safetensors_bytes_per_token(path: Path, spec: dict, context: float, kv_item_bytes: float = 4) -> int:
+    """A cpu engine's llm.safetensors: every tensor but the embedding table, one row of it, and the KV cache
+    at kv_item_bytes per value (fp32 4, fp16 2, int8 1 + 2/32 with its scales)."""
     header = read_header(path)
     size = {name: t["data_offsets"][1] - t["data_offsets"][0] for name, t in header.items()}
     embed_row = size["embed"] // header["embed"]["shape"][0]
@@ -37,10 +37,11 @@ def trt_bytes_per_token(engine_dir: Path, spec: dict, context: float) -> int:
     return int(engine_files_bytes(engine_dir) - table + 2 * spec["hidden"] + kv_bytes(spec, context, 2))
 
 
-def engine_bytes_per_token(root: Path, manifest: dict, context: float) -> int:
+def engine_bytes_per_token(root: Path, manifest: dict, context: float, kv_item_bytes: float = 4) -> int:
+    """kv_item_bytes: the cpu engine's cache type (a TensorRT engine's cache is fp16)."""
     spec = manifest["llm"]
     if manifest["target"] == "cpu":
-        return safetensors_bytes_per_token(Path(root) / spec["file"], spec, context)
+        return safetensors_bytes_per_token(Path(root) / spec["file"], spec, context, kv_item_bytes)
     return trt_bytes_per_token(Path(root) / spec["engine_dir"], spec, context)
 
 

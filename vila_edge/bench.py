@@ -168,7 +168,7 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
     speed = speeds(runs, settings.images)
     tiles = cost["tiles_per_image"] * settings.images
     context = runs[0]["prompt_tokens"] + settings.gen_len / 2  # the mean cache length while decoding
-    per_token = engine_bytes_per_token(engine.root, manifest, context)
+    per_token = engine_bytes_per_token(engine.root, manifest, context, getattr(engine, "kv_item_bytes", 4))
     return {
         "format": BENCH_FORMAT,
         "format_version": BENCH_FORMAT_VERSION,
@@ -191,6 +191,7 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
         "warmup": settings.warmup,
         "threads": threads,
         "kernels": getattr(engine, "kernels", None),
+        "kv_cache": getattr(engine, "kv_cache", "fp16"),
         **speed,
         "vision_ms_per_tile": speed["vision_ms"] * settings.images / tiles if tiles else None,
         **bandwidth,

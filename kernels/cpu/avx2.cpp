@@ -186,37 +186,86 @@ inline __m256 exp_nonpositive(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
 }
 
+// Rows of a KV cache as 8 floats at a time: row t, columns d .. d + 7 (d a multiple of 8), whatever the storage.
+// A `blocked` storage also gives its rows unscaled (raw) with one scale per QK columns, which the loops below
+// apply once per block rather than once per load.
+struct F32Rows {
+    static constexpr bool blocked = false;
+    const float* x;
+    int hd;
+    __m256 load(size_t t, int d) const { return _mm256_loadu_ps(x + t * hd + d); }
+};
+
+struct F16Rows {  // F16C: eight halves to floats in one instruction
+    static constexpr bool blocked = false;
+    const uint16_t* x;
+    int hd;
+    __m256 load(size_t t, int d) const { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + t * hd + d))); }
+};
+
+struct Q8Rows {  // eight int8 widened to floats, times their block's scale
+    static constexpr bool blocked = true;
+    KvQ8 c;
+    int hd;
+    __m256 raw(size_t t, int d) const {
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(c.q + t * hd + d))));
+    }
+    float scale(size_t t, int d) const { return h2f(c.d[(t * hd + d) / QK]); }
+    __m256 load(size_t t, int d) const { return _mm256_mul_ps(raw(t, d), _mm256_set1_ps(scale(t, d))); }
+};
+
 // Eight keys at a time, eight accumulators: the scores come out as one vector.
-inline __m256 scores8(const float* q, const float* k, int hd) {
+template <class Rows>
+inline __m256 scores8(const float* q, const Rows& k, size_t t0, int hd) {
     __m256 a[8];
     for (auto& v : a) v = _mm256_setzero_ps();
-    for (int d = 0; d < hd; d += 8) {
-        const __m256 qd = _mm256_loadu_ps(q + d);
-        for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qd, _mm256_loadu_ps(k + size_t(j) * hd + d), a[j]);
+    if constexpr (Rows::blocked) {  // hd a multiple of QK: a block's products summed, then scaled once
+        for (int d0 = 0; d0 < hd; d0 += QK) {
+            __m256 qb[4];
+            for (int c = 0; c < 4; ++c) qb[c] = _mm256_loadu_ps(q + d0 + 8 * c);
+            for (int j = 0; j < 8; ++j) {
+                __m256 part = _mm256_mul_ps(qb[0], k.raw(t0 + j, d0));
+                for (int c = 1; c < 4; ++c) part = _mm256_fmadd_ps(qb[c], k.raw(t0 + j, d0 + 8 * c), part);
+                a[j] = _mm256_fmadd_ps(part, _mm256_set1_ps(k.scale(t0 + j, d0)), a[j]);
+            }
+        }
+    } else {
+        for (int d = 0; d < hd; d += 8) {
+            const __m256 qd = _mm256_loadu_ps(q + d);
+            for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qd, k.load(t0 + j, d), a[j]);
+        }
     }
     const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
     return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
 }
 
-// out = inv · Σ_t p_t v_t for a head of 8·C floats.
-template <int C>
-void weighted_sum(const float* p, const float* v, int n, float inv, float* out) {
+// out = inv · Σ_t p_t v_t for a head of 8·C floats (a blocked storage's scales folded into p_t, per block).
+template <int C, class Rows>
+void weighted_sum(const float* p, const Rows& v, int n, float inv, float* out) {
     __m256 o[C];
     for (auto& r : o) r = _mm256_setzero_ps();
     for (int t = 0; t < n; ++t) {
-        const __m256 w = _mm256_set1_ps(p[t]);
-        for (int c = 0; c < C; ++c) o[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + size_t(t) * 8 * C + 8 * c), o[c]);
+        if constexpr (Rows::blocked) {
+            for (int b = 0; b < C / 4; ++b) {
+                const __m256 w = _mm256_set1_ps(p[t] * v.scale(t, b * QK));
+                for (int c = 4 * b; c < 4 * b + 4; ++c) o[c] = _mm256_fmadd_ps(w, v.raw(t, 8 * c), o[c]);
+            }
+        } else {
+            const __m256 w = _mm256_set1_ps(p[t]);
+            for (int c = 0; c < C; ++c) o[c] = _mm256_fmadd_ps(w, v.load(t, 8 * c), o[c]);
+        }
     }
     for (int c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(o[c], _mm256_set1_ps(inv)));
 }
 
-void attend(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out) {
-    if (hd % 8) return attend_ref(q, k, v, n, hd, scale, p, out);
+// One query row over n cached rows (hd a multiple of 8): scores, softmax and sums in fp32, for every storage.
+template <class Rows>
+void attend_rows(const float* q, const Rows& k, const Rows& v, int n, int hd, float scale, float* p, float* out) {
     int t = 0;
     __m256 vmax = _mm256_set1_ps(-INFINITY);
     for (; t + 8 <= n; t += 8) {
-        const __m256 s = _mm256_mul_ps(scores8(q, k + size_t(t) * hd, hd), _mm256_set1_ps(scale));
+        const __m256 s = _mm256_mul_ps(scores8(q, k, t, hd), _mm256_set1_ps(scale));
         _mm256_storeu_ps(p + t, s);
         vmax = _mm256_max_ps(vmax, s);
     }
@@ -226,7 +275,7 @@ void attend(const float* q, const float* k, const float* v, int n, int hd, float
     for (float l : lanes) mx = std::max(mx, l);
     for (; t < n; ++t) {
         __m256 acc = _mm256_setzero_ps();
-        for (int d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), _mm256_loadu_ps(k + size_t(t) * hd + d), acc);
+        for (int d = 0; d < hd; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), k.load(t, d), acc);
         mx = std::max(mx, p[t] = hsum(acc) * scale);
     }
     __m256 vsum = _mm256_setzero_ps();
@@ -244,9 +293,24 @@ void attend(const float* q, const float* k, const float* v, int n, int hd, float
     }
     for (int d = 0; d < hd; d += 8) {
         __m256 o = _mm256_setzero_ps();
-        for (t = 0; t < n; ++t) o = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(v + size_t(t) * hd + d), o);
+        for (t = 0; t < n; ++t) o = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), v.load(t, d), o);
         _mm256_storeu_ps(out + d, _mm256_mul_ps(o, _mm256_set1_ps(1.f / sum)));
     }
+}
+
+void attend(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out) {
+    if (hd % 8) return attend_ref(q, k, v, n, hd, scale, p, out);
+    attend_rows(q, F32Rows{k, hd}, F32Rows{v, hd}, n, hd, scale, p, out);
+}
+
+void attend_f16(const float* q, const uint16_t* k, const uint16_t* v, int n, int hd, float scale, float* p, float* out) {
+    if (hd % 8) return attend_f16_ref(q, k, v, n, hd, scale, p, out);
+    attend_rows(q, F16Rows{k, hd}, F16Rows{v, hd}, n, hd, scale, p, out);
+}
+
+void attend_q8(const float* q, KvQ8 k, KvQ8 v, int n, int hd, float scale, float* p, float* out) {
+    if (hd % QK) return attend_q8_ref(q, k, v, n, hd, scale, p, out);
+    attend_rows(q, Q8Rows{k, hd}, Q8Rows{v, hd}, n, hd, scale, p, out);
 }
 
 // Dequantise each 64-weight pair to floats on the fly: (q - zero) · scale, exact in fp32.
@@ -278,7 +342,7 @@ void q4_matmul_f32(const Q4Weight& w, const float* x, int m, float* y, int ldy, 
 
 }  // namespace
 
-const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, attend, q4_matmul_f32, quantize};
+const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, attend, attend_f16, attend_q8, q4_matmul_f32, quantize};
 
 }  // namespace vila
 #endif

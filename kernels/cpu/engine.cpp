@@ -45,6 +45,105 @@ static std::string shape_str(const std::vector<int64_t>& s) {
     return r + "]";
 }
 
+KvType kv_type_named(const std::string& name) {
+    if (name == "fp32") return KvType::F32;
+    if (name == "fp16") return KvType::F16;
+    if (name == "int8") return KvType::Q8;
+    throw std::invalid_argument("kv_cache '" + name + "': choose fp16, int8 or fp32");
+}
+
+const char* kv_type_name(KvType type) { return type == KvType::F32 ? "fp32" : type == KvType::F16 ? "fp16" : "int8"; }
+
+KvCache::KvCache(KvType type, int layers, int kv_heads, int head_dim, int max_seq)
+    : type_(type), layers_(layers), kv_heads_(kv_heads), hd_(head_dim), max_seq_(max_seq) {
+    if (max_seq < 1) throw std::invalid_argument("max_seq must be at least 1");
+    if (type == KvType::Q8 && head_dim % QK)
+        throw std::invalid_argument("an int8 KV cache needs head_dim a multiple of 32 (it is " + std::to_string(head_dim) +
+                                    "); open it with kv_cache fp16");
+    reserve(1, 0);
+}
+
+size_t KvCache::row_bytes() const {
+    return type_ == KvType::F32 ? 4 * size_t(hd_) : type_ == KvType::F16 ? 2 * size_t(hd_) : size_t(hd_) + 2 * size_t(hd_ / QK);
+}
+
+std::vector<size_t> KvCache::sections() const {
+    if (type_ == KvType::Q8) return {size_t(hd_), 2 * size_t(hd_ / QK)};
+    return {row_bytes()};
+}
+
+size_t KvCache::plane_bytes(int capacity) const { return size_t(layers_) * kv_heads_ * capacity * row_bytes(); }
+
+// int8: where a plane's scales begin, after every head's values
+static uint16_t* scales_of(uint8_t* plane, size_t values) { return reinterpret_cast<uint16_t*>(plane + values); }
+
+void KvCache::reserve(int needed, int filled) {
+    if (needed <= cap_) return;
+    long long grown = 256;
+    while (grown < needed) grown *= 2;
+    const int cap = int(std::min<long long>(grown, max_seq_));
+    const size_t heads = size_t(layers_) * kv_heads_;
+    // both planes allocated before either is replaced: a failed allocation (bad_alloc) leaves the cache as it was
+    std::unique_ptr<uint8_t[]> next[2] = {std::unique_ptr<uint8_t[]>(new uint8_t[plane_bytes(cap)]),
+                                          std::unique_ptr<uint8_t[]>(new uint8_t[plane_bytes(cap)])};
+    std::unique_ptr<uint8_t[]>* planes[2] = {&k_, &v_};
+    for (int p = 0; p < 2; ++p) {
+        size_t from = 0, to = 0;
+        for (size_t row : sections()) {
+            if (filled)
+                for (size_t h = 0; h < heads; ++h)
+                    std::memcpy(next[p].get() + to + h * cap * row, planes[p]->get() + from + h * cap_ * row, size_t(filled) * row);
+            from += heads * cap_ * row, to += heads * cap * row;
+        }
+        *planes[p] = std::move(next[p]);
+    }
+    cap_ = cap;
+}
+
+void KvCache::write(int layer, int head, int pos, const float* k, const float* v) {
+    const size_t row = head_rows(layer, head) + pos, values = size_t(layers_) * kv_heads_ * cap_ * hd_;
+    for (int which = 0; which < 2; ++which) {
+        const float* x = which ? v : k;
+        uint8_t* plane = (which ? v_ : k_).get();
+        if (type_ == KvType::F32) {
+            std::copy(x, x + hd_, reinterpret_cast<float*>(plane) + row * hd_);
+        } else if (type_ == KvType::F16) {
+            uint16_t* y = reinterpret_cast<uint16_t*>(plane) + row * hd_;
+            for (int d = 0; d < hd_; ++d) y[d] = float_to_fp16(x[d]);
+        } else {
+            quantize_kv_q8(x, hd_, reinterpret_cast<int8_t*>(plane) + row * hd_, scales_of(plane, values) + row * (hd_ / QK));
+        }
+    }
+}
+
+void KvCache::replicate(int filled, int to) {
+    const size_t heads = size_t(layers_) * kv_heads_;
+    for (uint8_t* plane : {k_.get(), v_.get()}) {
+        size_t at = 0;
+        for (size_t row : sections()) {
+            for (size_t h = 0; h < heads; ++h) {
+                uint8_t* rows = plane + at + h * cap_ * row;
+                for (int t = filled; t < to; ++t) std::memcpy(rows + size_t(t) * row, rows + size_t(t % filled) * row, row);
+            }
+            at += heads * cap_ * row;
+        }
+    }
+}
+
+void KvCache::attend(const Kernels& kt, int layer, int head, const float* q, int n, float scale, float* p, float* out) const {
+    const size_t row = head_rows(layer, head), values = size_t(layers_) * kv_heads_ * cap_ * hd_;
+    uint8_t *k = k_.get(), *v = v_.get();
+    if (type_ == KvType::F32)
+        return kt.attend(q, reinterpret_cast<const float*>(k) + row * hd_, reinterpret_cast<const float*>(v) + row * hd_, n, hd_,
+                         scale, p, out);
+    if (type_ == KvType::F16)
+        return kt.attend_f16(q, reinterpret_cast<const uint16_t*>(k) + row * hd_, reinterpret_cast<const uint16_t*>(v) + row * hd_,
+                             n, hd_, scale, p, out);
+    const KvQ8 kq{reinterpret_cast<const int8_t*>(k) + row * hd_, scales_of(k, values) + row * (hd_ / QK)};
+    const KvQ8 vq{reinterpret_cast<const int8_t*>(v) + row * hd_, scales_of(v, values) + row * (hd_ / QK)};
+    kt.attend_q8(q, kq, vq, n, hd_, scale, p, out);
+}
+
 template <class T>
 const T* Engine::tensor(const std::string& name, const char* dtype, std::vector<int64_t> shape) const {
     auto it = tensors_.find(name);
@@ -78,10 +177,11 @@ Linear Engine::linear(const std::string& name, int n, int k, bool bias) const {
 }
 
 Engine::Engine(const std::string& path, size_t data_start, const std::map<std::string, TensorInfo>& tensors,
-               const ModelConfig& config, int max_seq, int threads, const std::string& kernels, bool int8_activations)
+               const ModelConfig& config, int max_seq, int threads, const std::string& kernels, bool int8_activations,
+               KvType kv_cache)
     : file_(new MappedFile(path)), data_start_(data_start), tensors_(tensors), c_(config),
       k_(kernels.empty() ? best_kernels() : kernels_named(kernels.c_str())), pool_(threads), max_seq_(max_seq),
-      int8_act_(int8_activations) {
+      int8_act_(int8_activations), cache_(kv_cache, config.layers, config.kv_heads, config.head_dim, max_seq) {
     if (!k_) throw std::invalid_argument("kernels '" + kernels + "' are not available on this CPU");
     const int H = c_.hidden, hd = c_.head_dim, I = c_.intermediate;
     const int nqkv = (c_.heads + 2 * c_.kv_heads) * hd;
@@ -106,14 +206,20 @@ Engine::Engine(const std::string& path, size_t data_start, const std::map<std::s
     x_.resize(C * H), h_.resize(C * H), tmp_.resize(C * H), qkv_.resize(C * nqkv), attn_.resize(C * c_.heads * hd);
     gu_.resize(C * 2 * I), act_.resize(C * I), cos_.resize(C * hd / 2), sin_.resize(C * hd / 2);
     aq_.resize(C * widest), ad_.resize(C * widest / QK), as_.resize(C * widest / QK);
-    const size_t cache = size_t(c_.layers) * c_.kv_heads * max_seq_ * hd;
-    k_cache_.reset(new float[cache]);
-    v_cache_.reset(new float[cache]);
 }
 
 void Engine::trim(int n) {
     if (n < 0 || n > pos_) throw std::invalid_argument("trim(" + std::to_string(n) + ") outside the cache's " + std::to_string(pos_) + " positions");
     pos_ = n;
+}
+
+void Engine::extend(int n) {
+    if (pos_ == 0 || n < 0 || pos_ + n > max_seq_)
+        throw std::invalid_argument("extend(" + std::to_string(n) + ") needs cached positions to copy and room for them (" +
+                                    std::to_string(pos_) + " of " + std::to_string(max_seq_) + " used)");
+    cache_.reserve(pos_ + n, pos_);
+    cache_.replicate(pos_, pos_ + n);
+    pos_ += n;
 }
 
 void Engine::embed(const int32_t* ids, int n, float* out) const {
@@ -129,6 +235,7 @@ void Engine::prefill(const float* embeds, int n, float* logits) {
     if (pos_ + n > max_seq_)
         throw std::length_error("the cache holds " + std::to_string(max_seq_) + " positions; " + std::to_string(pos_) + " used, " +
                                 std::to_string(n) + " more asked");
+    cache_.reserve(pos_ + n, pos_);
     for (int i = 0; i < n; i += kChunk) {
         const int m = std::min(kChunk, n - i);
         std::copy(embeds + size_t(i) * c_.hidden, embeds + size_t(i + m) * c_.hidden, x_.begin());
@@ -138,6 +245,7 @@ void Engine::prefill(const float* embeds, int n, float* logits) {
 
 void Engine::decode(int token, float* logits) {
     if (pos_ + 1 > max_seq_) throw std::length_error("the cache is full (" + std::to_string(max_seq_) + " positions)");
+    cache_.reserve(pos_ + 1, pos_);
     embed(&token, 1, x_.data());
     forward(1, logits);
 }
@@ -206,17 +314,14 @@ void Engine::rope(float* qkv, int m) {
 void Engine::attention(int layer, const float* qkv, int m, float* out) {
     const int hd = c_.head_dim, nh = c_.heads, group = c_.heads / c_.kv_heads, stride = (nh + 2 * c_.kv_heads) * hd;
     const float scale = 1.f / std::sqrt(float(hd));
-    const size_t per_head = size_t(max_seq_) * hd;
-    const float* kl = k_cache_.get() + size_t(layer) * c_.kv_heads * per_head;
-    const float* vl = v_cache_.get() + size_t(layer) * c_.kv_heads * per_head;
     pool_.parallel_for(nh * m, 1, [&](int b, int e) {
         thread_local std::vector<float> score;
         score.resize(pos_ + m);
         for (int task = b; task < e; ++task) {
-            const int h = task % nh, i = task / nh, n = pos_ + i + 1;
+            // head-major: a thread's consecutive tasks read the same cached rows, still warm in its caches
+            const int h = task / m, i = task % m, n = pos_ + i + 1;
             const float* q = qkv + size_t(i) * stride + size_t(h) * hd;
-            const float *kh = kl + (h / group) * per_head, *vh = vl + (h / group) * per_head;
-            k_->attend(q, kh, vh, n, hd, scale, score.data(), out + size_t(i) * nh * hd + size_t(h) * hd);
+            cache_.attend(*k_, layer, h / group, q, n, scale, score.data(), out + size_t(i) * nh * hd + size_t(h) * hd);
         }
     });
 }
@@ -225,7 +330,6 @@ void Engine::attention(int layer, const float* qkv, int m, float* out) {
 void Engine::forward(int m, float* logits) {
     const int H = c_.hidden, hd = c_.head_dim, I = c_.intermediate, nkv = c_.kv_heads, nh = c_.heads;
     const int stride = (nh + 2 * nkv) * hd;
-    const size_t per_head = size_t(max_seq_) * hd;
     rope_angles(m);
     for (int l = 0; l < c_.layers; ++l) {
         const Layer& L = layers_[l];
@@ -233,13 +337,11 @@ void Engine::forward(int m, float* logits) {
         rmsnorm(x_.data(), L.attn_norm, m, h_.data());
         matmul(L.qkv, h_.data(), m, qkv_.data());
         rope(qkv_.data(), m);
-        // the rows' k and v into the cache at their positions
+        // the rows' k and v into the cache at their positions, in its storage type
         for (int i = 0; i < m; ++i)
             for (int h = 0; h < nkv; ++h) {
                 const float* k = qkv_.data() + size_t(i) * stride + size_t(nh + h) * hd;
-                const size_t at = (size_t(l) * nkv + h) * per_head + size_t(pos_ + i) * hd;
-                std::copy(k, k + hd, k_cache_.get() + at);
-                std::copy(k + nkv * hd, k + nkv * hd + hd, v_cache_.get() + at);
+                cache_.write(l, h, pos_ + i, k, k + nkv * hd);
             }
         // each q head over the cache so far, then the output projection into the residual
         attention(l, qkv_.data(), m, attn_.data());

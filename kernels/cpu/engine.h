@@ -50,10 +50,44 @@ struct Layer {
     Linear qkv, o, gate_up, down;  // q, k, v rows stacked; gate rows then up rows
 };
 
+// The KV cache's storage, chosen when the engine is opened: fp32, IEEE half, or int8 blocks of QK along
+// head_dim with one fp16 scale each (KvQ8, as llama.cpp's q8_0 cache).
+enum class KvType { F32, F16, Q8 };
+KvType kv_type_named(const std::string& name);  // "fp32", "fp16", "int8"
+const char* kv_type_name(KvType type);
+
+// K and V of every layer as [layer][kv_head][capacity][head_dim] (int8: the scales beside them as
+// [layer][kv_head][capacity][head_dim / QK]). Allocated for what the context needs: reserve() grows the
+// capacity to the next power of two (at least 256, at most max_seq), copying the filled positions bit for bit.
+class KvCache {
+public:
+    KvCache(KvType type, int layers, int kv_heads, int head_dim, int max_seq);
+    void reserve(int needed, int filled);  // capacity >= needed; positions [0, filled) kept
+    void write(int layer, int head, int pos, const float* k, const float* v);
+    void replicate(int filled, int to);  // positions [filled, to) as copies of [0, filled), cyclically
+    // kernels' attend over positions [0, n) of one kv head
+    void attend(const Kernels& kt, int layer, int head, const float* q, int n, float scale, float* p, float* out) const;
+    KvType type() const { return type_; }
+    int capacity() const { return cap_; }
+    size_t bytes() const { return 2 * plane_bytes(cap_); }  // K and V as allocated now
+
+private:
+    size_t row_bytes() const;                 // one position of one head: values and, for int8, scales
+    size_t plane_bytes(int capacity) const;   // K (or V) for every layer and head at this capacity
+    // a plane's sections, each [layer][kv_head][capacity][its bytes per row]: one, or int8's values then scales
+    std::vector<size_t> sections() const;
+    size_t head_rows(int layer, int head) const { return (size_t(layer) * kv_heads_ + head) * cap_; }
+    KvType type_;
+    int layers_, kv_heads_, hd_, max_seq_, cap_ = 0;
+    // uninitialised: pages are committed as positions fill; int8 keeps the values first, then the scales
+    std::unique_ptr<uint8_t[]> k_, v_;
+};
+
 class Engine {
 public:
     Engine(const std::string& path, size_t data_start, const std::map<std::string, TensorInfo>& tensors,
-           const ModelConfig& config, int max_seq, int threads, const std::string& kernels, bool int8_activations = true);
+           const ModelConfig& config, int max_seq, int threads, const std::string& kernels, bool int8_activations = true,
+           KvType kv_cache = KvType::F16);
 
     // Appends n positions (embeddings [n, hidden]) to the cache; writes the last position's logits.
     void prefill(const float* embeds, int n, float* logits);
@@ -61,12 +95,16 @@ public:
     void embed(const int32_t* ids, int n, float* out) const;
     void reset() { pos_ = 0; }
     void trim(int n);  // keep the first n positions
+    // For benchmarks: n more positions, copies of the cached ones (decode at a long context without prefilling it;
+    // attention costs the same whatever the rows hold)
+    void extend(int n);
 
     int position() const { return pos_; }
     int max_seq() const { return max_seq_; }
     int threads() const { return pool_.size(); }
     const char* kernels() const { return k_->name; }
     bool int8_activations() const { return int8_act_; }
+    const KvCache& cache() const { return cache_; }
     const ModelConfig& config() const { return c_; }
 
 private:
@@ -110,9 +148,7 @@ private:
     std::vector<float> cos_, sin_;  // (C, hd / 2) RoPE angles of the rows' positions
     std::vector<int8_t> aq_;        // (C, W) a matmul's input as int8 blocks (ActQ8::q)
     std::vector<float> ad_, as_;    // (C, W / QK) their scales and scaled sums (ActQ8::d, ActQ8::sum)
-    // [layer][kv_head][max_seq][head_dim], left uninitialised: pages are committed as positions fill,
-    // so resident memory follows the context in use rather than max_seq
-    std::unique_ptr<float[]> k_cache_, v_cache_;
+    KvCache cache_;
 };
 
 }  // namespace vila

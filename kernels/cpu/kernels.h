@@ -38,6 +38,14 @@ struct F16Weight {
     int n, k;
 };
 
+// A KV cache row stored as int8 blocks of QK along head_dim, one fp16 scale each (llama.cpp's q8_0):
+// x ≈ fp16(d) · q, with d = amax / 127 and q = round(x / d), halves away from zero (quantize_kv_q8).
+// Row t of n: its hd values at q + t·hd, its hd / QK scales at d + t·hd / QK.
+struct KvQ8 {
+    const int8_t* q;
+    const uint16_t* d;
+};
+
 // m rows of k activations as int8 blocks (k a multiple of QK): x ≈ d * q; sum = d * Σq (for the
 // weight's zero term). Blocks 2i and 2i + 1 share one scale (d is still stored per block), so a
 // kernel may add their int16 products before widening when the weight scale is shared too.
@@ -60,6 +68,10 @@ struct Kernels {
     // One query row of attention over n cached keys/values [n, hd]: out = softmax(q·kᵀ·scale)·v.
     // p: scratch for n scores.
     void (*attend)(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out);
+    // attend over a cache stored as IEEE half, and as int8 blocks (hd a multiple of QK): dequantised on the
+    // fly; the scores, softmax and sums stay fp32
+    void (*attend_f16)(const float* q, const uint16_t* k, const uint16_t* v, int n, int hd, float scale, float* p, float* out);
+    void (*attend_q8)(const float* q, KvQ8 k, KvQ8 v, int n, int hd, float scale, float* p, float* out);
     // int4 weight × float activations: the exact mode (dequantised weights, no activation rounding)
     void (*q4_matmul_f32)(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
     // quantize_act, bit for bit (the kernels' ActQ8 input)
@@ -69,17 +81,21 @@ struct Kernels {
 // f(name, &Kernels::entry) for every entry: the one list that dispatch fills and the tests check.
 template <class F>
 void for_each_entry(F f) {
-    static_assert(sizeof(Kernels) == 7 * sizeof(void*), "a new entry of Kernels belongs here too");
+    static_assert(sizeof(Kernels) == 9 * sizeof(void*), "a new entry of Kernels belongs here too");
     f("q4_matmul", &Kernels::q4_matmul);
     f("q8_matmul", &Kernels::q8_matmul);
     f("f16_matmul", &Kernels::f16_matmul);
     f("attend", &Kernels::attend);
+    f("attend_f16", &Kernels::attend_f16);
+    f("attend_q8", &Kernels::attend_q8);
     f("q4_matmul_f32", &Kernels::q4_matmul_f32);
     f("quantize", &Kernels::quantize);
 }
 
 void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
 void attend_ref(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out);
+void attend_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int n, int hd, float scale, float* p, float* out);
+void attend_q8_ref(const float* q, KvQ8 k, KvQ8 v, int n, int hd, float scale, float* p, float* out);
 
 // Σ of x.sum over each weight group, per activation row: the zero term is Σ_g scale·zero·X_g.
 inline void group_sums(const ActQ8& x, int group, float* X) {
@@ -115,6 +131,11 @@ void q4_matmul_tiles(const Q4Weight& w, const ActQ8& x, int j0, int j1, Tile til
 // ref's quantize (the bits every table's quantize gives) and the fp16 conversion, also used outside the tables.
 void quantize_act(const float* x, int m, int k, int8_t* q, float* d, float* sum);
 float fp16_to_float(uint16_t h);
+// The KV cache's writers (portable: a few rows per step): float to IEEE half, rounding to nearest even
+// (overflow to ±inf, subnormals kept, NaN stays NaN); one row of hd values (a multiple of QK) to KvQ8
+// blocks, as ggml's quantize_row_q8_0_ref.
+uint16_t float_to_fp16(float f);
+void quantize_kv_q8(const float* x, int hd, int8_t* q, uint16_t* d);
 
 // The tables as their ISA files declare them, empty entries included: call the ones below instead.
 extern const Kernels kRef;

@@ -4,6 +4,6 @@
 #include "neon_impl.h"
 
 namespace vila {
-const Kernels kNeonDot = {"neon-dotprod", q4_matmul, q8_matmul, nullptr, nullptr, nullptr, nullptr};
+const Kernels kNeonDot = {"neon-dotprod", q4_matmul, q8_matmul, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 }
 #endif

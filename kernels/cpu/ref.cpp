@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -23,6 +24,32 @@ float fp16_to_float(uint16_t h) {
     float f;
     std::memcpy(&f, &bits, 4);
     return f;
+}
+
+uint16_t float_to_fp16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint16_t sign = uint16_t(x >> 16 & 0x8000);
+    const uint32_t ax = x & 0x7fffffff;
+    if (ax > 0x7f800000) return sign | 0x7e00 | uint16_t(ax >> 13 & 0x3ff);  // NaN, kept quiet
+    if (ax >= 0x477ff000) return sign | 0x7c00;  // 65520 and up (inf included) round to inf
+    if (ax < 0x38800000)  // below 2^-14: a subnormal half in steps of 2^-24, exact to scale, rounded to even
+        return sign | uint16_t(std::nearbyint(std::fabs(f) * 16777216.f));
+    uint32_t h = (ax - 0x38000000) >> 13;  // the exponent rebiased (127 -> 15), the top 10 mantissa bits
+    const uint32_t rest = ax & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // a carry into the exponent is still right
+    return sign | uint16_t(h);
+}
+
+void quantize_kv_q8(const float* x, int hd, int8_t* q, uint16_t* d) {
+    for (int b = 0; b < hd / QK; ++b) {
+        const float* xb = x + b * QK;
+        float amax = 0.f;
+        for (int t = 0; t < QK; ++t) amax = std::fmax(amax, std::fabs(xb[t]));
+        const float s = amax / 127.f, inv = s != 0.f ? 1.f / s : 0.f;
+        d[b] = float_to_fp16(s);
+        for (int t = 0; t < QK; ++t) q[b * QK + t] = int8_t(std::round(xb[t] * inv));
+    }
 }
 
 void quantize_act(const float* x, int m, int k, int8_t* q, float* d, float* sum) {
@@ -120,6 +147,40 @@ void attend_ref(const float* q, const float* k, const float* v, int n, int hd, f
     }
 }
 
+// attend_ref over rows dequantised one at a time: row(t, which, buf) writes key (which 0) or value (1) t.
+template <class Row>
+static void attend_rows(const float* q, int n, int hd, float scale, float* p, float* out, Row row) {
+    thread_local std::vector<float> buf;
+    buf.resize(hd);
+    float mx = -INFINITY, sum = 0.f;
+    for (int t = 0; t < n; ++t) {
+        row(t, 0, buf.data());
+        mx = std::fmax(mx, p[t] = dot(q, buf.data(), hd) * scale);
+    }
+    for (int t = 0; t < n; ++t) sum += p[t] = std::exp(p[t] - mx);
+    std::fill(out, out + hd, 0.f);
+    for (int t = 0; t < n; ++t) {
+        row(t, 1, buf.data());
+        const float w = p[t] / sum;
+        for (int d = 0; d < hd; ++d) out[d] += w * buf[d];
+    }
+}
+
+void attend_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int n, int hd, float scale, float* p, float* out) {
+    attend_rows(q, n, hd, scale, p, out, [&](int t, int which, float* row) {
+        const uint16_t* x = (which ? v : k) + size_t(t) * hd;
+        for (int d = 0; d < hd; ++d) row[d] = fp16_to_float(x[d]);
+    });
+}
+
+void attend_q8_ref(const float* q, KvQ8 k, KvQ8 v, int n, int hd, float scale, float* p, float* out) {
+    const int nb = hd / QK;
+    attend_rows(q, n, hd, scale, p, out, [&](int t, int which, float* row) {
+        const KvQ8& c = which ? v : k;
+        for (int d = 0; d < hd; ++d) row[d] = fp16_to_float(c.d[size_t(t) * nb + d / QK]) * float(c.q[size_t(t) * hd + d]);
+    });
+}
+
 void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1) {
     const int ng = w.k / w.group;
     for (int i = 0; i < m; ++i) {
@@ -137,6 +198,7 @@ void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int l
     }
 }
 
-const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, attend_ref, q4_matmul_f32_ref, quantize_act};
+const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, attend_ref, attend_f16_ref, attend_q8_ref, q4_matmul_f32_ref,
+                      quantize_act};
 
 }  // namespace vila

@@ -78,10 +78,10 @@ int main() {
         const Q4Weight w4{q.data(), scales.data(), zeros.data(), n, k, g};
         const Q8Weight q8{w8.data(), s8.data(), n, k};
         const F16Weight f16{w16.data(), n, k};
-        std::vector<float> ref[5];
+        std::vector<float> ref[7];
         for (int t = 0; t < count; ++t) {
             const Kernels* kt = kernels_named(names[t]);
-            std::vector<float> y[5];
+            std::vector<float> y[7];
             for (auto& v : y) v.assign(m * n, 0.f);
             const bool same = quantizes_like_ref(*kt, x, m, k);
             failures += !same;
@@ -97,12 +97,22 @@ int main() {
             scratch.resize(keys);
             y[4].assign(hd, 0.f);
             kt->attend(x.data(), kv.data(), kv.data() + size_t(keys) * hd, keys, hd, 0.125f, scratch.data(), y[4].data());
+            // the same keys and values as an fp16 and an int8 cache
+            std::vector<uint16_t> kv16(kv.size()), kvd(kv.size() / QK);
+            std::vector<int8_t> kvq(kv.size());
+            for (size_t i = 0; i < kv.size(); ++i) kv16[i] = float_to_fp16(kv[i]);
+            for (int r = 0; r < 2 * keys; ++r)
+                quantize_kv_q8(kv.data() + size_t(r) * hd, hd, kvq.data() + size_t(r) * hd, kvd.data() + size_t(r) * hd / QK);
+            y[5].assign(hd, 0.f), y[6].assign(hd, 0.f);
+            kt->attend_f16(x.data(), kv16.data(), kv16.data() + size_t(keys) * hd, keys, hd, 0.125f, scratch.data(), y[5].data());
+            const KvQ8 kq{kvq.data(), kvd.data()}, vq{kvq.data() + size_t(keys) * hd, kvd.data() + size_t(keys) * hd / QK};
+            kt->attend_q8(x.data(), kq, vq, keys, hd, 0.125f, scratch.data(), y[6].data());
             if (t == 0) {
-                for (int i = 0; i < 5; ++i) ref[i] = y[i];
+                for (int i = 0; i < 7; ++i) ref[i] = y[i];
                 continue;
             }
-            const char* what[] = {"q4_matmul", "q8_matmul", "f16_matmul", "q4_matmul_f32", "attend"};
-            for (int i = 0; i < 5; ++i) {
+            const char* what[] = {"q4_matmul", "q8_matmul", "f16_matmul", "q4_matmul_f32", "attend", "attend_f16", "attend_q8"};
+            for (int i = 0; i < 7; ++i) {
                 const float e = rel_err(y[i], ref[i]);
                 const bool ok = e < 1e-4f;
                 failures += !ok;

@@ -21,6 +21,7 @@ class BackendOptions:
     kernels: str | None = None  # cpu engine
     max_seq: int | None = None  # cpu engine
     activations: str = "int8"  # cpu engine
+    kv_cache: str | None = None  # cpu engine: the KV cache's storage (None: fp16)
     device: str = "auto"  # torch
     dtype: str = "auto"  # torch
     projector_order: str | None = None  # torch
@@ -48,14 +49,15 @@ def open_engine(folder, opts: BackendOptions) -> tuple[Backend, str]:
     if kind == "trt":
         from ..runtime.trt import TrtEngine
 
-        if opts.threads or opts.kernels:
-            raise UsageError(f"{folder} is a TensorRT engine; --threads and --kernels set the cpu engine: drop them")
+        if opts.threads or opts.kernels or opts.kv_cache:
+            raise UsageError(f"{folder} is a TensorRT engine; --threads and --kernels set the cpu engine, as does "
+                             "--kv-cache: drop them")
         engine = TrtEngine(folder)
         return engine, f"trt ({engine.manifest['target']})"
     from ..runtime.cpu import CpuEngine
 
     engine = CpuEngine(folder, threads=opts.threads, kernels=opts.kernels, max_seq=opts.max_seq,
-                       activations=opts.activations)
+                       activations=opts.activations, kv_cache=opts.kv_cache)
     return engine, f"cpu ({engine.kernels}, {engine.threads} threads)"
 
 

@@ -39,6 +39,16 @@ def rope_frequencies(llm: dict) -> tuple[np.ndarray, float]:
     return inv.astype(np.float32), 1.0
 
 
+# The KV cache's storage types and their bytes per cached value (int8: one fp16 scale per 32 values beside them).
+KV_CACHE_BYTES = {"fp16": 2.0, "int8": 1 + 2 / 32, "fp32": 4.0}
+DEFAULT_KV_CACHE = "fp16"
+
+
+def kv_cache_bytes(llm: dict, positions: int, kv_cache: str = DEFAULT_KV_CACHE) -> float:
+    """Bytes K and V take at `positions` cached positions: layers x kv_heads x positions x head_dim x 2 x bytes."""
+    return llm["layers"] * llm["kv_heads"] * positions * llm["head_dim"] * 2 * KV_CACHE_BYTES[kv_cache]
+
+
 def default_threads() -> int:
     """Cores this process may use, at most 8: decode is bandwidth-bound well before that on laptops."""
     try:
@@ -48,8 +58,10 @@ def default_threads() -> int:
     return max(1, min(n, 8))
 
 
-def open_llm(path: Path, llm: dict, max_seq: int, threads: int, kernels: str = "", int8_activations: bool = True):
-    """The C++ engine over an engine weight file, for the LLM shapes of a manifest's `llm`."""
+def open_llm(path: Path, llm: dict, max_seq: int, threads: int, kernels: str = "", int8_activations: bool = True,
+             kv_cache: str = DEFAULT_KV_CACHE):
+    """The C++ engine over an engine weight file, for the LLM shapes of a manifest's `llm`; its KV cache stored as
+    kv_cache (fp16, int8 or fp32), allocated for the positions in use and grown on demand up to max_seq."""
     try:
         from .. import _runtime
     except ImportError as e:
@@ -67,8 +79,13 @@ def open_llm(path: Path, llm: dict, max_seq: int, threads: int, kernels: str = "
     config.inv_freq = inv_freq.tolist()
     if kernels and kernels not in _runtime.supported_kernels():
         raise UsageError(f"--kernels {kernels}: this CPU runs {', '.join(_runtime.supported_kernels())}")
+    if kv_cache not in KV_CACHE_BYTES:
+        raise UsageError(f"--kv-cache {kv_cache}: choose {', '.join(KV_CACHE_BYTES)}")
+    if kv_cache == "int8" and llm["head_dim"] % 32:
+        raise UsageError(f"--kv-cache int8 needs a head_dim that is a multiple of 32 (this model's is {llm['head_dim']}); "
+                         "use --kv-cache fp16")
     try:
-        return _runtime.Engine(str(path), data_start, index, config, max_seq, threads, kernels, int8_activations)
+        return _runtime.Engine(str(path), data_start, index, config, max_seq, threads, kernels, int8_activations, kv_cache)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}; rebuild the engine") from None
 
@@ -77,7 +94,7 @@ class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
 
     def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None,
-                 activations: str = "int8"):
+                 activations: str = "int8", kv_cache: str | None = None):
         self.root = Path(root)
         self.manifest = read_manifest(self.root, "cpu")
         self.info = EngineInfo(self.root, self.manifest)
@@ -89,7 +106,9 @@ class CpuEngine:
             )
         self.max_seq = max_seq or self.info.model_max_length
         self.threads = threads or default_threads()
-        self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8")
+        self.kv_cache = kv_cache or DEFAULT_KV_CACHE
+        self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8",
+                            self.kv_cache)
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
         self.vision = self.projector = None
         if self.manifest.get("vision"):
@@ -104,6 +123,11 @@ class CpuEngine:
     @property
     def kernels(self) -> str:
         return self.llm.kernels
+
+    @property
+    def kv_item_bytes(self) -> float:
+        """Bytes per cached K or V value in this engine's cache type (the bandwidth ceiling reads them)."""
+        return KV_CACHE_BYTES[self.kv_cache]
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         return self.info.require_vision(self.vision)(pixels)
