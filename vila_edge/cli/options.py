@@ -13,6 +13,8 @@ HELP = {
     "(openai/clip-vit-large-patch14-336) where neither that path nor the Hugging Face cache has it",
     "hf_processor": "LLaVA-1.5: llava-hf's hub image processor (no pad, centre crop) and chat template (no system "
     "prompt), as transformers runs it; not what LLaVA-1.5 was trained with (pad, vicuna_v1: the default)",
+    "qformer_tokenizer": "LLaMA-VID: a local copy of bert-base-uncased (vocab.txt), the tokenizer its Q-Former reads the "
+    "question with, where the Hugging Face cache has none",
     "conv_mode": "conversation template (default: the checkpoint's own)",
     "device": "where PyTorch runs: auto is cuda when it sees one",
     "projector_order": "override the projector's token order",
@@ -124,13 +126,15 @@ def add_allow_pickle(parser) -> None:
 
 
 def add_llava_options(parser) -> None:
-    """--vision-tower and --hf-processor: how a LLaVA-1.5 folder is read in place."""
+    """--vision-tower, --hf-processor and --qformer-tokenizer: how a LLaVA-1.5 or LLaMA-VID folder is read in place."""
     parser.add_argument("--vision-tower", metavar="PATH", help=HELP["vision_tower"])
     parser.add_argument("--hf-processor", action="store_true", help=HELP["hf_processor"])
+    parser.add_argument("--qformer-tokenizer", metavar="PATH", help=HELP["qformer_tokenizer"])
 
 
 def llava_options(args) -> dict:
-    return {"vision_tower": args.vision_tower, "hf_processor": args.hf_processor}
+    return {"vision_tower": args.vision_tower, "hf_processor": args.hf_processor,
+            "qformer_tokenizer": args.qformer_tokenizer}
 
 
 def add_conv_mode(parser, help: str = HELP["conv_mode"]) -> None:

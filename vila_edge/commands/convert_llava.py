@@ -39,11 +39,12 @@ def write_vila_parts(ckpt: Checkpoint, tmp: Path, parts=SUBFOLDERS, progress: bo
                     shutil.copyfile(ckpt.llm_dir / name, folder / name)
         if part == "vision_tower":
             (folder / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2) + "\n")
-        counts[part] = _write_tensors(ckpt, part, tmp, progress)
+        counts[part] = write_part_tensors(ckpt, part, tmp, progress)
     return counts
 
 
-def _write_tensors(ckpt: Checkpoint, part: str, tmp: Path, progress: bool) -> int:
+def write_part_tensors(ckpt: Checkpoint, part: str, tmp: Path, progress: bool) -> int:
+    """ckpt's `part` tensors under their VILA-layout names into tmp/part, safetensors; returns how many."""
     rules = ckpt.renames.get(part)
     if not ckpt.is_pickle(part):
         shards = [read_shard(f) for f in ckpt.weights[part]]
@@ -60,14 +61,15 @@ def _write_tensors(ckpt: Checkpoint, part: str, tmp: Path, progress: bool) -> in
 
 
 def convert_llava(src, out, overwrite: bool = False, progress: bool = True, allow_pickle: bool = False,
-                  vision_tower: str | None = None, hf_processor: bool = False) -> ConvertReport:
+                  vision_tower: str | None = None, hf_processor: bool = False,
+                  qformer_tokenizer: str | None = None) -> ConvertReport:
     """The VILA layout of a LLaVA-1.5 folder in OUT, written whole or not at all, loaded before it is kept."""
     src, out = Path(src), Path(out)
     if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
         raise UsageError(f"{out}: inside the source folder {src}; choose an output folder elsewhere")
     if out.exists() and not overwrite:
         raise UsageError(f"{out}: already exists; remove it, pass --overwrite, or choose another output folder")
-    ckpt = load_checkpoint(src, allow_pickle, vision_tower, hf_processor)
+    ckpt = load_checkpoint(src, allow_pickle, vision_tower, hf_processor, qformer_tokenizer=qformer_tokenizer)
     semantics = ckpt.config["vila_edge_convert"]["semantics"]
     report = ConvertReport(src, out, ckpt.layout, semantics)
     with atomic_dir(out, overwrite=overwrite) as tmp:
