@@ -7,16 +7,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_QUANT, run_cli
+from conftest import QUICK_QUANT, cli_without_quantize_extra, run_cli
 from PIL import Image
 from tiny_llamavid import build_llamavid, write_bert_folder
 from upstream_llamavid import Upstream, frame_tokens_np
 
+from vila_edge.caption import Captioner, VideoClip
 from vila_edge.checkpoint import load_checkpoint
+from vila_edge.errors import CheckpointError
 from vila_edge.export.onnx_checks import cosine
 from vila_edge.formats import ATTENTION_FP16_FILE, ATTENTION_FP32_FILE, VISION_FP32_FILE, VISION_W8A8_FILE
+from vila_edge.generate import SamplingParams
 from vila_edge.model.vlm import VilaModel
 from vila_edge.question import QuestionTokenizer
+from vila_edge.runtime.cpu import CpuEngine
 from vila_edge.runtime.onnx_vision import OnnxAttention, OnnxVision
 
 QUESTION = "What is the man doing in this video?"
@@ -120,3 +124,79 @@ def test_media_calibration_goes_through_the_frame_tokens(built, tmp_path):
         want = torch.from_numpy(frame_tokens_np(up, features, question)[0])
         hits = [i for i in range(len(sample) - 1) if torch.allclose(sample[i : i + 2], want, rtol=1e-4, atol=1e-4)]
         assert len(hits) == 1, question  # the two frame tokens, conditioned on this sample's own question
+
+
+@pytest.fixture(scope="module")
+def engines(built, tmp_path_factory):
+    """{vision precision: cpu engine folder} of the quantized checkpoint (lm_head fp16: exact with fp32 activations)."""
+    _, _, out = built
+    root, made = tmp_path_factory.mktemp("llamavid-cpu"), {}
+    for vision in ("w8a8", "fp32"):
+        made[vision] = root / vision
+        code, _, err = run_cli("build-engine", out, "-o", made[vision], "--target", "cpu", "--lm-head", "fp16",
+                               "--vision", vision)
+        assert code == 0, err
+    return made
+
+
+def test_the_cpu_engine_carries_both_graphs_and_the_bert_vocabulary(built, engines):
+    _, bert, _ = built
+    manifest = json.loads((engines["w8a8"] / "manifest.json").read_text())
+    assert manifest["text"]["family"] == "llama-vid"
+    assert manifest["vision"]["file"] == f"vision/{VISION_W8A8_FILE}"
+    assert manifest["vision"]["attention_file"] == f"vision/{ATTENTION_FP32_FILE}"
+    assert manifest["vision"]["tokens_per_image"] == 2
+    engine = CpuEngine(engines["w8a8"], threads=1)
+    assert engine.info.tokens_per_image == 2
+    assert (engine.info.question_tokenizer_dir / "vocab.txt").read_text() == (bert / "vocab.txt").read_text()
+
+
+@pytest.mark.parametrize("vision", ["fp32", "w8a8"])
+def test_cpu_engine_frame_tokens_match_the_reference(built, engines, vision):
+    """The engine's graphs against VilaModel (PyTorch) on the same pixels and features: fp32 to 1e-4; the int8
+    tower by cosine."""
+    src, bert, out = built
+    up, vlm = Upstream(src, bert), VilaModel(load_checkpoint(out), dtype="float32")
+    engine = CpuEngine(engines[vision], threads=1)
+    ids = QuestionTokenizer(engine.info.question_tokenizer_dir)(QUESTION)
+    pixels = up.pixels(frames(5, seed=2)).numpy()
+    features = vlm.tower_features(pixels)
+    np.testing.assert_allclose(engine.frame_tokens(features, ids), vlm.frame_tokens(features, ids), rtol=1e-4, atol=1e-4)
+    got, want = engine.encode_images(pixels, ids), vlm.frame_tokens(features, ids)
+    if vision == "fp32":
+        np.testing.assert_allclose(engine.tower_features(pixels), features, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    else:
+        assert cosine(got, want).min() > 0.99
+    clip = Captioner(engine.info, engine).encode([VideoClip(features)], QUESTION)  # a video: one block, 2 per frame
+    assert clip.blocks[0].shape == (10, 64)
+
+
+def test_quantize_build_engine_caption_without_torch(built, engines, tmp_path, cli):
+    """The engine captions an image in an interpreter where torch, transformers and onnx cannot import, and its greedy
+    tokens (fp32 activations, fp16 lm_head) are those of the torch backend with the same W8A8 graphs (--backend onnx)."""
+    _, _, out = built
+    image = tmp_path / "frame.png"
+    frames(1, seed=7)[0].save(image)
+    args = ("--image", image, "--prompt", QUESTION, "--temperature", 0, "--max-new-tokens", 8, "--format", "jsonl")
+    code, reference, err = cli("caption", out, "--backend", "onnx", *args)
+    assert code == 0, err
+    ((code, answer, err),) = cli_without_quantize_extra(("caption", engines["w8a8"], *args, "--activations", "fp32"))
+    assert code == 0, err
+    answer, reference = json.loads(answer), json.loads(reference)
+    assert answer["image_tokens"] == 2 and len(answer["token_ids"]) > 0
+    assert answer["token_ids"] == reference["token_ids"]
+
+
+def test_an_engine_without_the_attention_graph_refuses_a_llamavid_question(engines, tmp_path):
+    import shutil
+
+    broken = tmp_path / "no-attention"
+    shutil.copytree(engines["fp32"], broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    del manifest["vision"]["attention_file"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    engine = CpuEngine(broken, threads=1)
+    captioner = Captioner(engine.info, engine)
+    with pytest.raises(CheckpointError, match="no LLaMA-VID attention graph"):
+        captioner(frames(1), QUESTION, SamplingParams(max_new_tokens=2))

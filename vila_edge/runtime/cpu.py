@@ -105,8 +105,19 @@ class CpuEngine:
     def kernels(self) -> str:
         return self.llm.kernels
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+    def encode_images(self, pixels: np.ndarray, question_ids: np.ndarray | None = None) -> np.ndarray:
+        """pixels [N, 3, S, S] -> image tokens [N, T, H]; LLaMA-VID's conditioned on the question's ids [L]."""
+        if self.info.family.question_conditioned:
+            return self.frame_tokens(self.tower_features(pixels), question_ids)
         return self.info.require_vision(self.vision)(pixels)
+
+    def tower_features(self, pixels: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: pixels [N, 3, S, S] -> the tower's features [N, P+1, C] (the tower graph alone)."""
+        return self.info.require_vision(self.vision)(pixels)
+
+    def frame_tokens(self, features: np.ndarray, question_ids: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: features [N, P+1, C] + the question's Q-Former ids [L] -> frame tokens [N, T, H] (its attention graph)."""
+        return self.info.require_attention(self.projector)(features, question_ids)
 
     def encode_multiscale(self, layout, images) -> list[np.ndarray]:
         return encode_multiscale(layout, images, self.info.require_vision(self.vision), self.info.require_projector(self.projector))
