@@ -34,7 +34,7 @@ def built(tmp_path_factory, tokenizer_dirs):
     bert = write_bert_folder(root / "bert-base-uncased")
     src = build_llamavid(root / "llama-vid-7b-full-224-video-fps-1", tokenizer_dirs["llama"])
     out = root / "awq"
-    code, _, err = run_cli("quantize", src, "-o", out, "--group-size", 32, "--allow-pickle", "--qformer-tokenizer", bert,
+    code, _, err = run_cli("quantize", src, "-o", out, "--group-size", 64, "--allow-pickle", "--qformer-tokenizer", bert,
                            *QUICK_QUANT)
     assert code == 0, err
     return src, bert, out
@@ -51,7 +51,7 @@ def test_quantize_writes_the_vila_layout_with_vlm_att(built):
     assert ckpt.layout == "vila" and ckpt.family.name == "llama-vid" and ckpt.llamavid is not None
     assert not [f for f in out.rglob("*") if f.suffix in (".bin", ".pth", ".pt")]  # safetensors only
     assert {"llm_cfg", "vision_tower_cfg", "mm_projector_cfg", "llamavid"} <= set(ckpt.config)
-    assert ckpt.llm_config["quantization_config"]["group_size"] == 32
+    assert ckpt.llm_config["quantization_config"]["group_size"] == 64
     assert (out / "vlm_att" / "vocab.txt").read_text() == (bert / "vocab.txt").read_text()
     assert (out / "vision_tower" / "preprocessor_config.json").is_file()
     assert ckpt.tokens_per_image == 2 and ckpt.vision_kind == "eva" and ckpt.model_max_length == 8192

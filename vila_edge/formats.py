@@ -57,6 +57,7 @@ TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, RECIPE_FILE = "trtllm_checkpoint", "ll
 TRTLLM_CONFIG_FILE, TRTLLM_WEIGHTS_FILE = "config.json", "rank0.safetensors"
 VISION_PLAN_FILE, VISION_CACHE_FILE = "vision/vision.plan", "vision/timing.cache"
 PROJECTOR_PLAN_FILE = "vision/projector.plan"  # multi-scale towers' projector, built with the vision plan's timing cache
+ATTENTION_PLAN_FILE = "vision/attention.plan"  # LLaMA-VID's attention graph (fp16), built with the same timing cache
 TRTLLM_CACHE_FILE = "model.cache"  # trtllm-build's timing cache: in the engine's llm/ and the device cache folder
 VISION_DEVICE_CACHE_FILE = "vision.cache"  # the vision plan's timing cache, in the device cache folder
 

@@ -91,11 +91,13 @@ class CpuEngine:
         self.threads = threads or default_threads()
         self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8")
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
-        self.vision = self.projector = None
+        self.vision = self.projector = self.attention = None
         if self.manifest.get("vision"):
             from .onnx_vision import onnx_vision
 
             self.vision, self.projector = onnx_vision(self.root, self.manifest["vision"], self.threads)
+            if self.manifest["vision"].get("attention_file"):  # LLaMA-VID: the graph after the tower is its attention
+                self.attention, self.projector = self.projector, None
 
     @property
     def vocab_size(self) -> int:
@@ -117,7 +119,7 @@ class CpuEngine:
 
     def frame_tokens(self, features: np.ndarray, question_ids: np.ndarray) -> np.ndarray:
         """LLaMA-VID: features [N, P+1, C] + the question's Q-Former ids [L] -> frame tokens [N, T, H] (its attention graph)."""
-        return self.info.require_attention(self.projector)(features, question_ids)
+        return self.info.require_attention(self.attention)(features, question_ids)
 
     def encode_multiscale(self, layout, images) -> list[np.ndarray]:
         return encode_multiscale(layout, images, self.info.require_vision(self.vision), self.info.require_projector(self.projector))

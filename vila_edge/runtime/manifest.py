@@ -138,7 +138,7 @@ class EngineInfo:
 
     def require_attention(self, attention):
         """A LLaMA-VID engine's attention runner (features + question ids -> frame tokens); any other says so."""
-        if attention is None or not (self.manifest.get("vision") or {}).get("attention_file"):
+        if attention is None:
             raise CheckpointError(f"{self.root}: no LLaMA-VID attention graph in its manifest, so no frame can be "
                                   "conditioned on the question; rebuild it from a LLaMA-VID checkpoint quantized by this "
                                   "vila-edge (--vision w8a8)")
