@@ -33,6 +33,8 @@ def frames_plan(plan: Plan, recipe: dict, family: str, max_frames: int | None) -
         if max_frames is not None:
             raise UsageError(f"--max-frames sizes a LLaMA-VID engine's video; {recipe['name']} is {family}: use --images")
         return plan
+    if plan.images == 0:  # --vision none: a text-only engine holds no frames
+        return plan
     per_frame = recipe["tokens_per_image"]
     fits = max(0, (plan.max_input_len - TEXT_ROOM) // per_frame)
     frames = min(DEFAULT_MAX_FRAMES, fits) if max_frames is None else max_frames

@@ -181,11 +181,15 @@ def test_quantize_build_engine_caption_without_torch(built, engines, tmp_path, c
     args = ("--image", image, "--prompt", QUESTION, "--temperature", 0, "--max-new-tokens", 8, "--format", "jsonl")
     code, reference, err = cli("caption", out, "--backend", "onnx", *args)
     assert code == 0, err
-    ((code, answer, err),) = cli_without_quantize_extra(("caption", engines["w8a8"], *args, "--activations", "fp32"))
+    code, torch_reference, err = cli("caption", out, "--backend", "torch", *args)  # PyTorch's fp32 tower and attention
     assert code == 0, err
+    (code, answer, err), (fp32_code, fp32_answer, fp32_err) = cli_without_quantize_extra(
+        ("caption", engines["w8a8"], *args, "--activations", "fp32"), ("caption", engines["fp32"], *args, "--activations", "fp32"))
+    assert code == 0 and fp32_code == 0, err + fp32_err
     answer, reference = json.loads(answer), json.loads(reference)
     assert answer["image_tokens"] == 2 and len(answer["token_ids"]) > 0
     assert answer["token_ids"] == reference["token_ids"]
+    assert json.loads(fp32_answer)["token_ids"] == json.loads(torch_reference)["token_ids"]  # fp32 graphs: torch's own
 
 
 def test_an_engine_without_the_attention_graph_refuses_a_llamavid_question(engines, tmp_path):
