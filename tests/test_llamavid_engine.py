@@ -65,6 +65,28 @@ def test_quantize_writes_the_vila_layout_with_vlm_att(built):
                                atol=1e-4)
 
 
+def test_a_vila_layout_llama_vid_quantizes_with_its_vlm_att(built, tmp_path, cli):
+    """A LLaMA-VID already in the VILA layout (fp16, as `convert` would write it) keeps vlm_att/ through quantize."""
+    from vila_edge.checkpoint import SUBFOLDERS
+    from vila_edge.commands.convert_llava import write_part_tensors, write_vila_parts
+    from vila_edge.llamavid_format import write_att_folder
+
+    src, bert, _ = built
+    ckpt = load_checkpoint(src, allow_pickle=True, qformer_tokenizer=str(bert))
+    folder = tmp_path / "llama-vid-vila"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(ckpt.config))
+    write_vila_parts(ckpt, folder, SUBFOLDERS)
+    write_att_folder(ckpt.llamavid, folder / "vlm_att")
+    write_part_tensors(ckpt, "vlm_att", folder, progress=False)
+    assert load_checkpoint(folder).layout == "vila"
+    code, _, err = cli("quantize", folder, "-o", tmp_path / "awq", "--group-size", 64, "--vision", "none", *QUICK_QUANT)
+    assert code == 0, err
+    written = load_checkpoint(tmp_path / "awq")
+    assert written.family.name == "llama-vid" and (tmp_path / "awq" / "vlm_att" / "vocab.txt").is_file()
+    assert VilaModel(written, dtype="float32").attention is not None
+
+
 def test_the_attention_onnx_takes_any_question_length_and_frame_count(built):
     src, bert, out = built
     up = Upstream(src, bert)

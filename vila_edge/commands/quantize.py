@@ -115,6 +115,8 @@ def _copy_unchanged(ckpt: Checkpoint, out: Path, conv_mode: str | None) -> None:
         return
     shutil.copytree(ckpt.vision_dir, out / "vision_tower")
     shutil.copytree(ckpt.projector_dir, out / "mm_projector")
+    if ckpt.llamavid is not None:  # a VILA-layout LLaMA-VID: its attention modules, BERT config and vocabulary
+        shutil.copytree(ckpt.root / ATT_DIR, out / ATT_DIR)
 
 
 class _Progress:
