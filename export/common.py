@@ -18,14 +18,17 @@ from vila_edge.checkpoint import Checkpoint, load_checkpoint
 from vila_edge.conversation import get_template, resolve_conv_mode
 from vila_edge.errors import UnsupportedError, UsageError
 from vila_edge.formats import (
+    ATTENTION_OF,
     ENGINE_TOKENIZER_DIR,
     PROJECTOR_OF,
+    QUESTION_TOKENIZER_DIR,
     VISION_DIR,
     VISION_FILES,
     VISION_FP16_FILES,
     VISION_FP16_SOURCE,
 )
 from vila_edge.int4 import unpack_awq_gemm
+from vila_edge.llamavid_format import TOKENIZER_FILES as QUESTION_TOKENIZER_FILES
 from vila_edge.quant.options import VisionQuantOptions
 from vila_edge.runtime.tokenizer import save_engine_tokenizer
 from vila_edge.scenes import generated_images
@@ -118,7 +121,9 @@ def copy_vision(ckpt: Checkpoint, vision: str, out: Path) -> dict | None:
         "projector": ckpt.projector_type,
         "projector_order": ckpt.projector_order(),
     }
-    if ckpt.vision_layout.channel_copies > 1:  # S2 / NVILA: the tower's file holds no projector, which sits beside it
+    if ckpt.llamavid is not None:  # LLaMA-VID: the tower's file holds the tower alone, its attention graph beside it
+        spec["attention_file"] = f"{VISION_DIR}/{_copy_onnx(src.with_name(ATTENTION_OF[name]), out / VISION_DIR)}"
+    elif ckpt.vision_layout.channel_copies > 1:  # S2 / NVILA: the tower's file holds no projector, which sits beside it
         spec["projector_file"] = f"{VISION_DIR}/{_copy_onnx(src.with_name(PROJECTOR_OF[name]), out / VISION_DIR)}"
     if not src.is_file():
         return {**spec, "tensorrt_fp16": _converted_now(ckpt, source, out / VISION_DIR / name)}
@@ -129,8 +134,9 @@ def copy_vision(ckpt: Checkpoint, vision: str, out: Path) -> dict | None:
 def _copy_onnx(src: Path, folder: Path) -> str:
     """src (and its external weights) into folder; returns its name."""
     if not src.is_file():
-        raise UsageError(f"{src}: missing; the checkpoint was quantized before vila-edge exported multi-scale towers "
-                         "with their projector apart. Re-quantize it, or pass --vision none for text only")
+        raise UsageError(f"{src}: missing; the checkpoint was quantized before vila-edge exported this graph apart from "
+                         "the tower (a multi-scale projector, LLaMA-VID's attention). Re-quantize it, or pass --vision "
+                         "none for text only")
     for f in (src, src.with_name(src.name + ".data")):
         if f.is_file():
             shutil.copy2(f, folder / f.name)
@@ -164,16 +170,18 @@ def write_front(ckpt: Checkpoint, source: str | Path, conv_mode: str | None, fol
     tokenizer = AutoTokenizer.from_pretrained(ckpt.llm_dir)
     mode, _ = resolve_conv_mode(ckpt, conv_mode, tokenizer)
     save_engine_tokenizer(tokenizer, folder / ENGINE_TOKENIZER_DIR)
+    text = {"conv_mode": get_template(mode).name, "family": ckpt.family.name, "model_max_length": ckpt.model_max_length,
+            "num_video_frames": ckpt.num_video_frames, "tokenizer": ENGINE_TOKENIZER_DIR}
+    if ckpt.question_tokenizer_dir is not None:  # LLaMA-VID's Q-Former vocabulary (question.QuestionTokenizer)
+        (folder / QUESTION_TOKENIZER_DIR).mkdir()
+        for name in QUESTION_TOKENIZER_FILES:
+            if (ckpt.question_tokenizer_dir / name).is_file():
+                shutil.copy2(ckpt.question_tokenizer_dir / name, folder / QUESTION_TOKENIZER_DIR / name)
+        text["question_tokenizer"] = QUESTION_TOKENIZER_DIR
     return {
         "source": {"path": str(Path(source).resolve()), "name": ckpt.name, "fingerprint": fingerprint(ckpt)},
         "built_on": {"machine": platform.machine(), "python": platform.python_version(), "vila_edge": __version__},
-        "text": {
-            "conv_mode": get_template(mode).name,
-            "family": ckpt.family.name,
-            "model_max_length": ckpt.model_max_length,
-            "num_video_frames": ckpt.num_video_frames,
-            "tokenizer": ENGINE_TOKENIZER_DIR,
-        },
+        "text": text,
         "preprocessor": ckpt.preprocessor,
         "image_aspect_ratio": ckpt.image_aspect_ratio,
         "vision_layout": dataclasses.asdict(ckpt.vision_layout),

@@ -15,7 +15,8 @@ class BuildOptions:
     max_input_len: int | None = None  # GPU: prompt tokens, images included (default: the target's)
     max_seq_len: int | None = None  # GPU: prompt + answer tokens (default: the target's, within the model's)
     max_tiles: int | None = None  # GPU, NVILA: tiles per image the engine is sized for (default: the checkpoint's)
+    max_frames: int | None = None  # GPU, LLaMA-VID: video frames per prompt (default: 3600, or what max_input_len holds)
 
     def limits(self) -> dict:
         return {"images": self.images, "max_batch": self.max_batch, "max_input_len": self.max_input_len,
-                "max_seq_len": self.max_seq_len, "max_tiles": self.max_tiles}
+                "max_seq_len": self.max_seq_len, "max_tiles": self.max_tiles, "max_frames": self.max_frames}

@@ -39,7 +39,9 @@ from vila_edge.targets import GPU_TARGETS, Target, get_target
 
 from .common import copy_vision, load_awq_source, read_llm_state, write_front
 from .options import BuildOptions
+from .trt_llamavid import build_attention, bundle_attention, frames_plan
 from .trt_qdq import check_for_tensorrt
+from .trt_vision import onnx_item_shape
 from .trtllm_checkpoint import QUANT_ALGO, trtllm_config, write_trtllm_checkpoint
 
 # --vision on a GPU target -> (the ONNX it starts from, formats.VISION_FP16_FILES; the plan's precision)
@@ -163,16 +165,18 @@ def source_plan(source: Path, from_bundle: bool, target: Target, vision: str, li
         m = read_bundle(source)
         recipe = json.loads((source / m["recipe"]).read_text())
         group, max_positions = m["quantization"]["group_size"], m["llm"]["max_position_embeddings"]
-        limits = m["limits"] if m["target"] == target.name else {k: m["limits"].get(k) for k in ("images", "max_tiles")}
-        precision = m["vision"]["precision"] if m["vision"] else "none"
+        keep = ("images", "max_tiles", "max_frames")
+        limits = m["limits"] if m["target"] == target.name else {k: m["limits"].get(k) for k in keep}
+        precision, family = m["vision"]["precision"] if m["vision"] else "none", m["text"]["family"]
     else:
         ckpt, spec = load_gpu_source(source)
         recipe, group, max_positions = recipe_from_checkpoint(ckpt), spec["group_size"], spec["max_position_embeddings"]
         limits = {**limits, "images": limits.get("images", 1) if vision != "none" else 0}
-        precision = PLAN_PRECISION[vision]
+        precision, family = PLAN_PRECISION[vision], ckpt.family.name
     limits = _clamp_to_model(limits, max_positions, target)
-    return memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
+    plan = memory_plan(recipe, target, group, limits["images"], limits["max_seq_len"], limits.get("max_batch"),
                        limits.get("max_input_len"), precision, limits.get("max_tiles"))
+    return frames_plan(plan, recipe, family, limits.get("max_frames"))  # LLaMA-VID: sized for its video
 
 
 def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_mode: str | None, plan: Plan) -> dict:
@@ -193,7 +197,9 @@ def write_bundle(source: Path, folder: Path, target: Target, vision: str, conv_m
             vision_spec["projector_onnx"] = vision_spec.pop("projector_file")
             vision_spec["projector_input"] = onnx_item_shape(folder / vision_spec["projector_onnx"])
             vision_spec["projector_batch"] = max(1, plan.projector_batch)
-        for key in ("onnx", "projector_onnx"):
+        if "attention_file" in vision_spec:  # LLaMA-VID: its attention graph's own plan, fp16, a question-length profile
+            bundle_attention(vision_spec, folder)
+        for key in ("onnx", "projector_onnx", "attention_onnx"):
             if key in vision_spec:
                 check_for_tensorrt(folder / vision_spec[key], f"re-quantize the original of {ckpt.root} with vila-edge quantize")
     (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
@@ -271,16 +277,10 @@ def build_vision(bundle: Path, folder: Path, vision: dict, limits: dict, target:
         entry["projector_build"] = build_vision_plan(bundle / vision["projector_onnx"], folder / PROJECTOR_PLAN_FILE, own,
                                                      "fp16", FEATURES, tuple(vision["projector_input"]),
                                                      vision["projector_batch"], workspace)
+    if vision.get("attention_onnx"):
+        entry |= build_attention(bundle, folder, vision, own, workspace)
     keep_cache(own, cache)
     return entry
-
-
-def onnx_item_shape(path: Path) -> list[int]:
-    """The fixed dimensions of an ONNX file's input after its dynamic batch."""
-    import onnx
-
-    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim[1:]
-    return [d.dim_value for d in dims]
 
 
 def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits: dict, overwrite: bool) -> dict:
@@ -292,7 +292,9 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
     with atomic_dir(out, overwrite) as tmp:
         command = build_llm_engine(bundle, tmp / TRTLLM_ENGINE_DIR, limits, cache_dir)
         vision = m["vision"] and build_vision(bundle, tmp, m["vision"], limits, target, cache_dir)
-        shutil.copytree(bundle / m["text"]["tokenizer"], tmp / m["text"]["tokenizer"])
+        for key in ("tokenizer", "question_tokenizer"):  # (LLaMA-VID's Q-Former vocabulary)
+            if m["text"].get(key):
+                shutil.copytree(bundle / m["text"][key], tmp / m["text"][key])
         keep = {k: m[k] for k in ("quantization", "text", "preprocessor", "image_aspect_ratio", "vision_layout", "built_on")
                 if k in m}
         return write_manifest(

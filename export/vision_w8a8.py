@@ -11,7 +11,9 @@ builds), and calibration.json (the media used, the method, every activation rang
 Images are tiled as captioning tiles a lone image (tiling.py): calibration and the layer report run on tiles, the
 accuracy is the whole image path's (its tiles, merged and projected, against the fp32 PyTorch tokens). A
 multi-scale (S2 / NVILA) tower is exported without its projector, which stays float beside it (projector_fp32.onnx
-and projector_fp16.onnx): the scales are merged between the two, in numpy, as every backend runs them.
+and projector_fp16.onnx): the scales are merged between the two, in numpy, as every backend runs them. LLaMA-VID's
+tower is exported alone too, its attention part (Q-Former, token generation, projector) float beside it
+(attention_onnx.py); its accuracy is each held-out frame's tokens with a fixed calibration question.
 """
 
 import json
@@ -28,6 +30,7 @@ from tqdm import tqdm
 from vila_edge.arch import get_tower
 from vila_edge.errors import MediaError, UsageError
 from vila_edge.formats import (
+    ATTENTION_FP32_FILE,
     PROJECTOR_FP16_FILE,
     PROJECTOR_FP32_FILE,
     VISION_FP16_FILE,
@@ -38,7 +41,7 @@ from vila_edge.formats import (
     VISION_W8A8_FP16_FILE,
 )
 from vila_edge.media import layout_preprocess, media_images
-from vila_edge.model.vlm import load_vision
+from vila_edge.model.vlm import load_attention, load_vision
 from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, insert_qdq, quant_targets
 from vila_edge.quant.options import VisionQuantOptions
 from vila_edge.quant.smoothquant import input_abs_max, smooth_layers
@@ -46,6 +49,15 @@ from vila_edge.runtime.onnx_vision import session
 from vila_edge.scenes import generated_images
 from vila_edge.tiling import ImageTiles, image_blocks, image_tiles, projector_inputs
 
+from .attention_onnx import (
+    CALIBRATION_QUESTION,
+    attention_fp16,
+    calibration_ids,
+    export_attention_onnx,
+    ort_frame_tokens,
+    torch_frame_tokens,
+)
+from .onnx_checks import cosine, unfused_session
 from .onnx_fp16 import convert_file
 from .vision_onnx import export_projector_onnx, export_tower_onnx, export_vision_onnx, save_onnx
 
@@ -136,12 +148,6 @@ def _run(sess, inputs: np.ndarray, batch: int, names: list[str], desc: str | Non
         yield dict(zip(names, sess.run(names, {name: np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32)})))
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-sample cosine similarity of two [N, ...] arrays."""
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-
-
 def calibration_images(opts: VisionQuantOptions) -> tuple[list, str]:
     """(the images to calibrate on, where they came from): --calib-media, else drawn scenes with a warning."""
     if opts.method not in METHODS:
@@ -162,9 +168,10 @@ class Smoothed:
 
     fp32: object  # onnx.ModelProto of the fp32 file, for its names (a big tower's weights are not loaded)
     reference: list[np.ndarray]  # fp32 PyTorch tokens of each held-out image, before smoothing
-    projector_inputs: np.ndarray | None  # multi-scale: what the projector takes for the held-out images
+    projector_inputs: np.ndarray | None  # multi-scale: what the projector takes for the held-out images (LLaMA-VID: its attention)
     smooth_scales: dict
     n_layers: int
+    question_ids: np.ndarray | None = None  # LLaMA-VID: the calibration question's Q-Former ids [L]
 
 
 def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: VisionQuantOptions, out_dir: Path,
@@ -176,7 +183,11 @@ def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: Vis
     layout = ckpt.vision_layout
     vision, projector = load_vision(ckpt, torch.float32)
     features = _torch_graph(vision, opts.batch)(np.concatenate([t.pixels for t in held]))  # before smoothing: the true fp32
-    reference = image_outputs(layout, held, features, _torch_graph(projector, opts.batch))
+    project, ids = _torch_graph(projector, opts.batch), None
+    if ckpt.llamavid is not None:  # the frame tokens: Q-Former, token generation and projector on a fixed question
+        attention, ids = load_attention(ckpt, projector, torch.float32), calibration_ids(ckpt)
+        project = torch_frame_tokens(attention, ids, opts.batch)
+    reference = image_outputs(layout, held, features, project)
     batches = [torch.from_numpy(calib[i : i + opts.batch]) for i in range(0, len(calib), opts.batch)]
     pairs = get_tower(ckpt.vision_kind).smooth_pairs
     batches = tqdm(batches, desc="vision SmoothQuant", unit="batch", leave=False, disable=not progress)
@@ -184,7 +195,12 @@ def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: Vis
     smooth = smooth_layers(vision.layers, pairs, act_max, opts.alpha)
     out_dir.mkdir(parents=True, exist_ok=True)
     size, inputs = int(calib.shape[-1]), None
-    if layout.channel_copies > 1:
+    if ids is not None:
+        log(f"exporting the vision tower ({len(vision.layers)} used layers) and LLaMA-VID's attention part to ONNX")
+        export_tower_onnx(vision, size, out_dir / VISION_FP32_FILE)
+        export_attention_onnx(attention, features, ids, out_dir / ATTENTION_FP32_FILE)
+        inputs = features
+    elif layout.channel_copies > 1:
         log(f"exporting the multi-scale vision tower ({len(vision.layers)} used layers) and its projector to ONNX")
         export_tower_onnx(vision, size, out_dir / VISION_FP32_FILE)
         inputs = _projector_inputs(layout, held, features)
@@ -193,7 +209,7 @@ def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: Vis
         log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
         export_vision_onnx(vision, projector, size, out_dir / VISION_FP32_FILE)
     fp32 = onnx.load(out_dir / VISION_FP32_FILE, load_external_data=False)  # its names; the weights stay in the file
-    return Smoothed(fp32, reference, inputs, smooth, len(vision.layers))
+    return Smoothed(fp32, reference, inputs, smooth, len(vision.layers), ids)
 
 
 def _projector_inputs(layout, held: list[ImageTiles], features: np.ndarray) -> np.ndarray:
@@ -236,33 +252,22 @@ def evaluate(fp32, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: 
         features["w8a8"].append(b[out])
         for i, t in layers.items():
             layer_cos[i].extend(cosine(b[t], a[t]))
-    project = _identity
-    if smoothed.projector_inputs is not None:
+    project, compared = _identity, "each image's tokens: its tiles through the tower, merged and projected as captioning does"
+    if smoothed.question_ids is not None:
+        project = ort_frame_tokens(session(out_dir / ATTENTION_FP32_FILE, threads), smoothed.question_ids, opts.batch)
+        compared = (f"each frame's tokens: the tower, then {ATTENTION_FP32_FILE} with the question "
+                    f"{CALIBRATION_QUESTION!r}, against fp32 PyTorch (tower, Q-Former, token generation, projector)")
+    elif smoothed.projector_inputs is not None:
         project = _ort_graph(session(out_dir / PROJECTOR_FP32_FILE, threads), opts.batch)
     got = {tag: image_outputs(layout, held, np.concatenate(f), project) for tag, f in features.items()}
     cos = image_cosines(got["w8a8"], smoothed.reference)
     return {
         "held_out": {"images": len(held), "tiles": sum(len(t.pixels) for t in held), "source": "generated",
-                     "compared": "each image's tokens: its tiles through the tower, merged and projected as captioning does",
+                     "compared": compared,
                      "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                      "fp32_onnx_max_abs_error": max(float(np.abs(g - r).max()) for g, r in zip(got["fp32"], smoothed.reference))},
         "layers": [{"layer": i, "cosine": float(np.mean(c))} for i, c in layer_cos.items()],
     }
-
-
-def _unfused_session(path: Path, threads: int | None, save_as: Path | None = None):
-    """An ORT CPU session without graph optimizations; save_as: where ORT writes the graph it runs (casts included)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    if save_as is not None:
-        opts.optimized_model_filepath = str(save_as)
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{save_as.name}.data")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def ort_fp32_ops(ran) -> list[str]:
@@ -283,7 +288,7 @@ def fp16_agreement(fp16: Path, fp32: Path, inputs: np.ndarray, batch: int, threa
 
     with tempfile.TemporaryDirectory() as tmp:
         ran = Path(tmp) / "ran.onnx"
-        sessions = _unfused_session(fp16, threads, ran), _unfused_session(fp32, threads)
+        sessions = unfused_session(fp16, threads, ran), unfused_session(fp32, threads)
         fp32_ops = ort_fp32_ops(onnx.load(ran, load_external_data=False))
     fp16_out, fp32_out = (_ort_graph(s, batch)(inputs) for s in sessions)
     cos = cosine(fp16_out, fp32_out)
@@ -300,6 +305,12 @@ def tensorrt_fp16(src: Path, dst: Path, inputs: np.ndarray, batch: int = 1, thre
         warnings.warn(f"{dst.name} (for TensorRT) reaches cosine {check['cosine_min']:.5f} against {src.name} on held-out "
                       f"images (below {least}): values fp16 cannot hold? conversion: {moved}")
     return check
+
+
+def _projector_note(smoothed: Smoothed) -> str:
+    if smoothed.question_ids is not None:
+        return f"in LLaMA-VID's attention graph, float ({ATTENTION_FP32_FILE}), after the question {CALIBRATION_QUESTION!r}"
+    return "in the graph" if smoothed.projector_inputs is None else f"apart, float ({PROJECTOR_FP32_FILE})"
 
 
 def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, threads: int | None = None,
@@ -324,7 +335,10 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
     held_pixels = np.concatenate([t.pixels for t in held])
     trt = {key: tensorrt_fp16(out_dir / src, out_dir / dst, held_pixels, opts.batch, threads)
            for key, (dst, src) in TENSORRT_FP16.items()}
-    if smoothed.projector_inputs is not None:
+    if smoothed.question_ids is not None:
+        trt["attention_fp16_vs_fp32"] = attention_fp16(out_dir, smoothed.projector_inputs, smoothed.question_ids,
+                                                       opts.batch, threads)
+    elif smoothed.projector_inputs is not None:
         trt |= {key: tensorrt_fp16(out_dir / src, out_dir / dst, smoothed.projector_inputs, opts.batch, threads)
                 for key, (dst, src) in PROJECTOR_FP16.items()}
     record = {
@@ -337,7 +351,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "smooth_alpha": opts.alpha,
         "weights": f"int8 symmetric per output channel, {opts.weight_bits}-bit range",
         "activations": "int8 symmetric per tensor",
-        "projector": "in the graph" if smoothed.projector_inputs is None else f"apart, float ({PROJECTOR_FP32_FILE})",
+        "projector": _projector_note(smoothed),
         "quantized_nodes": len(targets),
         "kept_float": list(opts.keep_float),
         **evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),

@@ -196,3 +196,70 @@ def tensorrt_module(streams: CudaStreams, tokens: int, hidden: int, max_batch: i
 
     trt.Runtime, trt.runs = Runtime, runs
     return trt
+
+
+def add_attention_plan(trt, streams: CudaStreams, tokens: int, hidden: int, max_frames: int, max_question: int = 256):
+    """LLaMA-VID's attention plan beside the vision plan of `trt` (tensorrt_module): the bytes b"stand-in attention
+    plan" deserialize to an engine with TensorRT's two-input API use (image_features float32 [1..max_frames, P, C],
+    question_ids int64 [1, 1..max_question], the profile's bounds checked) -> frame_tokens. Frame b's output is the mean
+    of its features plus the sum of the ids, so that both inputs and every batch can be seen landing in place."""
+    trt.int64 = "int64"
+    names = {"image_features": ("INPUT", "float32"), "question_ids": ("INPUT", "int64"), "frame_tokens": ("OUTPUT", "float32")}
+    runs = trt.attention_runs = []
+
+    class Context:
+        def __init__(self):
+            self.shapes, self.addresses = {}, {}
+
+        def set_input_shape(self, name, shape):
+            assert names[name][0] == "INPUT", name
+            if name == "image_features":
+                assert len(shape) == 3 and 1 <= shape[0] <= max_frames, shape
+            else:
+                assert len(shape) == 2 and shape[0] == 1 and 1 <= shape[1] <= max_question, shape
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            assert name == "frame_tokens" and len(self.shapes) == 2, "output shape asked before both inputs'"
+            return (self.shapes["image_features"][0], tokens, hidden)
+
+        def set_tensor_address(self, name, address):
+            assert name in names and address
+            self.addresses[name] = address
+            return True
+
+        def execute_async_v3(self, stream_handle):
+            assert set(self.addresses) == set(names) and stream_handle == streams.current, (stream_handle, streams.current)
+            (b, p, c), (_, n) = self.shapes["image_features"], self.shapes["question_ids"]
+            view = lambda name, ctype, shape: np.ctypeslib.as_array(  # noqa: E731
+                ctypes.cast(self.addresses[name], ctypes.POINTER(ctype)), shape)
+            x, ids = view("image_features", ctypes.c_float, (b, p * c)), view("question_ids", ctypes.c_int64, (1, n))
+            y = view("frame_tokens", ctypes.c_float, (b, tokens * hidden))
+            y[:] = x.mean(axis=1, keepdims=True) + ids.sum()
+            runs.append({"batch": b, "question": n, "stream": stream_handle})
+            return True
+
+    class Engine:
+        num_io_tensors = len(names)
+
+        def get_tensor_name(self, i):
+            return list(names)[i]
+
+        def get_tensor_mode(self, name):
+            return names[name][0]
+
+        def get_tensor_dtype(self, name):
+            return names[name][1]
+
+        def create_execution_context(self):
+            return Context()
+
+    vision_runtime = trt.Runtime
+
+    class Runtime(vision_runtime):
+        def deserialize_cuda_engine(self, data):
+            return Engine() if data == b"stand-in attention plan" else super().deserialize_cuda_engine(data)
+
+    trt.Runtime = Runtime
+    return trt

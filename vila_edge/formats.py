@@ -37,6 +37,11 @@ VISION_FP16_SOURCE = {VISION_W8A8_FP16_FILE: VISION_W8A8_FILE, VISION_FP16_FILE:
 PROJECTOR_FP32_FILE, PROJECTOR_FP16_FILE = "projector_fp32.onnx", "projector_fp16.onnx"
 PROJECTOR_OF = {VISION_W8A8_FILE: PROJECTOR_FP32_FILE, VISION_FP32_FILE: PROJECTOR_FP32_FILE,
                 VISION_W8A8_FP16_FILE: PROJECTOR_FP16_FILE, VISION_FP16_FILE: PROJECTOR_FP16_FILE}
+# LLaMA-VID: the tower alone in the files above (pixels -> features, class token kept), its attention part apart
+# (features + the question's Q-Former ids -> frame tokens; export/attention_onnx.py), float beside either tower file
+ATTENTION_FP32_FILE, ATTENTION_FP16_FILE = "attention_fp32.onnx", "attention_fp16.onnx"
+ATTENTION_OF = {VISION_W8A8_FILE: ATTENTION_FP32_FILE, VISION_FP32_FILE: ATTENTION_FP32_FILE,
+                VISION_W8A8_FP16_FILE: ATTENTION_FP16_FILE, VISION_FP16_FILE: ATTENTION_FP16_FILE}
 VISION_RECORD_FILE = "calibration.json"
 VISION_RECORD_FORMAT = "vila_edge.vision_w8a8/1"
 
@@ -44,6 +49,7 @@ VISION_RECORD_FORMAT = "vila_edge.vision_w8a8/1"
 MANIFEST_FILE = "manifest.json"
 ENGINE_FORMAT, ENGINE_FORMAT_VERSION = "vila-edge-engine", 1
 ENGINE_TOKENIZER_DIR = "tokenizer"
+QUESTION_TOKENIZER_DIR = "question_tokenizer"  # LLaMA-VID: the Q-Former's BERT vocab (question.py), from vlm_att/
 BUILD_SCRIPT = "build.sh"  # in a GPU bundle: builds the engine on the device
 CPU_LLM_FILE = "llm.safetensors"
 CPU_LAYOUT = "q4-pair64/1"  # int4 pairs of 32 per byte (export/cpu_engine.py); in the manifest and the file
@@ -51,6 +57,7 @@ TRTLLM_CHECKPOINT_DIR, TRTLLM_ENGINE_DIR, RECIPE_FILE = "trtllm_checkpoint", "ll
 TRTLLM_CONFIG_FILE, TRTLLM_WEIGHTS_FILE = "config.json", "rank0.safetensors"
 VISION_PLAN_FILE, VISION_CACHE_FILE = "vision/vision.plan", "vision/timing.cache"
 PROJECTOR_PLAN_FILE = "vision/projector.plan"  # multi-scale towers' projector, built with the vision plan's timing cache
+ATTENTION_PLAN_FILE = "vision/attention.plan"  # LLaMA-VID's attention graph (fp16), built with the same timing cache
 TRTLLM_CACHE_FILE = "model.cache"  # trtllm-build's timing cache: in the engine's llm/ and the device cache folder
 VISION_DEVICE_CACHE_FILE = "vision.cache"  # the vision plan's timing cache, in the device cache folder
 

@@ -99,20 +99,26 @@ class Plan:
     tower_batch: int = 1  # tower passes of a full batch of prompts: the vision plan's largest batch
     max_tiles: int | None = None  # NVILA: the tiles per image the plan was sized for
     projector_batch: int = 0  # S2 / NVILA: the blocks one image's projector call takes at most (its plan's largest batch)
+    max_frames: int | None = None  # LLaMA-VID: the video frames a prompt holds (max_multimodal_len = frames x tokens)
 
     def to_json(self) -> dict:
         return {"recipe": self.recipe, "target": self.target.name, "max_batch": self.max_batch,
                 "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
                 "max_multimodal_len": self.max_multimodal_len, "parts_gb": self.parts_gb,
                 "total_gb": round(self.total_gb, 3), "usable_gb": self.target.usable_gb, "fits": self.fits,
-                "tower_batch": self.tower_batch, "max_tiles": self.max_tiles, "projector_batch": self.projector_batch}
+                "tower_batch": self.tower_batch, "max_tiles": self.max_tiles, "projector_batch": self.projector_batch,
+                **self._frames}
 
     @property
     def limits(self) -> dict:
         """The engine limits, as build-engine passes them to TensorRT-LLM and the manifest records them."""
         return {"max_batch": self.max_batch, "max_input_len": self.max_input_len, "max_seq_len": self.max_seq_len,
                 "max_multimodal_len": self.max_multimodal_len, "images": self.images, "tower_batch": self.tower_batch,
-                "max_tiles": self.max_tiles, "projector_batch": self.projector_batch}
+                "max_tiles": self.max_tiles, "projector_batch": self.projector_batch, **self._frames}
+
+    @property
+    def _frames(self) -> dict:
+        return {"max_frames": self.max_frames} if self.max_frames else {}  # LLaMA-VID only
 
     @property
     def total_gb(self) -> float:

@@ -8,7 +8,7 @@ from ..runtime.manifest import is_engine
 from ..targets import TARGETS
 from .options import add_conv_mode, add_fields, add_overwrite, from_args
 
-GPU_LIMITS = ("images", "max_batch", "max_input_len", "max_seq_len", "max_tiles")
+GPU_LIMITS = ("images", "max_batch", "max_input_len", "max_seq_len", "max_tiles", "max_frames")
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,10 @@ def add_parser(sub) -> None:
                max_input_len={"help": "GPU: prompt tokens, images included (default: the target's)"},
                max_seq_len={"help": "GPU: prompt + answer tokens (default: the target's, within the model's)"},
                max_tiles={"help": "GPU, NVILA / NVILA-Lite: tiles per image the engine is sized for (default: the "
-                                  "checkpoint's max_tiles; 1: one tile)"})
+                                  "checkpoint's max_tiles; 1: one tile)"},
+               max_frames={"help": "GPU, LLaMA-VID: video frames per prompt the engine is sized for (its "
+                                   "max_multimodal_len: frames x tokens per frame; default 3600, or what --max-input-len "
+                                   "holds)"})
     q.add_argument("--dry-run", action="store_true", help="GPU: print the memory plan and the build steps; write nothing")
     add_conv_mode(q, "conversation template to record (default: the checkpoint's own)")
     add_overwrite(q)

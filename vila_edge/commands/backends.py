@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..backend import Backend
 from ..errors import UsageError, require_extra
-from ..formats import MANIFEST_FILE, PROJECTOR_OF, VISION_DIR, VISION_W8A8_FILE
+from ..formats import ATTENTION_OF, MANIFEST_FILE, PROJECTOR_OF, VISION_DIR, VISION_W8A8_FILE
 from ..runtime.manifest import is_engine
 from ..targets import TARGETS
 
@@ -81,7 +81,11 @@ def load_backend(folder, opts: BackendOptions) -> tuple[Backend, str]:
         if opts.projector_order:
             raise UsageError("--projector-order cannot change an exported vision ONNX; use --backend torch")
         vision = OnnxVision(ckpt.root / VISION_DIR / VISION_W8A8_FILE)
-        if ckpt.vision_layout.channel_copies > 1:  # S2 / NVILA: the projector apart
+        if ckpt.llamavid is not None:  # LLaMA-VID: the tower alone, then its attention graph (features + question ids)
+            from ..runtime.onnx_vision import OnnxAttention
+
+            projector = OnnxAttention(ckpt.root / VISION_DIR / ATTENTION_OF[VISION_W8A8_FILE])
+        elif ckpt.vision_layout.channel_copies > 1:  # S2 / NVILA: the projector apart
             projector = OnnxVision(ckpt.root / VISION_DIR / PROJECTOR_OF[VISION_W8A8_FILE])
     model = VilaModel(ckpt, device=opts.device, dtype=opts.dtype, projector_order=opts.projector_order, vision=vision,
                       projector=projector)

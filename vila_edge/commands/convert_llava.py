@@ -39,11 +39,12 @@ def write_vila_parts(ckpt: Checkpoint, tmp: Path, parts=SUBFOLDERS, progress: bo
                     shutil.copyfile(ckpt.llm_dir / name, folder / name)
         if part == "vision_tower":
             (folder / "preprocessor_config.json").write_text(json.dumps(ckpt.preprocessor, indent=2) + "\n")
-        counts[part] = _write_tensors(ckpt, part, tmp, progress)
+        counts[part] = write_part_tensors(ckpt, part, tmp, progress)
     return counts
 
 
-def _write_tensors(ckpt: Checkpoint, part: str, tmp: Path, progress: bool) -> int:
+def write_part_tensors(ckpt: Checkpoint, part: str, tmp: Path, progress: bool) -> int:
+    """ckpt's `part` tensors under their VILA-layout names into tmp/part, safetensors; returns how many."""
     rules = ckpt.renames.get(part)
     if not ckpt.is_pickle(part):
         shards = [read_shard(f) for f in ckpt.weights[part]]

@@ -21,6 +21,7 @@ from ..conversation import resolve_conv_mode
 from ..errors import UnsupportedError, UsageError
 from ..export.vision_w8a8 import quantize_vision
 from ..formats import AWQ_RESULTS_FILE, QUANT_REPORT_FILE, VISION_DIR
+from ..llamavid_format import ATT_DIR, write_att_folder
 from ..llm_awq import check_dump, is_dump, plan_dump, read_dump, write_dump_llm
 from ..media import media_images
 from ..model.vlm import VilaModel, load_llm, load_tokenizer, resolve_device
@@ -29,7 +30,7 @@ from ..quant.calib import embed_blocks, media_embeds, read_documents, self_token
 from ..quant.options import AwqSettings, QuantizeOptions
 from ..quant.ppl import eval_tokens, gap_ratio, perplexity
 from ..timing import Stopwatch
-from .convert_llava import write_vila_parts
+from .convert_llava import write_part_tensors, write_vila_parts
 
 _LINEAR_WEIGHT = re.compile(r"model\.layers\.\d+\.(.+)\.weight$")
 
@@ -94,7 +95,8 @@ def calibration_samples(ckpt: Checkpoint, opts: QuantizeOptions, device: str, lo
 def _copy_unchanged(ckpt: Checkpoint, out: Path, conv_mode: str | None) -> None:
     """The top-level files, vision_tower/ and mm_projector/; *_cfg paths point at the new subfolders, and a
     conv mode chosen for calibration is recorded, so every later command prompts the same way. A folder read in
-    place (LLaVA-1.5) gets its VILA-layout parts written instead, in safetensors."""
+    place (LLaVA-1.5, LLaMA-VID) gets its VILA-layout parts written instead, in safetensors (LLaMA-VID's vlm_att/ too,
+    with the Q-Former's BERT config and tokenizer)."""
     for f in ckpt.root.iterdir() if ckpt.layout == "vila" else ():
         if f.is_file() and f.name not in ("config.json", AWQ_RESULTS_FILE, QUANT_REPORT_FILE):
             shutil.copy2(f, out / f.name)
@@ -107,9 +109,14 @@ def _copy_unchanged(ckpt: Checkpoint, out: Path, conv_mode: str | None) -> None:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if ckpt.layout != "vila":
         write_vila_parts(ckpt, out, ("vision_tower", "mm_projector"))
+        if ckpt.llamavid is not None:
+            write_att_folder(ckpt.llamavid, out / ATT_DIR)
+            write_part_tensors(ckpt, ATT_DIR, out, progress=False)
         return
     shutil.copytree(ckpt.vision_dir, out / "vision_tower")
     shutil.copytree(ckpt.projector_dir, out / "mm_projector")
+    if ckpt.llamavid is not None:  # a VILA-layout LLaMA-VID: its attention modules, BERT config and vocabulary
+        shutil.copytree(ckpt.root / ATT_DIR, out / ATT_DIR)
 
 
 class _Progress:

@@ -5,6 +5,8 @@ Attribute names are the checkpoint's (`vlm_att_encoder`, `vlm_att_query`, ...), 
 are. One question conditions every frame (upstream's single prompt); float32 here, fp16 upstream (for_eval).
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,7 +62,11 @@ class LlamaVidAttention(nn.Module):
 
     def context(self, text_q: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         """token_generation part 1: the queries attend over the key-projected patches; the mean over queries."""
-        scores = text_q @ self.vlm_att_key_projector(patches).transpose(-1, -2) / patches.shape[-1] ** 0.5
+        # the scale on the queries before the product (upstream divides after it): a 1408-wide dot product of EVA-G's
+        # features can pass fp16's 65504 before the division, in the fp16 graph TensorRT runs; math.sqrt keeps it a
+        # constant there (a traced shape ** 0.5 stays an fp32 Cast the fp16 copy cannot hold)
+        scale = 1 / math.sqrt(patches.shape[-1])
+        scores = (text_q * scale) @ self.vlm_att_key_projector(patches).transpose(-1, -2)
         return self.vlm_att_val_projector((scores.softmax(-1) @ patches).mean(1)[:, None])
 
     def content(self, patches: torch.Tensor) -> torch.Tensor:

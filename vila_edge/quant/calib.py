@@ -120,7 +120,8 @@ def media_embeds(vila, images: list, n_samples: int, seqlen: int, seed: int, con
     samples = []
     for i in tqdm(range(n_samples), desc="media calibration", unit="sample", leave=False, disable=not progress):
         image, question = images[i % len(images)], MEDIA_QUESTIONS[i % len(MEDIA_QUESTIONS)]
-        encoded = captioner.encode([image])  # tiled as captioning tiles it: the LLM sees the real image tokens
+        # tiled as captioning tiles it, LLaMA-VID's frames conditioned on the question: the real image tokens
+        encoded = captioner.encode([image], question)
         prompt = captioner.prompt_ids(question, 1, encoded.tiles_per_image)
         room = max(16, seqlen - len(prompt) - sum(len(b) for b in encoded.blocks))
         answer = captioner([image], question, SamplingParams(temperature=0.7, max_new_tokens=room, seed=seed + i))

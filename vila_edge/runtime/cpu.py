@@ -110,11 +110,13 @@ class CpuEngine:
         self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8",
                             self.kv_cache)
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
-        self.vision = self.projector = None
+        self.vision = self.projector = self.attention = None
         if self.manifest.get("vision"):
             from .onnx_vision import onnx_vision
 
             self.vision, self.projector = onnx_vision(self.root, self.manifest["vision"], self.threads)
+            if self.manifest["vision"].get("attention_file"):  # LLaMA-VID: the graph after the tower is its attention
+                self.attention, self.projector = self.projector, None
 
     @property
     def vocab_size(self) -> int:
@@ -129,8 +131,19 @@ class CpuEngine:
         """Bytes per cached K or V value in this engine's cache type (the bandwidth ceiling reads them)."""
         return KV_CACHE_BYTES[self.kv_cache]
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+    def encode_images(self, pixels: np.ndarray, question_ids: np.ndarray | None = None) -> np.ndarray:
+        """pixels [N, 3, S, S] -> image tokens [N, T, H]; LLaMA-VID's conditioned on the question's ids [L]."""
+        if self.info.family.question_conditioned:
+            return self.frame_tokens(self.tower_features(pixels), question_ids)
         return self.info.require_vision(self.vision)(pixels)
+
+    def tower_features(self, pixels: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: pixels [N, 3, S, S] -> the tower's features [N, P+1, C] (the tower graph alone)."""
+        return self.info.require_vision(self.vision)(pixels)
+
+    def frame_tokens(self, features: np.ndarray, question_ids: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: features [N, P+1, C] + the question's Q-Former ids [L] -> frame tokens [N, T, H] (its attention graph)."""
+        return self.info.require_attention(self.attention)(features, question_ids)
 
     def encode_multiscale(self, layout, images) -> list[np.ndarray]:
         return encode_multiscale(layout, images, self.info.require_vision(self.vision), self.info.require_projector(self.projector))

@@ -113,6 +113,17 @@ class EngineInfo:
     def num_video_frames(self) -> int:
         return self.manifest["text"]["num_video_frames"]
 
+    @property
+    def tokens_per_image(self) -> int:
+        """LLM tokens per image (LLaMA-VID: per frame), as build-engine recorded them; 0 for a text-only engine."""
+        return (self.manifest.get("vision") or {}).get("tokens_per_image", 0)
+
+    @property
+    def question_tokenizer_dir(self) -> Path | None:
+        """LLaMA-VID's Q-Former vocabulary in the engine folder (question.QuestionTokenizer); None for other families."""
+        folder = self.manifest["text"].get("question_tokenizer")
+        return self.root / folder if folder else None
+
     def load_tokenizer(self) -> tuple[EngineTokenizer, list[int]]:
         """(the engine's tokenizer, the ids of the family's image-end text spliced after each image block)."""
         tokenizer = EngineTokenizer.load(self.root / self.manifest["text"]["tokenizer"])
@@ -124,6 +135,14 @@ class EngineInfo:
         if vision is None:
             raise UsageError(f"{self.root}: built without a vision tower (--vision none); ask a text-only question")
         return vision
+
+    def require_attention(self, attention):
+        """A LLaMA-VID engine's attention runner (features + question ids -> frame tokens); any other says so."""
+        if attention is None:
+            raise CheckpointError(f"{self.root}: no LLaMA-VID attention graph in its manifest, so no frame can be "
+                                  "conditioned on the question; rebuild it from a LLaMA-VID checkpoint quantized by this "
+                                  "vila-edge (--vision w8a8)")
+        return attention
 
     def require_projector(self, projector):
         """A multi-scale (S2 / NVILA) engine's projector runner; an engine whose vision is one graph says so."""

@@ -17,6 +17,7 @@ from ..prompt import splice_parts
 from ..targets import DESKTOP_STACK, GPU_TARGETS, JETSON_STACK, TARGETS
 from ..tiling import encode_multiscale
 from .manifest import EngineInfo, read_manifest
+from .onnx_vision import FEATURES, QUESTION_IDS
 
 LIBRARIES = {"tensorrt": "TensorRT", "tensorrt_llm": "TensorRT-LLM"}
 DEVICE = "cuda"  # where tensors for TensorRT go (the CPU tests run the calls against stand-ins on "cpu")
@@ -98,24 +99,35 @@ def check_engine(folder: Path, manifest: dict, env: dict) -> None:
 def fake_prompt(ids: list[int], n_images: int, tokens_per_image: int, vocab_size: int, image_end_ids: list[int]) -> np.ndarray:
     """Prompt ids with each image block replaced by ids vocab_size, vocab_size + 1, ...: TensorRT-LLM looks
     those rows up in the prompt table (the image embeddings, flattened in order) instead of the vocabulary."""
-    blocks = vocab_size + np.arange(n_images * tokens_per_image).reshape(n_images, tokens_per_image)
+    return fake_ids(ids, [tokens_per_image] * n_images, vocab_size, image_end_ids)
+
+
+def fake_ids(ids: list[int], lengths: list[int], vocab_size: int, image_end_ids: list[int]) -> np.ndarray:
+    """fake_prompt for image blocks of any lengths (a LLaMA-VID video's block beside an image's), in order."""
+    starts = np.cumsum([0, *lengths])
+    blocks = [vocab_size + np.arange(start, start + n) for start, n in zip(starts, lengths)]
     as_ids = lambda run: np.asarray(run, dtype=np.int64)  # noqa: E731
-    return np.concatenate(splice_parts(ids, blocks if n_images else None, as_ids, image_end_ids)).astype(np.int32)
+    return np.concatenate(splice_parts(ids, blocks if lengths else None, as_ids, image_end_ids)).astype(np.int32)
 
 
 def table_prompt(ids: list[int], image_embeds: np.ndarray | None, vocab_size: int, image_end_ids: list[int],
                  limits: dict) -> "TablePrompt":
     """Prompt ids with image markers + [N, T, H] image blocks -> what TensorRT-LLM takes; refuses what the
     engine's limits cannot hold, naming the build-engine option that raises them."""
-    n, t = (0, 0) if image_embeds is None else image_embeds.shape[:2]
-    if n * t > limits["max_multimodal_len"]:
-        raise UsageError(f"{n} image(s) need {n * t} prompt-table rows; this engine was built for {limits['images']} "
+    blocks = [] if image_embeds is None else list(image_embeds)  # [N, T, H], or blocks [T_i, H] (a LLaMA-VID video)
+    n, rows = len(blocks), sum(len(b) for b in blocks)
+    if rows > limits["max_multimodal_len"]:
+        if limits.get("max_frames"):
+            raise UsageError(f"the video and images need {rows} prompt-table rows; this engine was built for "
+                             f"{limits['max_frames']} frames ({limits['max_multimodal_len']} rows): sample fewer frames, "
+                             "or rebuild it with a larger build-engine --max-frames")
+        raise UsageError(f"{n} image(s) need {rows} prompt-table rows; this engine was built for {limits['images']} "
                          f"({limits['max_multimodal_len']} rows): rebuild it with build-engine --images {n}")
-    fake = fake_prompt(ids, n, t, vocab_size, image_end_ids)
+    fake = fake_ids(ids, [len(b) for b in blocks], vocab_size, image_end_ids)
     if len(fake) > limits["max_input_len"]:
         raise UsageError(f"the prompt is {len(fake)} tokens with its images; this engine takes {limits['max_input_len']} "
                          "(build-engine --max-input-len)")
-    return TablePrompt(fake, None if image_embeds is None else image_embeds.reshape(1, n * t, -1))
+    return TablePrompt(fake, np.concatenate(blocks)[None] if n else None)
 
 
 # ---- running ----------------------------------------------------------------------------------
@@ -152,25 +164,42 @@ class TrtVision:
         self.input = next(n for n in names if is_input(n))
         self.output = next(n for n in names if not is_input(n))
         to_torch = {trt.float32: torch.float32, trt.float16: torch.float16}
-        self.in_dtype, self.out_dtype = (to_torch[self.engine.get_tensor_dtype(n)] for n in (self.input, self.output))
+        if hasattr(trt, "int64"):  # LLaMA-VID's question ids (TensorRT 10 has int64 I/O)
+            to_torch[trt.int64] = torch.int64
+        self.dtypes = {n: to_torch[self.engine.get_tensor_dtype(n)] for n in names}
+        self.in_dtype, self.out_dtype = self.dtypes[self.input], self.dtypes[self.output]
         self.stream = torch.cuda.Stream()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._run({self.input: pixels[start : start + self.max_batch]})
+                               for start in range(0, len(pixels), self.max_batch)])
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run of the plan on `feeds` (input name -> array, within its profile) -> its output, float32."""
         torch = self.torch
-        outs = []
-        for start in range(0, len(pixels), self.max_batch):
-            # the upload, the cast and the output on the stream TensorRT runs on, so the plan never reads a half-cast input
-            with torch.cuda.stream(self.stream):
-                x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.max_batch])).to(DEVICE, self.in_dtype)
-                self.context.set_input_shape(self.input, tuple(x.shape))
-                y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device=DEVICE)
-                self.context.set_tensor_address(self.input, x.data_ptr())
-                self.context.set_tensor_address(self.output, y.data_ptr())
-                if not self.context.execute_async_v3(self.stream.cuda_stream):
-                    raise RuntimeError("TensorRT failed to run the vision plan")
-            self.stream.synchronize()
-            outs.append(y.float().cpu().numpy())
-        return np.concatenate(outs)
+        # the uploads, the casts and the output on the stream TensorRT runs on, so the plan never reads a half-cast input
+        with torch.cuda.stream(self.stream):
+            xs = {n: torch.from_numpy(np.ascontiguousarray(a)).to(DEVICE, self.dtypes[n]) for n, a in feeds.items()}
+            for name, x in xs.items():
+                self.context.set_input_shape(name, tuple(x.shape))
+            y = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device=DEVICE)
+            for name, x in xs.items():
+                self.context.set_tensor_address(name, x.data_ptr())
+            self.context.set_tensor_address(self.output, y.data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT failed to run the vision plan")
+        self.stream.synchronize()
+        return y.float().cpu().numpy()
+
+
+class TrtAttention(TrtVision):
+    """LLaMA-VID's attention plan: tower features [N, P+1, C] + the question's Q-Former ids [L] -> frame tokens
+    [N, T, H] float32, at most max_batch frames a run (its profile), the question's length within 1..256."""
+
+    def __call__(self, features: np.ndarray, question_ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(question_ids, dtype=np.int64).reshape(1, -1)
+        return np.concatenate([self._run({FEATURES: features[start : start + self.max_batch], QUESTION_IDS: ids})
+                               for start in range(0, len(features), self.max_batch)])
 
 
 class TrtEngine:
@@ -195,6 +224,8 @@ class TrtEngine:
         self.vision = TrtVision(self.root / vision["plan"], tower_batch) if vision else None
         self.projector = vision and vision.get("projector_plan") and \
             TrtVision(self.root / vision["projector_plan"], vision["projector_batch"])
+        self.attention = vision and vision.get("attention_plan") and \
+            TrtAttention(self.root / vision["attention_plan"], vision["attention_batch"])
         self.runner = self._runner(self.root / self.manifest["llm"]["engine_dir"], limits)
 
     @staticmethod
@@ -213,8 +244,19 @@ class TrtEngine:
     def vocab_size(self) -> int:
         return self.manifest["llm"]["vocab"]
 
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+    def encode_images(self, pixels: np.ndarray, question_ids: np.ndarray | None = None) -> np.ndarray:
+        """pixels [N, 3, S, S] -> image tokens [N, T, H]; LLaMA-VID's conditioned on the question's ids [L]."""
+        if self.info.family.question_conditioned:
+            return self.frame_tokens(self.tower_features(pixels), question_ids)
         return self.info.require_vision(self.vision)(pixels)
+
+    def tower_features(self, pixels: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: pixels -> the tower plan's features [N, P+1, C]."""
+        return self.info.require_vision(self.vision)(pixels)
+
+    def frame_tokens(self, features: np.ndarray, question_ids: np.ndarray) -> np.ndarray:
+        """LLaMA-VID: features + the question's ids -> frame tokens [N, T, H] (its attention plan)."""
+        return self.info.require_attention(self.attention)(features, question_ids)
 
     def encode_multiscale(self, layout, images) -> list[np.ndarray]:
         return encode_multiscale(layout, images, self.info.require_vision(self.vision), self.info.require_projector(self.projector))
