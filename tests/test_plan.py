@@ -13,7 +13,7 @@ GPU_TARGETS = [t for t in TARGETS.values() if t.sm is not None]
 
 def test_the_recipes_the_issue_names_are_there():
     assert set(RECIPE_NAMES) >= {"vila1.5-3b", "vila1.5-3b-s2", "llama-3-vila1.5-8b", "vila1.5-13b", "vila1.5-40b", "nvila-8b",
-                                "nvila-15b", "nvila-lite-2b", "llava-1.5-7b", "llava-1.5-13b"}
+                                "nvila-15b", "nvila-lite-2b", "llava-1.5-7b", "llava-1.5-13b", "llama-vid-7b"}
 
 
 def test_parameter_counts_match_the_published_model_sizes():
@@ -103,3 +103,17 @@ def test_nvila_lite_and_nvila_15b_are_sized_for_their_tiles():
     assert memory_plan(load_recipe("nvila-lite-2b"), TARGETS["orin-nano"], max_tiles=4).max_multimodal_len == 5 * 121
     big = memory_plan(load_recipe("nvila-15b"), h100, max_batch=1)
     assert (big.max_multimodal_len, big.tower_batch, big.projector_batch) == (12 * 256, 17, 12)
+
+
+def test_llama_vid_is_sized_for_frames_that_stream_through_the_tower():
+    recipe = load_recipe("llama-vid-7b")
+    hour = memory_plan(recipe, TARGETS["orin"], images=3600, max_seq_len=8192, max_input_len=7800)
+    minute = memory_plan(recipe, TARGETS["orin"], images=60, max_seq_len=8192, max_input_len=7800)
+    assert hour.max_multimodal_len == 7200 and minute.max_multimodal_len == 120  # 2 tokens a frame
+    # the tower runs a few frames at a time: an hour's activations are a minute's
+    assert hour.parts_gb["activations"] == minute.parts_gb["activations"]
+    # BERT-base with 6 cross-attention blocks over 1408-wide features, 32 queries, projections to 4096: ~193 M in fp16
+    assert 0.37 < hour.parts_gb["q-former + projections (fp16)"] < 0.40
+    assert 0.95 < vision_params(recipe["vision"]) / 1e9 < 1.0  # EVA-ViT-g: ~1 B parameters
+    assert hour.fits and not memory_plan(recipe, TARGETS["orin-nano"], images=1800, max_seq_len=4096,
+                                         max_input_len=3800).fits

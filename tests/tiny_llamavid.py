@@ -55,7 +55,10 @@ def eva_state(seed: int, eva: dict = EVA) -> dict[str, torch.Tensor]:
     return state
 
 
-def _linear(g, out: int, inp: int, prefix: str, std=0.2) -> dict[str, torch.Tensor]:
+def _linear(g, out: int, inp: int, prefix: str, std=0.2, fan_in: bool = False) -> dict[str, torch.Tensor]:
+    """Random weights: `std` (large on purpose, so that tiny models' outputs move with their inputs), or with fan_in
+    nn.Linear's own scale 1/sqrt(inp) (real widths, where a large std saturates every softmax)."""
+    std = inp**-0.5 if fan_in else std
     return {f"{prefix}.weight": torch.randn(out, inp, generator=g) * std, f"{prefix}.bias": torch.randn(out, generator=g) * 0.05}
 
 
@@ -63,10 +66,11 @@ def _norm(g, width: int, prefix: str) -> dict[str, torch.Tensor]:
     return {f"{prefix}.weight": 1 + 0.1 * torch.randn(width, generator=g), f"{prefix}.bias": 0.05 * torch.randn(width, generator=g)}
 
 
-def qformer_state(g, vocab: int, num_query: int, llm_hidden: int, bert: dict = BERT, att: int = EVA["width"]
-                  ) -> dict[str, torch.Tensor]:
+def qformer_state(g, vocab: int, num_query: int, llm_hidden: int, bert: dict = BERT, att: int = EVA["width"],
+                  fan_in: bool = False) -> dict[str, torch.Tensor]:
     """model.vlm_att_*: the LAVIS Q-Former (BertLMHeadModel.bert, cls dropped) and LLaMA-VID's projections."""
     w, inner = bert["hidden_size"], bert["intermediate_size"]
+    linear = lambda *a, **k: _linear(*a, **k, fan_in=fan_in)  # noqa: E731
     e = "model.vlm_att_encoder.bert."
     state = {e + "embeddings.word_embeddings.weight": torch.randn(vocab, w, generator=g),
              e + "embeddings.position_embeddings.weight": torch.randn(bert["max_position_embeddings"], w, generator=g) * 0.5,
@@ -78,20 +82,20 @@ def qformer_state(g, vocab: int, num_query: int, llm_hidden: int, bert: dict = B
         for block in blocks:
             kv = att if block == "crossattention" else w
             for name, width in (("query", w), ("key", kv), ("value", kv)):
-                state.update(_linear(g, w, width, f"{layer}{block}.self.{name}"))
-            state.update(_linear(g, w, w, f"{layer}{block}.output.dense"))
+                state.update(linear(g, w, width, f"{layer}{block}.self.{name}"))
+            state.update(linear(g, w, w, f"{layer}{block}.output.dense"))
             state.update(_norm(g, w, f"{layer}{block}.output.LayerNorm"))
         for suffix in ("", "_query"):
-            state.update(_linear(g, inner, w, f"{layer}intermediate{suffix}.dense"))
-            state.update(_linear(g, w, inner, f"{layer}output{suffix}.dense"))
+            state.update(linear(g, inner, w, f"{layer}intermediate{suffix}.dense"))
+            state.update(linear(g, w, inner, f"{layer}output{suffix}.dense"))
             state.update(_norm(g, w, f"{layer}output{suffix}.LayerNorm"))
     state["model.vlm_att_query"] = torch.randn(1, num_query, w, generator=g)
     state.update(_norm(g, att, "model.vlm_att_ln"))
-    state.update(_linear(g, att, w, "model.vlm_att_projector"))
-    state.update(_linear(g, att, att, "model.vlm_att_key_projector", std=0.1))
-    state.update(_linear(g, llm_hidden, att, "model.vlm_att_val_projector", std=0.5))
-    state.update(_linear(g, llm_hidden, att, "model.mm_projector.0", std=0.2))
-    state.update(_linear(g, llm_hidden, llm_hidden, "model.mm_projector.2", std=1.0))
+    state.update(linear(g, att, w, "model.vlm_att_projector"))
+    state.update(linear(g, att, att, "model.vlm_att_key_projector", std=0.1))
+    state.update(linear(g, llm_hidden, att, "model.vlm_att_val_projector", std=0.5))
+    state.update(linear(g, llm_hidden, att, "model.mm_projector.0", std=0.2))
+    state.update(linear(g, llm_hidden, llm_hidden, "model.mm_projector.2", std=1.0))
     return state
 
 
@@ -115,7 +119,7 @@ def write_processor(out: Path, size: int = IMAGE) -> Path:
 
 def build_llamavid(root: Path, tokenizer_dir: Path, compress_type: str | None = "mean_concat", num_query: int = 8,
                    seed: int = 50, tower: bool = True, eva: dict = EVA, bert: dict = BERT, llm_shape: dict = LLM,
-                   image: int = IMAGE) -> Path:
+                   image: int = IMAGE, fan_in: bool = False) -> Path:
     """The released layout in `root` (the tower at its config path unless tower=False); the shapes are the tests'
     unless given (benchmarks/llamavid.py builds one at EVA-ViT-g's and BERT-base's)."""
     root.mkdir(parents=True)
@@ -125,7 +129,7 @@ def build_llamavid(root: Path, tokenizer_dir: Path, compress_type: str | None = 
     state = {k: v.half() for k, v in llm.eval().state_dict().items()}
     hidden = llm_shape["hidden_size"]
     state.update({k: v if k.endswith("position_ids") else v.half()
-                  for k, v in qformer_state(g, len(WORDS) + 1, num_query, hidden, bert, eva["width"]).items()})
+                  for k, v in qformer_state(g, len(WORDS) + 1, num_query, hidden, bert, eva["width"], fan_in).items()})
     names = sorted(state)
     shards = {"pytorch_model-00001-of-00002.bin": [n for n in names if "vlm_att" not in n],
               "pytorch_model-00002-of-00002.bin": [n for n in names if "vlm_att" in n]}

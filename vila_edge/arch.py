@@ -317,9 +317,6 @@ TEMPLATES = {
         # SeparatorStyle.TWO: sep " " after user turns, sep2 "</s>" after answers
         Template("vicuna_v1", "{system} ", _VICUNA_SYSTEM, "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:",
                  ("</s>",)),
-        # LLaMA-VID's conv_vicuna_imgsp_v1: vicuna_v1's text under another name (its training scripts' --version).
-        Template("imgsp_v1", "{system} ", _VICUNA_SYSTEM, "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:",
-                 ("</s>",)),
         # Llama-3-VILA1.5-8B-Fix and the README since Aug 2024.
         _llama3("llama_3", "<|eot_id|>", "assistant"),
         # The May 2024 template the original Llama-3-VILA1.5-8B was trained with: sep <|end_of_text|>
@@ -329,6 +326,9 @@ TEMPLATES = {
         _chatml("qwen2", "You are a helpful assistant", "\n"),
         # llava-hf's chat_template.json: no system prompt (vila-edge --hf-processor; LLaVA-1.5 trained on vicuna_v1).
         Template("llava_hf", "", "", "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:", ("</s>",)),
+        # LLaMA-VID's conv_vicuna_imgsp_v1: vicuna_v1's text under another name (its training scripts' --version).
+        Template("imgsp_v1", "{system} ", _VICUNA_SYSTEM, "USER: {text} ", "ASSISTANT: {answer}</s>", "ASSISTANT:",
+                 ("</s>",)),
         Template("auto", None, "", "", "", "", ()),
     )
 }

@@ -41,7 +41,7 @@ def recipe_from_checkpoint(ckpt) -> dict:
     if layout.mode != "single":
         vision["tiling"] = {"mode": layout.mode, "split": layout.split, "output_scale": layout.output_scale,
                             "min_tiles": layout.min_tiles, "max_tiles": layout.max_tiles}
-    return {
+    recipe = {
         "name": ckpt.name,
         "llm": {"arch": c["model_type"], "hidden": c["hidden_size"], "layers": c["num_hidden_layers"],
                 "heads": c["num_attention_heads"], "kv_heads": c.get("num_key_value_heads") or c["num_attention_heads"],
@@ -52,6 +52,13 @@ def recipe_from_checkpoint(ckpt) -> dict:
         "tokens_per_image": ckpt.tokens_per_image,
         "unconfirmed": [],
     }
+    if ckpt.llamavid is not None:  # LLaMA-VID's Q-Former and projections, as recipes/llama-vid-7b.json gives them
+        b = ckpt.llamavid.bert
+        recipe.update(family="llama-vid", qformer={
+            "hidden": b["hidden_size"], "layers": b["num_hidden_layers"], "intermediate": b["intermediate_size"],
+            "cross_width": v["hidden_size"], "queries": ckpt.llamavid.num_query, "vocab": b["vocab_size"],
+            "llm_hidden": c["hidden_size"]})
+    return recipe
 
 
 def llm_linear_params(llm: dict) -> int:

@@ -2,7 +2,7 @@
 
 from ..commands.backends import BACKENDS, BackendOptions
 from ..runtime.cpu import KV_CACHE_BYTES
-from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, from_args
+from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_llava_options, from_args
 
 CPU_ENGINE = ("threads", "kernels", "max_seq", "activations", "kv_cache")
 
@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
     add_device(q)
     add_fields(q, BackendOptions, "dtype", dtype={"choices": ("auto", "float32", "float16", "bfloat16")})
     add_allow_pickle(q)
+    add_llava_options(q)
     q.set_defaults(run=run)
 
 
@@ -29,6 +30,7 @@ def run(args) -> int:
     from ..commands.serve import serve
     from ..serve.settings import LIMIT_FIELDS, LIVE_FIELDS, MEDIA_FIELDS, SERVER_FIELDS, ServeSettings
 
-    backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "max_tiles", "device", "dtype", "allow_pickle")
+    backend = from_args(BackendOptions, args, "backend", *CPU_ENGINE, "max_tiles", "device", "dtype", "allow_pickle",
+                        "vision_tower", "hf_processor", "qformer_tokenizer")
     settings = from_args(ServeSettings, args, *SERVER_FIELDS, *LIMIT_FIELDS, *MEDIA_FIELDS, *LIVE_FIELDS)
     return serve(args.model, backend, args.conv_mode, settings)

@@ -3,6 +3,7 @@
 import json
 import re
 import sys
+import time
 from contextlib import closing
 from typing import Callable, Iterator
 
@@ -47,9 +48,12 @@ def caption_media(model: str, image_paths: list[str] | None, video: str | None, 
     captioner = Captioner(engine.info, engine, conv_mode, backend.max_tiles)
     rated = bool(video) and engine.info.family.question_conditioned
     _check_video_options(engine.info.name, rated, num_frames, capture.fps if video else None, video_opts)
+    features_s = None
     if rated:
+        t0 = time.perf_counter()
         clip = video_clip(captioner, name, video, capture.fps, video_opts, prompt, params.max_new_tokens)
         images, source, count = [clip], video, len(clip.features)
+        features_s = time.perf_counter() - t0
     elif video:
         images, source = load_video_frames(video, num_frames or engine.info.num_video_frames), video
         count = len(images)
@@ -59,7 +63,11 @@ def caption_media(model: str, image_paths: list[str] | None, video: str | None, 
     answer = captioner(images, prompt, params, on_text=on_text)
     stats = (f"[{answer.prompt_tokens} prompt tokens ({answer.image_tokens} image), {len(answer.token_ids)} new, "
              f"TTFT {answer.ttft_s:.2f} s, decode {answer.decode_tok_s:.1f} tok/s, conv mode {captioner.conv_mode}]")
-    return answer_record(answer, source, prompt, count, captioner, name), stats
+    record = answer_record(answer, source, prompt, count, captioner, name)
+    if features_s is not None:  # before the question: the frames sampled and the tower run, or read from the cache
+        record["video_features_s"] = round(features_s, 4)
+        stats = stats[:-1] + f", {count} frames' features in {features_s:.2f} s before it]"
+    return record, stats
 
 
 def _check_video_options(model: str, rated: bool, num_frames: int | None, fps: float | None, opts: VideoOptions) -> None:
