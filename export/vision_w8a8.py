@@ -42,8 +42,9 @@ from vila_edge.formats import (
 )
 from vila_edge.media import layout_preprocess, media_images
 from vila_edge.model.vlm import load_attention, load_vision
-from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, insert_qdq, quant_targets
+from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, quant_targets, reader_weights
 from vila_edge.quant.options import VisionQuantOptions
+from vila_edge.quant.range_search import RowSampler, outlier_ratio, reader_gram, search_threshold
 from vila_edge.quant.smoothquant import input_abs_max, smooth_layers
 from vila_edge.runtime.onnx_vision import session
 from vila_edge.scenes import generated_images
@@ -59,6 +60,7 @@ from .attention_onnx import (
 )
 from .onnx_checks import cosine, unfused_session
 from .onnx_fp16 import convert_file
+from .vision_mixed import layer_of, own_drops, quantize_layers
 from .vision_onnx import export_projector_onnx, export_tower_onnx, export_vision_onnx, save_onnx
 
 HELD_OUT_SEED = 10_000  # generated held-out images never coincide with generated calibration ones
@@ -219,17 +221,23 @@ def _projector_inputs(layout, held: list[ImageTiles], features: np.ndarray) -> n
 
 
 def calibrate(acts: list[str], calib: np.ndarray, opts: VisionQuantOptions, path: Path, threads: int | None,
-              progress: bool = True) -> dict[str, float]:
-    """The int8 threshold of every activation in `acts`, from ONNX Runtime runs of the file at `path` over the
-    calibration images."""
+              progress: bool = True, readers: dict | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """(the int8 threshold of every activation in `acts`, its outlier ratio), from ONNX Runtime runs of the file at
+    `path` over the calibration images; `mse` searches each threshold on its readers' (`readers`) output error."""
     sess = _session_with_outputs(path, acts, threads)
-    observer = RangeObserver()
+    observer, rows = RangeObserver(), RowSampler(-(-len(calib) // opts.batch))
     for values in _run(sess, calib, opts.batch, acts, "vision ranges" if progress else None):
         observer.observe_max(values)
+        rows.observe(values)
     if opts.method != "max":
         for values in _run(sess, calib, opts.batch, acts, f"vision {opts.method} histograms" if progress else None):
             observer.observe_hist(values)
-    return {a: observer.threshold(a, opts.method) for a in acts}
+    base = "percentile" if opts.method == "mse" else opts.method
+    thresholds = {a: observer.threshold(a, base) for a in acts}
+    for a in acts if opts.method == "mse" else ():
+        if (x := rows.sample(a)) is not None:
+            thresholds[a] = search_threshold(x, reader_gram(readers[a]), observer.amax[a], (thresholds[a],))[0]
+    return thresholds, {a: outlier_ratio(x) for a in acts if (x := rows.sample(a)) is not None}
 
 
 def image_cosines(got: list[np.ndarray], want: list[np.ndarray]) -> np.ndarray:
@@ -307,6 +315,32 @@ def tensorrt_fp16(src: Path, dst: Path, inputs: np.ndarray, batch: int = 1, thre
     return check
 
 
+def fp16_copies(out_dir: Path, smoothed: Smoothed, held_pixels: np.ndarray, batch: int, threads: int | None) -> dict:
+    """The fp16 files TensorRT builds, each checked against the fp32 file it comes from (calibration.json's
+    tensorrt_fp16)."""
+    trt = {key: tensorrt_fp16(out_dir / src, out_dir / dst, held_pixels, batch, threads)
+           for key, (dst, src) in TENSORRT_FP16.items()}
+    if smoothed.question_ids is not None:
+        trt["attention_fp16_vs_fp32"] = attention_fp16(out_dir, smoothed.projector_inputs, smoothed.question_ids,
+                                                       batch, threads)
+    elif smoothed.projector_inputs is not None:
+        trt |= {key: tensorrt_fp16(out_dir / src, out_dir / dst, smoothed.projector_inputs, batch, threads)
+                for key, (dst, src) in PROJECTOR_FP16.items()}
+    return trt
+
+
+def layer_rows(layers: list[dict], kept: list[int], outliers: dict[str, float]) -> list[dict]:
+    """Per encoder layer: its output cosine (int8 against fp32), its own drop, int8 or float, and the largest
+    outlier ratio (max over median channel of max |x|) among the activations it quantizes."""
+    worst: dict[int, float] = {}
+    for name, ratio in outliers.items():
+        if (i := layer_of(name)) is not None:
+            worst[i] = max(worst.get(i, 0.0), ratio)
+    drops = own_drops(layers)
+    return [{**row, "own_drop": round(drops[row["layer"]], 6), "precision": "float" if row["layer"] in kept else "int8",
+             "outlier_ratio": round(worst.get(row["layer"], 0.0), 2)} for row in layers]
+
+
 def _projector_note(smoothed: Smoothed) -> str:
     if smoothed.question_ids is not None:
         return f"in LLaMA-VID's attention graph, float ({ATTENTION_FP32_FILE}), after the question {CALIBRATION_QUESTION!r}"
@@ -328,19 +362,13 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
     targets = quant_targets(model, opts.keep_float)
     acts = sorted({t.activation for t in targets})
     log(f"calibrating {len(acts)} activation ranges on {len(calib)} tiles of {len(images)} images ({opts.method})")
-    thresholds = calibrate(acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress)
-    insert_qdq(model, targets, thresholds, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
-    save_onnx(model, out_dir / VISION_W8A8_FILE)
+    thresholds, outliers = calibrate(acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress,
+                                     reader_weights(model, targets))
+    accuracy, kept, n_quantized = quantize_layers(
+        model, thresholds, opts, lambda: evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
+        lambda m: save_onnx(m, out_dir / VISION_W8A8_FILE), log)
     log("converting to fp16 for TensorRT, checked against the fp32 files with ONNX Runtime")
-    held_pixels = np.concatenate([t.pixels for t in held])
-    trt = {key: tensorrt_fp16(out_dir / src, out_dir / dst, held_pixels, opts.batch, threads)
-           for key, (dst, src) in TENSORRT_FP16.items()}
-    if smoothed.question_ids is not None:
-        trt["attention_fp16_vs_fp32"] = attention_fp16(out_dir, smoothed.projector_inputs, smoothed.question_ids,
-                                                       opts.batch, threads)
-    elif smoothed.projector_inputs is not None:
-        trt |= {key: tensorrt_fp16(out_dir / src, out_dir / dst, smoothed.projector_inputs, opts.batch, threads)
-                for key, (dst, src) in PROJECTOR_FP16.items()}
+    trt = fp16_copies(out_dir, smoothed, np.concatenate([t.pixels for t in held]), opts.batch, threads)
     record = {
         "format": VISION_RECORD_FORMAT,
         "media": source,
@@ -352,9 +380,13 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "weights": f"int8 symmetric per output channel, {opts.weight_bits}-bit range",
         "activations": "int8 symmetric per tensor",
         "projector": _projector_note(smoothed),
-        "quantized_nodes": len(targets),
+        "quantized_nodes": n_quantized,
+        "int8_share": round(n_quantized / max(1, len(targets)), 4),  # of the MatMul / Conv nodes with a weight
         "kept_float": list(opts.keep_float),
-        **evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
+        "layers_kept_float": kept,
+        "targets": {"cosine_mean": opts.target_cosine, "cosine_min": opts.min_cosine},
+        **accuracy,
+        "layers": layer_rows(accuracy["layers"], kept, outliers),
         "tensorrt_fp16": {"check": ORT_CHECK, **trt},
         "ranges": {a: thresholds[a] for a in acts},
         "smooth_scales_max": {k: float(v.max()) for k, v in smoothed.smooth_scales.items()},

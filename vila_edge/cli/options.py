@@ -65,7 +65,10 @@ HELP = {
     "eval_tokens": "tokens of --eval-text to score",
     "max_shard_bytes": "largest safetensors shard",
     "alpha": "SmoothQuant migration strength",
-    "method": "how each activation's int8 range is chosen",
+    "method": "how each activation's int8 range is chosen (mse: searched on its readers' output error)",
+    "target_cosine": "held-out cosine (mean) the W8A8 tower must reach; under it the worst layers stay float",
+    "min_cosine": "held-out cosine every image must reach; under it the worst layers stay float",
+    "max_float_layers": "at most this many encoder layers kept float (default: a third; 0: all int8)",
     "n_images": "images the vision tower is calibrated on",
     "weight_bits": "7 keeps ONNX Runtime's int8 kernels exact on CPUs without VNNI; 8 for TensorRT only",
     # eval-ppl

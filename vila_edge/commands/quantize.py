@@ -172,12 +172,18 @@ def written_perplexity(folder: Path, ppl: dict, windows, device: str) -> None:
 
 def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log, progress: bool) -> dict:
     vision = quantize_vision(ckpt, folder, opts.vision, log, progress=progress)
-    cos = vision["held_out"]["cosine_mean"]
-    if cos < 0.99:
-        warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {cos:.4f} against fp32 on held-out "
-                      "images (below 0.99); see vision/calibration.json, or pass --vision none")
+    held = vision["held_out"]
+    if held["cosine_mean"] < 0.995 or held["cosine_min"] < 0.99:
+        worst = sorted(vision["layers"], key=lambda r: -r["own_drop"])[:3]
+        named = ", ".join(f"{r['layer']} ({r['precision']}, own drop {r['own_drop']:.4f}, outliers "
+                          f"{r['outlier_ratio']:g}x)" for r in worst)
+        warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {held['cosine_mean']:.4f} (min "
+                      f"{held['cosine_min']:.4f}) against fp32 on held-out images, below 0.995 (min 0.99), with layers "
+                      f"{vision['layers_kept_float'] or 'none'} kept float; the worst layers: {named}. See "
+                      "vision/calibration.json; try --vision-calib-method mse, --vision-max-float-layers N, or "
+                      "--vision none")
     return {k: vision[k] for k in ("media", "calibration_images", "method", "smooth_alpha", "weights",
-                                   "quantized_nodes", "held_out", "tensorrt_fp16")}
+                                   "quantized_nodes", "int8_share", "layers_kept_float", "held_out", "tensorrt_fp16")}
 
 
 def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions, overwrite: bool = False,
@@ -328,5 +334,7 @@ def summary_lines(report: dict, out: Path) -> list[str]:
         v = report["vision"]
         lines.append(f"vision W8A8 ({v['quantized_nodes']} quantized MatMul/Conv, {v['method']} ranges from "
                      f"{v['calibration_images']} {v['media']} images, SmoothQuant alpha {v['smooth_alpha']}): cosine "
-                     f"{v['held_out']['cosine_mean']:.4f} to fp32 on {v['held_out']['images']} held-out images")
+                     f"{v['held_out']['cosine_mean']:.4f} (min {v['held_out']['cosine_min']:.4f}) to fp32 on "
+                     f"{v['held_out']['images']} held-out images; {100 * v['int8_share']:.0f} % of the MatMul/Conv "
+                     f"int8" + (f", layers {v['layers_kept_float']} kept float" if v["layers_kept_float"] else ""))
     return lines

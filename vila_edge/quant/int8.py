@@ -17,7 +17,7 @@ import numpy as np
 
 QMAX = 127
 HIST_BINS = 2048
-METHODS = ("max", "percentile", "entropy")
+METHODS = ("max", "percentile", "entropy", "mse")  # mse: quant/range_search.py, on the readers' output error
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,17 @@ def quant_targets(model, keep_float: tuple[str, ...] = ()) -> list[QuantTarget]:
         elif node.op_type == "Conv" and shapes.get(node.input[1]) == 4:
             targets.append(QuantTarget(node.name, node.input[0], node.input[1], 0))
     return targets
+
+
+def reader_weights(model, targets: list[QuantTarget]) -> dict[str, list[np.ndarray]]:
+    """Each quantized activation's readers' weights (q/k/v read one LayerNorm output)."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    out: dict[str, list[np.ndarray]] = {}
+    for t in targets:
+        out.setdefault(t.activation, []).append(numpy_helper.to_array(inits[t.weight]))
+    return out
 
 
 # ---- calibration ------------------------------------------------------------------------------

@@ -58,6 +58,10 @@ class VisionQuantOptions:
     batch: int = 1  # images per ORT run while calibrating: every watched activation comes back at once
     keep_float: tuple[str, ...] = field(default_factory=tuple)  # node-name regexes left in float
     weight_bits: int = 7  # 7: ±63, no int16 saturation in ONNX Runtime's u8s8 kernels on CPUs without VNNI
+    # automatic mixed precision (export/vision_mixed.py): layers kept float until the held-out cosine reaches these
+    target_cosine: float = 0.995  # the mean over held-out images
+    min_cosine: float = 0.99  # every held-out image
+    max_float_layers: int | None = None  # at most this many layers kept float (None: a third of the encoder's; 0: off)
 
 
 @dataclass(frozen=True)

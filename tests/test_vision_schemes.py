@@ -1,0 +1,72 @@
+"""The W8A8 schemes beyond one static range per tensor: ranges searched on the readers' output error
+(quant/range_search.py) and the layers kept float until the held-out cosine holds (export/vision_mixed.py)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from vila_edge.quant.range_search import fake_quant, outlier_ratio, output_error, reader_gram, search_threshold
+
+
+def outlier_rows(seed=0, rows=512, k=64, big=40.0):
+    """Activations with one channel 40x the others (a trained ViT's fc1 / fc2 inputs look like this)."""
+    x = np.random.default_rng(seed).normal(size=(rows, k)).astype(np.float32)
+    x[:, 3] *= big
+    return x
+
+
+def test_the_output_error_is_the_readers_error():
+    rng = np.random.default_rng(1)
+    x, w = outlier_rows(), rng.normal(size=(64, 48)).astype(np.float32)
+    t = float(np.abs(x).max()) * 0.5
+    direct = float((((fake_quant(x, t) - x) @ w) ** 2).sum(axis=1).mean())
+    assert output_error(x, reader_gram([w]), t) == pytest.approx(direct, rel=1e-4)
+    # q, k and v read one tensor: their weights side by side
+    w2 = rng.normal(size=(64, 16)).astype(np.float32)
+    both = float((((fake_quant(x, t) - x) @ np.concatenate([w, w2], 1)) ** 2).sum(axis=1).mean())
+    assert output_error(x, reader_gram([w, w2]), t) == pytest.approx(both, rel=1e-4)
+
+
+def test_the_search_beats_max_and_percentile_where_a_channel_is_an_outlier():
+    rng = np.random.default_rng(2)
+    x, w = outlier_rows(), rng.normal(size=(64, 64)).astype(np.float32)
+    gram, amax = reader_gram([w]), float(np.abs(x).max())
+    pct = float(np.percentile(np.abs(x), 99.99))
+    best, errors = search_threshold(x, gram, amax, (pct,))
+    assert errors[best] == min(errors.values())
+    assert errors[best] <= output_error(x, gram, amax) and errors[best] <= output_error(x, gram, pct)
+    assert outlier_ratio(x) > 10 and outlier_ratio(np.random.default_rng(3).normal(size=(512, 64))) < 2
+
+
+def test_mixed_precision_keeps_the_worst_layers_float_until_the_target(tiny, tmp_path, cli):
+    from conftest import QUICK_QUANT
+
+    out = tmp_path / "q"
+    # a target int8 cannot reach: layers are kept float, up to the cap, and recorded
+    code, printed, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, *QUICK_QUANT, "--vision-target-cosine",
+                       "0.9999999", "--vision-max-float-layers", 2)
+    assert code == 0, err
+    record = json.loads((out / "vision" / "calibration.json").read_text())
+    kept = record["layers_kept_float"]
+    assert len(kept) == 2 and record["int8_share"] < 1
+    assert [r["layer"] for r in record["layers"] if r["precision"] == "float"] == sorted(kept)
+    assert all({"cosine", "own_drop", "outlier_ratio", "precision"} <= set(r) for r in record["layers"])
+    graph = onnx.load(out / "vision" / "vision_w8a8.onnx", load_external_data=False).graph
+    readers = {n.input[0] for n in graph.node if n.op_type == "MatMul" and n.name.startswith(f"/vision/layers.{kept[0]}/")}
+    quantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert readers and not readers & quantized  # the kept layer's MatMuls read float
+    assert err.count("keeping layer") == 2 and f"layers {kept} kept float" in printed  # said as it went, and at the end
+
+
+def test_mse_ranges_calibrate_end_to_end(tiny, tmp_path, cli):
+    from conftest import QUICK_QUANT
+
+    out = tmp_path / "q"
+    code, _, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, *QUICK_QUANT, "--vision-calib-method", "mse",
+                       "--vision-max-float-layers", 0)
+    assert code == 0, err
+    record = json.loads((out / "vision" / "calibration.json").read_text())
+    assert record["method"] == "mse" and record["layers_kept_float"] == [] and record["int8_share"] == 1
+    assert record["held_out"]["cosine_mean"] > 0.99
