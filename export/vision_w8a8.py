@@ -45,7 +45,7 @@ from vila_edge.model.vlm import load_attention, load_vision
 from vila_edge.quant.int8 import METHODS, RangeObserver, fold_identities, quant_targets, reader_weights
 from vila_edge.quant.options import VisionQuantOptions
 from vila_edge.quant.range_search import RowSampler, outlier_ratio, reader_gram, search_threshold
-from vila_edge.quant.smoothquant import input_abs_max, smooth_layers
+from vila_edge.quant.smoothquant import smooth
 from vila_edge.runtime.onnx_vision import session
 from vila_edge.scenes import generated_images
 from vila_edge.tiling import ImageTiles, image_blocks, image_tiles, projector_inputs
@@ -174,6 +174,7 @@ class Smoothed:
     smooth_scales: dict
     n_layers: int
     question_ids: np.ndarray | None = None  # LLaMA-VID: the calibration question's Q-Former ids [L]
+    alphas: dict | None = None  # SmoothQuant's alpha per `<layer>.<norm>`
 
 
 def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: VisionQuantOptions, out_dir: Path,
@@ -193,8 +194,8 @@ def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: Vis
     batches = [torch.from_numpy(calib[i : i + opts.batch]) for i in range(0, len(calib), opts.batch)]
     pairs = get_tower(ckpt.vision_kind).smooth_pairs
     batches = tqdm(batches, desc="vision SmoothQuant", unit="batch", leave=False, disable=not progress)
-    act_max = input_abs_max(vision.layers, pairs, vision, batches)
-    smooth = smooth_layers(vision.layers, pairs, act_max, opts.alpha)
+    scales, alphas = smooth(vision.layers, pairs, vision, batches, opts.alpha, opts.alpha_search,
+                            2 ** (opts.weight_bits - 1) - 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     size, inputs = int(calib.shape[-1]), None
     if ids is not None:
@@ -211,7 +212,7 @@ def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: Vis
         log(f"exporting the vision tower ({len(vision.layers)} used layers) + projector to ONNX")
         export_vision_onnx(vision, projector, size, out_dir / VISION_FP32_FILE)
     fp32 = onnx.load(out_dir / VISION_FP32_FILE, load_external_data=False)  # its names; the weights stay in the file
-    return Smoothed(fp32, reference, inputs, smooth, len(vision.layers), ids)
+    return Smoothed(fp32, reference, inputs, scales, len(vision.layers), ids, alphas)
 
 
 def _projector_inputs(layout, held: list[ImageTiles], features: np.ndarray) -> np.ndarray:
@@ -329,16 +330,18 @@ def fp16_copies(out_dir: Path, smoothed: Smoothed, held_pixels: np.ndarray, batc
     return trt
 
 
-def layer_rows(layers: list[dict], kept: list[int], outliers: dict[str, float]) -> list[dict]:
-    """Per encoder layer: its output cosine (int8 against fp32), its own drop, int8 or float, and the largest
-    outlier ratio (max over median channel of max |x|) among the activations it quantizes."""
+def layer_rows(layers: list[dict], kept: list[int], outliers: dict[str, float], alphas: dict) -> list[dict]:
+    """Per encoder layer: its output cosine (int8 against fp32), its own drop, int8 or float, the largest outlier
+    ratio (max over median channel of max |x|) among the activations it quantizes, its SmoothQuant alphas."""
     worst: dict[int, float] = {}
     for name, ratio in outliers.items():
         if (i := layer_of(name)) is not None:
             worst[i] = max(worst.get(i, 0.0), ratio)
     drops = own_drops(layers)
     return [{**row, "own_drop": round(drops[row["layer"]], 6), "precision": "float" if row["layer"] in kept else "int8",
-             "outlier_ratio": round(worst.get(row["layer"], 0.0), 2)} for row in layers]
+             "outlier_ratio": round(worst.get(row["layer"], 0.0), 2),
+             "smooth_alpha": {k.split(".", 1)[1]: a for k, a in alphas.items() if k.split(".")[0] == str(row["layer"])}}
+            for row in layers]
 
 
 def _projector_note(smoothed: Smoothed) -> str:
@@ -376,7 +379,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "calibration_tiles": len(calib),
         "layout": ckpt.vision_layout.mode,
         "method": opts.method,
-        "smooth_alpha": opts.alpha,
+        "smooth_alpha": "searched per layer" if opts.alpha_search else opts.alpha,
         "weights": f"int8 symmetric per output channel, {opts.weight_bits}-bit range",
         "activations": "int8 symmetric per tensor",
         "projector": _projector_note(smoothed),
@@ -386,7 +389,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "layers_kept_float": kept,
         "targets": {"cosine_mean": opts.target_cosine, "cosine_min": opts.min_cosine},
         **accuracy,
-        "layers": layer_rows(accuracy["layers"], kept, outliers),
+        "layers": layer_rows(accuracy["layers"], kept, outliers, smoothed.alphas),
         "tensorrt_fp16": {"check": ORT_CHECK, **trt},
         "ranges": {a: thresholds[a] for a in acts},
         "smooth_scales_max": {k: float(v.max()) for k, v in smoothed.smooth_scales.items()},

@@ -70,3 +70,41 @@ def test_mse_ranges_calibrate_end_to_end(tiny, tmp_path, cli):
     record = json.loads((out / "vision" / "calibration.json").read_text())
     assert record["method"] == "mse" and record["layers_kept_float"] == [] and record["int8_share"] == 1
     assert record["held_out"]["cosine_mean"] > 0.99
+
+
+def test_each_layers_alpha_is_searched_on_its_linears_error():
+    import torch
+    from torch import nn
+
+    from vila_edge.quant.smoothquant import ALPHAS, _fake_int8, _scales, search_alphas
+
+    torch.manual_seed(0)
+    layer = nn.Module()
+    layer.norm, layer.fc = nn.LayerNorm(64), nn.Linear(64, 96)
+    x = torch.randn(256, 64)
+    x[:, 5] *= 50  # an outlier channel: a small alpha leaves it in the activation, a large one moves it all
+    act_max = {"0.norm": x.abs().amax(dim=0)}
+    best = search_alphas(nn.ModuleList([layer]), (("norm", ("fc",)),), act_max, {"0.norm": [x]})["0.norm"]
+    assert best in ALPHAS
+
+    def error(alpha):
+        s = _scales(act_max["0.norm"], layer.fc.weight.abs().amax(dim=0), alpha)
+        got = _fake_int8(x / s, None, 127) @ _fake_int8(layer.fc.weight * s, 1, 63).T
+        return float(((got - x @ layer.fc.weight.T) ** 2).mean())
+
+    assert error(best) == min(error(a) for a in ALPHAS) and error(best) < error(0.2)
+
+
+def test_the_alpha_search_runs_end_to_end_and_is_recorded(tiny, tmp_path, cli):
+    from conftest import QUICK_QUANT
+
+    from vila_edge.quant.smoothquant import ALPHAS
+
+    out = tmp_path / "q"
+    code, _, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, *QUICK_QUANT, "--smooth-alpha-search")
+    assert code == 0, err
+    record = json.loads((out / "vision" / "calibration.json").read_text())
+    assert record["smooth_alpha"] == "searched per layer"
+    assert all(set(r["smooth_alpha"]) == {"layer_norm1", "layer_norm2"} and set(r["smooth_alpha"].values()) <= set(ALPHAS)
+               for r in record["layers"])
+    assert record["held_out"]["cosine_mean"] > 0.99

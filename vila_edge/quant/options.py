@@ -51,6 +51,7 @@ def parse_calib(spec: str) -> CalibSpec:
 @dataclass(frozen=True)
 class VisionQuantOptions:
     alpha: float = 0.5  # SmoothQuant migration strength; see benchmarks/results/vision_w8a8.json
+    alpha_search: bool = False  # each layer's alpha searched on its linears' int8 output error (quant/smoothquant.py)
     method: str = "percentile"
     media: Path | None = None
     n_images: int = 32

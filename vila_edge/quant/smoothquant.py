@@ -16,16 +16,25 @@ from torch import nn
 Pairs = tuple[tuple[str, tuple[str, ...]], ...]
 
 
+ALPHAS = tuple(round(a, 2) for a in torch.linspace(0.2, 0.9, 8).tolist())  # the per-layer search's grid
+ROWS_PER_BATCH = 64  # input rows of each smoothed group kept per calibration batch, for the search
+
+
 @torch.inference_mode()
-def input_abs_max(layers: nn.ModuleList, pairs: Pairs, run, batches) -> dict[str, torch.Tensor]:
-    """Per-channel max |x| at the input of each smoothed group, over all calibration batches.
-    run(batch) must push the batch through the encoder holding `layers`."""
+def input_abs_max(layers: nn.ModuleList, pairs: Pairs, run, batches, rows: dict | None = None) -> dict[str, torch.Tensor]:
+    """Per-channel max |x| at the input of each smoothed group, over all calibration batches (and, into `rows`, a
+    sample of its input rows for search_alphas). run(batch) must push the batch through the encoder holding `layers`."""
     stats: dict[str, torch.Tensor] = {}
+    gen = torch.Generator().manual_seed(0)
 
     def hook(name):
         def record(_module, inputs, _output):
-            x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(dim=0).float().cpu()
+            flat = inputs[0].detach().reshape(-1, inputs[0].shape[-1])
+            x = flat.abs().amax(dim=0).float().cpu()
             stats[name] = torch.maximum(stats[name], x) if name in stats else x
+            if rows is not None:
+                pick = torch.randperm(len(flat), generator=gen)[:ROWS_PER_BATCH]
+                rows.setdefault(name, []).append(flat[pick].float().cpu())
 
         return record
 
@@ -43,9 +52,43 @@ def input_abs_max(layers: nn.ModuleList, pairs: Pairs, run, batches) -> dict[str
     return stats
 
 
+def _scales(x_max: torch.Tensor, w_max: torch.Tensor, alpha: float) -> torch.Tensor:
+    return (x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+
+
+def _fake_int8(t: torch.Tensor, dim: int | None, qmax: int) -> torch.Tensor:
+    """Symmetric int8 round trip, per tensor (dim None) or per slice along `dim` (a weight's output channels)."""
+    top = t.abs().amax() if dim is None else t.abs().amax(dim=dim, keepdim=True)
+    scale = top.clamp(min=1e-8) / qmax
+    return (t / scale).round().clamp(-qmax, qmax) * scale
+
+
 @torch.no_grad()
-def smooth_layers(layers: nn.ModuleList, pairs: Pairs, act_max: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """Fold the smoothing scales into every layer in place; returns them by `<layer>.<norm>`."""
+def search_alphas(layers: nn.ModuleList, pairs: Pairs, act_max: dict, rows: dict, weight_qmax: int = 63,
+                  grid: tuple[float, ...] = ALPHAS) -> dict[str, float]:
+    """Per smoothed group, the alpha whose int8 linears (activations per tensor at their max, weights per output
+    channel) best reproduce the float outputs on the sampled input rows; not one alpha for every layer."""
+    best = {}
+    for i, layer in enumerate(layers):
+        for norm_name, linear_names in pairs:
+            key = f"{i}.{norm_name}"
+            x = torch.cat(rows[key])
+            w = torch.cat([layer.get_submodule(n).weight.float() for n in linear_names])  # [out, in]
+            want = x @ w.T
+            errors = {}
+            for alpha in grid:
+                s = _scales(act_max[key], w.abs().amax(dim=0), alpha)
+                got = _fake_int8(x / s, None, 127) @ _fake_int8(w * s, 1, weight_qmax).T
+                errors[alpha] = float(((got - want) ** 2).mean())
+            best[key] = min(errors, key=errors.get)
+    return best
+
+
+@torch.no_grad()
+def smooth_layers(layers: nn.ModuleList, pairs: Pairs, act_max: dict[str, torch.Tensor],
+                  alpha: float | dict[str, float]) -> dict[str, torch.Tensor]:
+    """Fold the smoothing scales into every layer in place (one alpha, or one per `<layer>.<norm>`); returns them by
+    `<layer>.<norm>`."""
     scales = {}
     for i, layer in enumerate(layers):
         for norm_name, linear_names in pairs:
@@ -53,7 +96,8 @@ def smooth_layers(layers: nn.ModuleList, pairs: Pairs, act_max: dict[str, torch.
             linears = [layer.get_submodule(n) for n in linear_names]
             w_max = torch.cat([lin.weight.abs() for lin in linears]).amax(dim=0).float().clamp(min=1e-5)
             x_max = act_max[f"{i}.{norm_name}"].to(w_max.device).clamp(min=1e-5)
-            s = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(min=1e-5)
+            a = alpha[f"{i}.{norm_name}"] if isinstance(alpha, dict) else alpha
+            s = _scales(x_max, w_max, a)
             norm.weight.div_(s.to(norm.weight))
             if getattr(norm, "bias", None) is not None:  # an RMSNorm (InternViT) has a weight only
                 norm.bias.div_(s.to(norm.bias))
@@ -61,3 +105,13 @@ def smooth_layers(layers: nn.ModuleList, pairs: Pairs, act_max: dict[str, torch.
                 lin.weight.mul_(s.to(lin.weight)[None, :])
             scales[f"{i}.{norm_name}"] = s.cpu()
     return scales
+
+
+def smooth(layers: nn.ModuleList, pairs: Pairs, run, batches, alpha: float, search: bool = False,
+           weight_qmax: int = 63) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """SmoothQuant from the calibration batches, folded in place: (the scales, the alpha of each group), one alpha for
+    all or, with `search`, each group's own (search_alphas)."""
+    rows = {} if search else None
+    act_max = input_abs_max(layers, pairs, run, batches, rows)
+    alphas = search_alphas(layers, pairs, act_max, rows, weight_qmax) if search else {k: alpha for k in act_max}
+    return smooth_layers(layers, pairs, act_max, alphas), alphas
