@@ -145,7 +145,8 @@ def _copy_onnx(src: Path, folder: Path) -> str:
 
 def _converted_now(ckpt: Checkpoint, source: Path, dst: Path) -> dict:
     """dst converted from source (the checkpoint predates quantize writing it), checked on quantize's held-out images."""
-    from .vision_w8a8 import HELD_OUT_SEED, pixels_of, tensorrt_fp16
+    from .vision_fp16 import tensorrt_fp16
+    from .vision_w8a8 import HELD_OUT_SEED, pixels_of
 
     pixels = pixels_of(ckpt, generated_images(VisionQuantOptions.held_out, seed=HELD_OUT_SEED))
     return {**tensorrt_fp16(source, dst, pixels), "converted_by": "build-engine (the checkpoint has no such file)"}

@@ -2,7 +2,8 @@
 
 from dataclasses import dataclass
 
-VISION_CHOICES = ("w8a8", "fp16", "fp32", "none")  # cpu: w8a8|fp32 ONNX; GPU: w8a8 (int8 plan) or fp16
+# cpu: w8a8 (static per-tensor Q/DQ), w8a8-dynamic (per-token dynamic int8), fp32 ONNX; GPU: w8a8 (int8 plan) or fp16
+VISION_CHOICES = ("w8a8", "w8a8-dynamic", "fp16", "fp32", "none")
 
 
 @dataclass(frozen=True)

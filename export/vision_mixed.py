@@ -6,6 +6,7 @@ float layer is plain fp16 there)."""
 
 import re
 
+from vila_edge.quant.dynamic_int8 import insert_dynamic
 from vila_edge.quant.int8 import insert_qdq, quant_targets
 
 LAYER = r"^/vision/layers\.{}/"  # the ONNX node names of encoder layer i (VisionEncoder's `layers`)
@@ -55,3 +56,17 @@ def quantize_layers(fp32, thresholds: dict, opts, evaluate, save, log) -> tuple[
         log(f"W8A8 cosine {held['cosine_mean']:.4f} (min {held['cosine_min']:.4f}) is under {opts.target_cosine} "
             f"(min {opts.min_cosine}): keeping layer {worst} in float (its own drop {drops[worst]:.4f})")
         kept.append(worst)
+
+
+def dynamic_copy(fp32, opts, kept: list[int], save) -> int:
+    """The cpu path's graph: the same MatMuls int8 (the kept layers float) on per-token dynamic activation scales;
+    saved by `save`; returns how many MatMuls it quantizes."""
+    from onnx import ModelProto
+
+    model = ModelProto()
+    model.CopyFrom(fp32)
+    targets = [t for t in quant_targets(model, tuple(opts.keep_float) + tuple(LAYER.format(i) for i in kept))
+               if t.axis == 1]
+    insert_dynamic(model, targets, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
+    save(model)
+    return len(targets)

@@ -3,8 +3,8 @@ and both in fp16 for TensorRT.
 
 Four stages, each a function: `smooth_and_export` (SmoothQuant folded into the tower, fp32 ONNX),
 `calibrate` (activation ranges through ONNX Runtime), `evaluate` (cosine against fp32 PyTorch on
-held-out images, overall and layer by layer), `tensorrt_fp16` (an fp16 copy for TensorRT, onnx_fp16.py,
-and its cosine against the fp32 file on the same images). Writes into a `vision/` folder: vision_fp32.onnx
+held-out images, overall and layer by layer), then the layers kept float where the cosine misses its target
+(vision_mixed.py) and the fp16 copies for TensorRT, each checked against its fp32 file (vision_fp16.py). Writes into a `vision/` folder: vision_fp32.onnx
 and vision_w8a8.onnx (what ONNX Runtime runs), vision_fp16.onnx and vision_w8a8_fp16.onnx (what TensorRT
 builds), and calibration.json (the media used, the method, every activation range, the accuracy).
 
@@ -31,14 +31,12 @@ from vila_edge.arch import get_tower
 from vila_edge.errors import MediaError, UsageError
 from vila_edge.formats import (
     ATTENTION_FP32_FILE,
-    PROJECTOR_FP16_FILE,
     PROJECTOR_FP32_FILE,
-    VISION_FP16_FILE,
     VISION_FP32_FILE,
     VISION_RECORD_FILE,
     VISION_RECORD_FORMAT,
+    VISION_W8A8_DYNAMIC_FILE,
     VISION_W8A8_FILE,
-    VISION_W8A8_FP16_FILE,
 )
 from vila_edge.media import layout_preprocess, media_images
 from vila_edge.model.vlm import load_attention, load_vision
@@ -52,28 +50,17 @@ from vila_edge.tiling import ImageTiles, image_blocks, image_tiles, projector_in
 
 from .attention_onnx import (
     CALIBRATION_QUESTION,
-    attention_fp16,
     calibration_ids,
     export_attention_onnx,
     ort_frame_tokens,
     torch_frame_tokens,
 )
-from .onnx_checks import cosine, unfused_session
-from .onnx_fp16 import convert_file
-from .vision_mixed import layer_of, own_drops, quantize_layers
+from .onnx_checks import cosine
+from .vision_fp16 import ORT_CHECK, fp16_copies
+from .vision_mixed import dynamic_copy, layer_of, own_drops, quantize_layers
 from .vision_onnx import export_projector_onnx, export_tower_onnx, export_vision_onnx, save_onnx
 
 HELD_OUT_SEED = 10_000  # generated held-out images never coincide with generated calibration ones
-# calibration.json's tensorrt_fp16 entries: (the TensorRT file, the fp32 file it is converted from and checked against)
-TENSORRT_FP16 = {"w8a8_fp16_vs_w8a8": (VISION_W8A8_FP16_FILE, VISION_W8A8_FILE),
-                 "fp16_vs_fp32": (VISION_FP16_FILE, VISION_FP32_FILE)}
-PROJECTOR_FP16 = {"projector_fp16_vs_fp32": (PROJECTOR_FP16_FILE, PROJECTOR_FP32_FILE)}  # multi-scale towers
-FP16_MIN_COSINE = {VISION_W8A8_FP16_FILE: 0.99, VISION_FP16_FILE: 0.999, PROJECTOR_FP16_FILE: 0.999}  # below: a warning
-ORT_CHECK = ("ONNX Runtime's CPU provider with graph optimizations off for both files (Q/DQ run as float ops, not fused "
-             "int8 kernels). It has fp16 kernels for few ops and runs the others (ort_ran_in_fp32) in fp32 through casts it "
-             "inserts, so this checks the conversion and its fp16 weights, scales and constants, not fp16 arithmetic")
-
-
 def tiles_of(ckpt, images: list) -> list[ImageTiles]:
     """Each image as captioning tiles it when it is a prompt's only image (the checkpoint's layout and max_tiles)."""
     layout = ckpt.vision_layout
@@ -247,14 +234,14 @@ def image_cosines(got: list[np.ndarray], want: list[np.ndarray]) -> np.ndarray:
 
 
 def evaluate(fp32, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: Path, opts: VisionQuantOptions,
-             threads: int | None) -> dict:
+             threads: int | None, int8_file: str = VISION_W8A8_FILE) -> dict:
     """Cosine of each held-out image's W8A8 tokens (tiles -> merged -> projected) against fp32 PyTorch, and of each
     encoder layer's output on the tiles against the fp32 ONNX (the W8A8 one is read from out_dir)."""
     layers = layer_outputs(fp32)
     out = fp32.graph.output[0].name
     names = [out] + list(layers.values())
     runs = [_run(_session_with_outputs(out_dir / f, names, threads), np.concatenate([t.pixels for t in held]),
-                 opts.batch, names) for f in (VISION_FP32_FILE, VISION_W8A8_FILE)]
+                 opts.batch, names) for f in (VISION_FP32_FILE, int8_file)]
     features, layer_cos = {"fp32": [], "w8a8": []}, {i: [] for i in layers}
     for a, b in zip(*runs):  # batch by batch: a big tower's layer outputs over every tile would not fit in memory
         features["fp32"].append(a[out])
@@ -279,55 +266,15 @@ def evaluate(fp32, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: 
     }
 
 
-def ort_fp32_ops(ran) -> list[str]:
-    """The op types ONNX Runtime computed in float32 in the graph it ran (`ran`, saved by the session): Casts aside,
-    those reading a float32 tensor."""
-    from onnx import TensorProto, shape_inference
-
-    inferred = shape_inference.infer_shapes(ran).graph
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.input, *inferred.value_info)}
-    types.update({i.name: i.data_type for i in ran.graph.initializer})
-    return sorted({n.op_type for n in ran.graph.node
-                   if n.op_type != "Cast" and any(types.get(i) == TensorProto.FLOAT for i in n.input)})
-
-
-def fp16_agreement(fp16: Path, fp32: Path, inputs: np.ndarray, batch: int, threads: int | None = None) -> dict:
-    """Cosine of the fp16 file's outputs against the fp32 file's on `inputs`, and what ORT ran in fp32."""
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ran = Path(tmp) / "ran.onnx"
-        sessions = unfused_session(fp16, threads, ran), unfused_session(fp32, threads)
-        fp32_ops = ort_fp32_ops(onnx.load(ran, load_external_data=False))
-    fp16_out, fp32_out = (_ort_graph(s, batch)(inputs) for s in sessions)
-    cos = cosine(fp16_out, fp32_out)
-    return {"file": fp16.name, "against": fp32.name, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "ort_ran_in_fp32": fp32_ops}
-
-
-def tensorrt_fp16(src: Path, dst: Path, inputs: np.ndarray, batch: int = 1, threads: int | None = None) -> dict:
-    """dst: src converted to fp16 for TensorRT; returns how far dst is from src on `inputs`, and what the conversion moved."""
-    moved = convert_file(src, dst)
-    check = {**fp16_agreement(dst, src, inputs, batch, threads), "conversion": moved}
-    least = FP16_MIN_COSINE.get(dst.name, max(FP16_MIN_COSINE.values()))
-    if check["cosine_min"] < least:
-        warnings.warn(f"{dst.name} (for TensorRT) reaches cosine {check['cosine_min']:.5f} against {src.name} on held-out "
-                      f"images (below {least}): values fp16 cannot hold? conversion: {moved}")
-    return check
-
-
-def fp16_copies(out_dir: Path, smoothed: Smoothed, held_pixels: np.ndarray, batch: int, threads: int | None) -> dict:
-    """The fp16 files TensorRT builds, each checked against the fp32 file it comes from (calibration.json's
-    tensorrt_fp16)."""
-    trt = {key: tensorrt_fp16(out_dir / src, out_dir / dst, held_pixels, batch, threads)
-           for key, (dst, src) in TENSORRT_FP16.items()}
-    if smoothed.question_ids is not None:
-        trt["attention_fp16_vs_fp32"] = attention_fp16(out_dir, smoothed.projector_inputs, smoothed.question_ids,
-                                                       batch, threads)
-    elif smoothed.projector_inputs is not None:
-        trt |= {key: tensorrt_fp16(out_dir / src, out_dir / dst, smoothed.projector_inputs, batch, threads)
-                for key, (dst, src) in PROJECTOR_FP16.items()}
-    return trt
+def cpu_dynamic(model, kept: list[int], smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: Path,
+                opts: VisionQuantOptions, threads: int | None) -> dict:
+    """The per-token dynamic int8 graph for the cpu path (the same MatMuls int8), written and evaluated as the static
+    one is: calibration.json's cpu_dynamic."""
+    n = dynamic_copy(model, opts, kept, lambda m: save_onnx(m, out_dir / VISION_W8A8_DYNAMIC_FILE))
+    ev = evaluate(smoothed.fp32, smoothed, held, layout, out_dir, opts, threads, VISION_W8A8_DYNAMIC_FILE)
+    return {"file": VISION_W8A8_DYNAMIC_FILE, "activations": "int8 per token, scales computed as it runs",
+            "quantized_matmuls": n, "held_out": ev["held_out"],
+            "layers": [{"layer": r["layer"], "cosine": r["cosine"]} for r in ev["layers"]]}
 
 
 def layer_rows(layers: list[dict], kept: list[int], outliers: dict[str, float], alphas: dict) -> list[dict]:
@@ -370,6 +317,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
     accuracy, kept, n_quantized = quantize_layers(
         model, thresholds, opts, lambda: evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
         lambda m: save_onnx(m, out_dir / VISION_W8A8_FILE), log)
+    dynamic = cpu_dynamic(model, kept, smoothed, held, ckpt.vision_layout, out_dir, opts, threads)
     log("converting to fp16 for TensorRT, checked against the fp32 files with ONNX Runtime")
     trt = fp16_copies(out_dir, smoothed, np.concatenate([t.pixels for t in held]), opts.batch, threads)
     record = {
@@ -390,6 +338,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "targets": {"cosine_mean": opts.target_cosine, "cosine_min": opts.min_cosine},
         **accuracy,
         "layers": layer_rows(accuracy["layers"], kept, outliers, smoothed.alphas),
+        "cpu_dynamic": dynamic,
         "tensorrt_fp16": {"check": ORT_CHECK, **trt},
         "ranges": {a: thresholds[a] for a in acts},
         "smooth_scales_max": {k: float(v.max()) for k, v in smoothed.smooth_scales.items()},

@@ -108,3 +108,28 @@ def test_the_alpha_search_runs_end_to_end_and_is_recorded(tiny, tmp_path, cli):
     assert all(set(r["smooth_alpha"]) == {"layer_norm1", "layer_norm2"} and set(r["smooth_alpha"].values()) <= set(ALPHAS)
                for r in record["layers"])
     assert record["held_out"]["cosine_mean"] > 0.99
+
+
+def test_the_cpu_path_gets_a_per_token_dynamic_graph_and_a_cpu_engine_runs_it(tiny, tmp_path, cli):
+    from conftest import QUICK_QUANT
+
+    out, engine = tmp_path / "q", tmp_path / "cpu"
+    code, _, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, *QUICK_QUANT)
+    assert code == 0, err
+    record = json.loads((out / "vision" / "calibration.json").read_text())
+    dynamic = record["cpu_dynamic"]
+    assert dynamic["held_out"]["cosine_mean"] > 0.99 and dynamic["quantized_matmuls"] > 0
+    graph = onnx.load(out / "vision" / dynamic["file"], load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    assert "MatMulInteger" in ops and "QuantizeLinear" not in ops  # scales computed per row, nothing calibrated
+    code, _, err = cli("build-engine", out, "-o", engine, "--target", "cpu", "--vision", "w8a8-dynamic")
+    assert code == 0, err
+    manifest = json.loads((engine / "manifest.json").read_text())
+    assert manifest["vision"]["file"].endswith(dynamic["file"])
+    from vila_edge.scenes import generated_images
+
+    generated_images(1, seed=7)[0].save(tmp_path / "scene.png")
+    code, printed, err = cli("caption", engine, "--image", tmp_path / "scene.png", "--prompt", "Describe.", "--format",
+                             "jsonl", "--conv-mode", "vicuna_v1", "--max-new-tokens", 3)
+    assert code == 0, err
+    assert json.loads(printed)["image_tokens"] > 0

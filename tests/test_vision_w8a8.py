@@ -16,6 +16,7 @@ from vila_edge.export.vision_w8a8 import cosine, pixels_of, quantize_vision
 from vila_edge.formats import VISION_FP16_FILE as FP16_FILE
 from vila_edge.formats import VISION_FP32_FILE as FP32_FILE
 from vila_edge.formats import VISION_RECORD_FILE as RECORD_FILE
+from vila_edge.formats import VISION_W8A8_DYNAMIC_FILE
 from vila_edge.formats import VISION_W8A8_FILE as W8A8_FILE
 from vila_edge.formats import VISION_W8A8_FP16_FILE as W8A8_FP16_FILE
 from vila_edge.quant.options import VisionQuantOptions
@@ -190,7 +191,7 @@ def test_quantize_writes_vision_and_caption_runs_it(tiny, tmp_path, cli):
     assert report["vision"]["held_out"]["cosine_mean"] >= 0.99
     assert report["vision"]["tensorrt_fp16"]["fp16_vs_fp32"]["cosine_min"] > 0.9999
     assert sorted(f.name for f in (out / "vision").iterdir()) == [
-        RECORD_FILE, FP16_FILE, FP32_FILE, W8A8_FILE, W8A8_FP16_FILE]
+        RECORD_FILE, FP16_FILE, FP32_FILE, W8A8_FILE, VISION_W8A8_DYNAMIC_FILE, W8A8_FP16_FILE]
     code, stdout, err = cli("caption", out, "--image", frames / "0.png", "--prompt", "Describe.", "--backend", "onnx",
                             "--conv-mode", "vicuna_v1", "--max-new-tokens", 4, "--format", "jsonl")
     assert code == 0, err

@@ -26,7 +26,8 @@ LLM_AWQ_DUMP = r"-w(?P<bits>\d+)-g(?P<group>\d+)-awq(?P<v2>-v2)?\.pt$"
 VISION_DIR = "vision"  # the tower + projector as ONNX, beside llm/
 VISION_FP32_FILE = "vision_fp32.onnx"
 VISION_W8A8_FILE = "vision_w8a8.onnx"
-VISION_FILES = {"w8a8": VISION_W8A8_FILE, "fp32": VISION_FP32_FILE}  # what ONNX Runtime runs (cpu engines, --backend onnx)
+VISION_W8A8_DYNAMIC_FILE = "vision_w8a8_dynamic.onnx"  # the cpu path's per-token dynamic int8 (quant/dynamic_int8.py)
+VISION_FILES = {"w8a8": VISION_W8A8_FILE, "w8a8-dynamic": VISION_W8A8_DYNAMIC_FILE, "fp32": VISION_FP32_FILE}  # what ONNX Runtime runs (cpu engines, --backend onnx)
 # what TensorRT builds: the same graphs with fp16 float parts and Q/DQ scales (export/onnx_fp16.py), beside their sources
 VISION_W8A8_FP16_FILE = "vision_w8a8_fp16.onnx"
 VISION_FP16_FILE = "vision_fp16.onnx"
@@ -36,11 +37,13 @@ VISION_FP16_SOURCE = {VISION_W8A8_FP16_FILE: VISION_W8A8_FILE, VISION_FP16_FILE:
 # apart (the merged multi-scale features -> image tokens), as VILA merges scales between the two (tiling.py)
 PROJECTOR_FP32_FILE, PROJECTOR_FP16_FILE = "projector_fp32.onnx", "projector_fp16.onnx"
 PROJECTOR_OF = {VISION_W8A8_FILE: PROJECTOR_FP32_FILE, VISION_FP32_FILE: PROJECTOR_FP32_FILE,
+                VISION_W8A8_DYNAMIC_FILE: PROJECTOR_FP32_FILE,
                 VISION_W8A8_FP16_FILE: PROJECTOR_FP16_FILE, VISION_FP16_FILE: PROJECTOR_FP16_FILE}
 # LLaMA-VID: the tower alone in the files above (pixels -> features, class token kept), its attention part apart
 # (features + the question's Q-Former ids -> frame tokens; export/attention_onnx.py), float beside either tower file
 ATTENTION_FP32_FILE, ATTENTION_FP16_FILE = "attention_fp32.onnx", "attention_fp16.onnx"
 ATTENTION_OF = {VISION_W8A8_FILE: ATTENTION_FP32_FILE, VISION_FP32_FILE: ATTENTION_FP32_FILE,
+                VISION_W8A8_DYNAMIC_FILE: ATTENTION_FP32_FILE,
                 VISION_W8A8_FP16_FILE: ATTENTION_FP16_FILE, VISION_FP16_FILE: ATTENTION_FP16_FILE}
 VISION_RECORD_FILE = "calibration.json"
 VISION_RECORD_FORMAT = "vila_edge.vision_w8a8/1"

@@ -1,0 +1,65 @@
+"""Per-token dynamic int8 activations for the cpu path, in standard ONNX ops that ONNX Runtime's CPU provider runs with
+its integer GEMM: each quantized MatMul reads its input row by row at that row's own scale, computed as it runs,
+
+    s = max(|x|, last axis) / 127;  q = int8(clip(round(x / s)));  y = float(MatMulInteger(q, W_q)) * s * w_scale
+
+so a token with outliers (the high-norm tokens trained ViTs grow) no longer sets the scale of every other token, and
+nothing is calibrated for it. The weights are the static scheme's (int8 per output channel). TensorRT's plans keep the
+static per-tensor Q/DQ (what its INT8 kernels fuse); this graph is ONNX Runtime's only.
+"""
+
+import numpy as np
+
+from .int8 import QuantTarget, quantize_weight
+
+
+def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
+    """Rewrite model in place: every MatMul in `targets` on per-token dynamic int8 (Convs stay float)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    by_node = {t.node: t for t in targets if t.axis == 1}  # MatMul weights [K, N]; a Conv (axis 0) stays float
+    new_inits = [numpy_helper.from_array(np.array(127.0, np.float32), "dyn_qmax"),
+                 numpy_helper.from_array(np.array(1e-8, np.float32), "dyn_eps"),
+                 numpy_helper.from_array(np.array(-127.0, np.float32), "dyn_lo"),
+                 numpy_helper.from_array(np.array(127.0, np.float32), "dyn_hi"),
+                 numpy_helper.from_array(np.array([-1], np.int64), "dyn_last")]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    reduce = ({"inputs": ["dyn_last"]} if opset >= 18 else {"axes": [-1]})  # ReduceMax took axes as an input from 18
+    nodes, rows_of = [], {}  # rows_of: activation -> (its int8 tensor, its per-row scale), shared by q/k/v
+    for node in model.graph.node:
+        t = by_node.get(node.name)
+        if t is None:
+            nodes.append(node)
+            continue
+        base = t.node.strip("/").replace("/", "_")
+        if t.activation not in rows_of:
+            a = t.activation.strip("/").replace("/", "_") + "_dyn"
+            nodes += [
+                helper.make_node("Abs", [t.activation], [f"{a}_abs"], name=f"{a}_Abs"),
+                helper.make_node("ReduceMax", [f"{a}_abs", *reduce.get("inputs", [])], [f"{a}_max"],
+                                 name=f"{a}_ReduceMax", keepdims=1, **({"axes": reduce["axes"]} if "axes" in reduce else {})),
+                helper.make_node("Max", [f"{a}_max", "dyn_eps"], [f"{a}_top"], name=f"{a}_Max"),
+                helper.make_node("Div", [f"{a}_top", "dyn_qmax"], [f"{a}_scale"], name=f"{a}_Scale"),
+                helper.make_node("Div", [t.activation, f"{a}_scale"], [f"{a}_div"], name=f"{a}_Div"),
+                helper.make_node("Round", [f"{a}_div"], [f"{a}_round"], name=f"{a}_Round"),
+                helper.make_node("Clip", [f"{a}_round", "dyn_lo", "dyn_hi"], [f"{a}_clip"], name=f"{a}_Clip"),
+                helper.make_node("Cast", [f"{a}_clip"], [f"{a}_q"], name=f"{a}_Cast", to=TensorProto.INT8),
+            ]
+            rows_of[t.activation] = (f"{a}_q", f"{a}_scale")
+        q_in, row_scale = rows_of[t.activation]
+        w = numpy_helper.to_array(inits[t.weight])
+        wq, w_scale = quantize_weight(w, 1, weight_qmax)
+        new_inits += [numpy_helper.from_array(wq, f"{base}_wq"), numpy_helper.from_array(w_scale, f"{base}_wscale")]
+        nodes += [
+            helper.make_node("MatMulInteger", [q_in, f"{base}_wq"], [f"{base}_i32"], name=f"{base}_MatMulInteger"),
+            helper.make_node("Cast", [f"{base}_i32"], [f"{base}_f32"], name=f"{base}_CastF", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{base}_f32", row_scale], [f"{base}_rows"], name=f"{base}_RowScale"),
+            helper.make_node("Mul", [f"{base}_rows", f"{base}_wscale"], [node.output[0]], name=f"{base}_ColScale"),
+        ]
+    used = {i for n in nodes for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep + [i for i in new_inits if i.name in used])
