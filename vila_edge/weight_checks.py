@@ -53,20 +53,26 @@ def _llm_sizes(c: dict, shapes: dict) -> list[tuple[str, int, int | None, str]]:
     ]  # fmt: skip
 
 
+PATCH_WEIGHTS = ("embeddings.patch_embedding.weight", "embeddings.patch_embeddings.projection.weight")  # DINOv2's
+
+
 def _vision_sizes(c: dict, shapes: dict, tower) -> list[tuple[str, int, int | None, str]]:
     """The same for the vision tower (transformers 4 saved its tensors under vision_model.)."""
     shapes = {k.removeprefix("vision_model."): v for k, v in shapes.items()}
-    patch = shapes.get("embeddings.patch_embedding.weight") or [None, None, None]  # [hidden, 3, p, p]
+    patch_name = next((n for n in PATCH_WEIGHTS if n in shapes), PATCH_WEIGHTS[0])
+    patch = shapes.get(patch_name) or [None, None, None]  # [hidden, 3, p, p]
+    layers = next((p for p in ("encoder.layers.", "encoder.layer.") if _layer_count(shapes, p)), "encoder.layers.")
+    inner = c.get("intermediate_size") or int(c["hidden_size"] * c.get("mlp_ratio", 4))  # DINOv2 states a ratio
     table, axis = tower.position_embedding
     positions, cls_token = (shapes.get(table) or [None] * (axis + 1))[axis], tower.cls_token
     grid = c["image_size"] // c["patch_size"]
     return [
-        ("hidden_size", c["hidden_size"], patch[0], "embeddings.patch_embedding.weight"),
-        ("patch_size", c["patch_size"], patch[2], "embeddings.patch_embedding.weight"),
+        ("hidden_size", c["hidden_size"], patch[0], patch_name),
+        ("patch_size", c["patch_size"], patch[2], patch_name),
         (f"positions for image_size {c['image_size']} / patch_size {c['patch_size']}", grid**2 + cls_token, positions,
          table),
-        ("num_hidden_layers", c["num_hidden_layers"], _layer_count(shapes, "encoder.layers."), "encoder.layers.*"),
-        ("intermediate_size", c["intermediate_size"], _rows(shapes, "encoder.layers.0.mlp.fc1"), "fc1"),
+        ("num_hidden_layers", c["num_hidden_layers"], _layer_count(shapes, layers), f"{layers}*"),
+        ("intermediate_size", inner, _rows(shapes, f"{layers}0.mlp.fc1"), "fc1"),
     ]  # fmt: skip
 
 

@@ -7,7 +7,7 @@ from torch import nn
 class VisionEncoder(nn.Module):
     """pixels [B, 3, S, S] -> features [B, N, C].
 
-    hidden_states[k] of an HF SigLIP/CLIP/InternViT tower is the output of its first k encoder layers
+    hidden_states[k] of an HF SigLIP/CLIP/InternViT/DINOv2 tower is the output of its first k encoder layers
     (hidden_states[0]: the embeddings, after CLIP's pre-LN), so only those k layers are kept:
     with VILA's select_layer -2 the last layer, and the post-LN and head, never run (nor get exported).
     """
@@ -18,7 +18,7 @@ class VisionEncoder(nn.Module):
         if select_feature not in ("cls_patch", "patch"):
             raise ValueError(f"mm_vision_select_feature {select_feature!r}: expected cls_patch or patch")
         vm = getattr(tower, "vision_model", tower)  # transformers 4 wraps the transformer; 5 does not always
-        stack = vm.get_submodule(layers)  # arch.VisionTower.layers: encoder.layers, InternVL's encoder.layer
+        stack = vm.get_submodule(layers)  # arch.VisionTower.layers: encoder.layers, InternVL's and DINOv2's encoder.layer
         n_layers = len(stack)
         if not -(n_layers + 1) <= select_layer <= n_layers:
             raise ValueError(f"mm_vision_select_layer {select_layer} is outside a tower of {n_layers} layers")

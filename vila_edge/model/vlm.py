@@ -8,6 +8,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     CLIPVisionModel,
+    Dinov2Model,
     DynamicCache,
     SiglipVisionModel,
 )
@@ -26,7 +27,7 @@ from .llamavid import LlamaVidAttention
 from .projector import Projector
 from .vision import VisionEncoder
 
-_TOWER_CLASSES = {"SiglipVisionModel": SiglipVisionModel, "CLIPVisionModel": CLIPVisionModel}
+_TOWER_CLASSES = {"SiglipVisionModel": SiglipVisionModel, "CLIPVisionModel": CLIPVisionModel, "Dinov2Model": Dinov2Model}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
