@@ -67,7 +67,19 @@ def test_a_table_of_the_wrong_size_is_named(dinov2_vila, copy_of):
     root = copy_of(dinov2_vila)
     path = root / "vision_tower" / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "image_size": 448}))
-    with pytest.raises(Exception, match=r"positions for image_size 448 / patch_size 14 is 1025, the weights hold 1370"):
+    from vila_edge.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"positions for image_size 448 / patch_size 14 is 1025, the weights hold 1370"):
+        load_checkpoint(root)
+
+
+def test_a_bad_mlp_ratio_is_named(dinov2_vila, copy_of):
+    from vila_edge.errors import CheckpointError
+
+    root = copy_of(dinov2_vila)
+    path = root / "vision_tower" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "mlp_ratio": "4"}))
+    with pytest.raises(CheckpointError, match=r"config\.json: mlp_ratio is '4', expected a positive number"):
         load_checkpoint(root)
 
 
@@ -120,7 +132,7 @@ def quantized(dinov2_vila, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("dinov2-q") / "q"
     # the LLM's AWQ kept short; the vision side at its defaults (32 generated calibration images, percentile, α 0.5)
-    code, _, err = run_cli("quantize", dinov2_vila, "-o", out, "--group-size", 32, "--n-samples", 2, "--seqlen", 32,
+    code, _, err = run_cli("quantize", dinov2_vila, "-o", out, "--group-size", 64, "--n-samples", 2, "--seqlen", 32,
                            "--no-clip", "--quiet")
     assert code == 0, err
     return out
@@ -166,3 +178,19 @@ def test_the_cpu_engine_captions_without_torch(quantized, tmp_path, cli):
     assert code == 0, err
     answer = json.loads(out)
     assert answer["image_tokens"] == 64 and len(answer["token_ids"]) > 0
+
+
+def test_the_gpu_bundle_holds_the_dinov2_recipe_and_trts_qdq_rules(quantized, tmp_path, cli):
+    import onnx
+
+    from vila_edge.export.trt_qdq import qdq_problems
+
+    code, _, err = cli("build-engine", quantized, "-o", tmp_path / "b", "--target", "orin", "--conv-mode", "vicuna_v1")
+    assert code == 3, err  # no TensorRT here: the bundle, to build on the device
+    m = json.loads((tmp_path / "b/manifest.json").read_text())
+    assert m["vision"]["onnx"] == "vision/vision_w8a8_fp16.onnx"
+    assert qdq_problems(onnx.load(tmp_path / "b" / m["vision"]["onnx"])) == []
+    recipe = json.loads((tmp_path / "b/recipe.json").read_text())
+    assert recipe["vision"] == {"kind": "dinov2", "hidden": 384, "layers": 11, "intermediate": 1536, "image_size": 224,
+                                "patch": 14}
+    assert recipe["tokens_per_image"] == 64

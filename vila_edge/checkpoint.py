@@ -139,6 +139,12 @@ class Checkpoint:
         return self.vision_config["hidden_size"] * max(1, len(self.s2_scales))
 
     @property
+    def vision_intermediate(self) -> int:
+        """The tower's MLP width: intermediate_size, or DINOv2's hidden_size × mlp_ratio."""
+        v = self.vision_config
+        return v.get("intermediate_size") or int(v["hidden_size"] * v["mlp_ratio"])
+
+    @property
     def llm_hidden(self) -> int:
         return self.llm_config["hidden_size"]
 

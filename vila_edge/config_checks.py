@@ -183,6 +183,8 @@ def check_vision_config(config: dict, path: Path) -> None:
     _name(config, "model_type", path)
     for key in VISION_SIZES:
         _int(config, key, path, required=key != "intermediate_size" or "mlp_ratio" not in config)  # DINOv2: a ratio
+    if config.get("intermediate_size") is None and not _number(config["mlp_ratio"], positive=True):
+        raise _wrong(path, config, "mlp_ratio", "a positive number (the MLP's width over hidden_size)")
     if config["hidden_size"] % config["num_attention_heads"]:
         raise CheckpointError(f"{path}: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
                               f"{config['num_attention_heads']}; {RESTORE}")  # fmt: skip

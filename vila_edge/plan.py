@@ -33,7 +33,7 @@ def recipe_from_checkpoint(ckpt) -> dict:
     c, v = ckpt.llm_config, ckpt.vision_config
     layers = v["num_hidden_layers"]
     used = layers + ckpt.select_layer + 1 if ckpt.select_layer < 0 else ckpt.select_layer
-    vision = {"kind": ckpt.vision_kind, "hidden": v["hidden_size"], "layers": used, "intermediate": v["intermediate_size"],
+    vision = {"kind": ckpt.vision_kind, "hidden": v["hidden_size"], "layers": used, "intermediate": ckpt.vision_intermediate,
               "image_size": ckpt.image_size, "patch": v["patch_size"]}
     if ckpt.s2_scales:
         vision["s2_scales"] = ckpt.s2_scales

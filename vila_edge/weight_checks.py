@@ -18,7 +18,8 @@ def check_weights(ckpt) -> None:
         _check_sizes(ckpt.llm_dir / "config.json", _llm_sizes(ckpt.llm_config, shapes["llm"]))
     if "vision_tower" in shapes:
         tower = VISION_TOWERS.get(ckpt.vision_kind, VISION_TOWERS["siglip"])
-        _check_sizes(ckpt.vision_dir / "config.json", _vision_sizes(ckpt.vision_config, shapes["vision_tower"], tower))
+        sizes = _vision_sizes(ckpt.vision_config, shapes["vision_tower"], tower, ckpt.vision_intermediate)
+        _check_sizes(ckpt.vision_dir / "config.json", sizes)
 
 
 def _layer_count(shapes: dict, prefix: str) -> int | None:
@@ -56,13 +57,12 @@ def _llm_sizes(c: dict, shapes: dict) -> list[tuple[str, int, int | None, str]]:
 PATCH_WEIGHTS = ("embeddings.patch_embedding.weight", "embeddings.patch_embeddings.projection.weight")  # DINOv2's
 
 
-def _vision_sizes(c: dict, shapes: dict, tower) -> list[tuple[str, int, int | None, str]]:
+def _vision_sizes(c: dict, shapes: dict, tower, inner: int) -> list[tuple[str, int, int | None, str]]:
     """The same for the vision tower (transformers 4 saved its tensors under vision_model.)."""
     shapes = {k.removeprefix("vision_model."): v for k, v in shapes.items()}
     patch_name = next((n for n in PATCH_WEIGHTS if n in shapes), PATCH_WEIGHTS[0])
     patch = shapes.get(patch_name) or [None, None, None]  # [hidden, 3, p, p]
     layers = next((p for p in ("encoder.layers.", "encoder.layer.") if _layer_count(shapes, p)), "encoder.layers.")
-    inner = c.get("intermediate_size") or int(c["hidden_size"] * c.get("mlp_ratio", 4))  # DINOv2 states a ratio
     table, axis = tower.position_embedding
     positions, cls_token = (shapes.get(table) or [None] * (axis + 1))[axis], tower.cls_token
     grid = c["image_size"] // c["patch_size"]
