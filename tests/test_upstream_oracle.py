@@ -275,7 +275,8 @@ def test_tiny_s2(models):
     feats = uv._map_to_tokens(torch.cat([f70, F.interpolate(f140, size=5, mode="area")], 1))
     assert torch.allclose(enc.blocks[0], m.projector(feats)[0], atol=1e-5)
     multi = uv.encode_images_upstream(m, [im, _img(50, 50, 2)])
-    assert [b.shape for b in multi.blocks] == [(9, 64)] * 2 and torch.allclose(multi.blocks[0], enc.blocks[0])
+    # batched, the tower's GEMMs may take another path: equal to fp32 rounding, not bit for bit
+    assert [b.shape for b in multi.blocks] == [(9, 64)] * 2 and torch.allclose(multi.blocks[0], enc.blocks[0], atol=1e-5)
 
 
 def test_tiny_nvila(models):
