@@ -14,8 +14,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny import llama_tokenizer  # noqa: E402
-from tiny_dinov2 import build_dinov2_vila, convert_tower, held_out_images, imgfocus_onnx  # noqa: E402
+from tiny_dinov2 import dinov2_vila_under, held_out_images  # noqa: E402
 
 from vila_edge.checkpoint import load_checkpoint  # noqa: E402
 from vila_edge.export.vision_w8a8 import cosine, pixels_of, quantize_vision  # noqa: E402
@@ -24,29 +23,21 @@ from vila_edge.quant.options import VisionQuantOptions  # noqa: E402
 
 HERE = Path(__file__).parent
 SCHEMES = {
-    "base": ("percentile ranges, alpha 0.5, all int8", dict(max_float_layers=0)),
-    "mse": ("ranges searched on the readers' output error", dict(method="mse", max_float_layers=0)),
-    "alpha": ("each layer's alpha searched", dict(alpha_search=True, max_float_layers=0)),
-    "mse_alpha": ("both", dict(method="mse", alpha_search=True, max_float_layers=0)),
+    "base": ("percentile ranges, alpha 0.5, all int8", dict(method="percentile", alpha=0.5, max_float_layers=0)),
+    "mse": ("ranges searched on the readers' output error", dict(method="mse", alpha=0.5, max_float_layers=0)),
+    "alpha": ("each layer's alpha searched", dict(method="percentile", alpha=None, max_float_layers=0)),
+    "mse_alpha": ("both", dict(method="mse", alpha=None, max_float_layers=0)),
     "mse_alpha_mixed": ("both + layers kept float until 0.995 on quantize's held-out scenes (cap: a third)",
-                        dict(method="mse", alpha_search=True)),
-    "base_mixed": ("percentile + mixed precision", dict()),
+                        dict(method="mse", alpha=None)),
+    "base_mixed": ("percentile + mixed precision", dict(method="percentile", alpha=0.5)),
 }
-
-
-def checkpoint(work: Path):
-    if not (work / "vila" / "config.json").is_file():
-        llama_tokenizer(work / "tok")
-        convert_tower(imgfocus_onnx(), work / "tower")
-        build_dinov2_vila(work / "vila", work / "tower", work / "tok")
-    return load_checkpoint(work / "vila")
 
 
 def score(ckpt, work: Path, name: str, pixels, reference, **options) -> dict:
     out, t = work / name, time.perf_counter()
     record = quantize_vision(ckpt, out, VisionQuantOptions(**options), log=lambda m: None, progress=False)
     row = {"scheme": name, "seconds": round(time.perf_counter() - t, 1), "int8_share": record["int8_share"],
-           "kept": record["layers_kept_float"]}
+           "kept": record["layers_kept_float"], "dynamic_kept": record["cpu_dynamic"]["layers_kept_float"]}
     for tag, file in (("static", "vision_w8a8.onnx"), ("dynamic", "vision_w8a8_dynamic.onnx")):
         session = ort.InferenceSession(str(out / file), providers=["CPUExecutionProvider"])
         cos = cosine(session.run(None, {"pixel_values": pixels})[0], reference)
@@ -58,7 +49,7 @@ def score(ckpt, work: Path, name: str, pixels, reference, **options) -> dict:
 def main() -> None:
     torch.set_num_threads(2)
     work = Path("demo/bench-vision-schemes")
-    ckpt = checkpoint(work)
+    ckpt = load_checkpoint(dinov2_vila_under(work))
     vlm = VilaModel(ckpt, dtype="float32")
     pixels = pixels_of(ckpt, list(held_out_images().values()))
     reference = vlm.encode_images(pixels).numpy()

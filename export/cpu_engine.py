@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from vila_edge.atomic import atomic_dir, current_umask
 from vila_edge.errors import UsageError
-from vila_edge.formats import CPU_LAYOUT, CPU_LLM_FILE, VISION_FILES
+from vila_edge.formats import CPU_LAYOUT, CPU_LLM_FILE, VISION_DIR, VISION_FILES, cpu_vision
 from vila_edge.runtime.manifest import write_manifest
 
 from .common import copy_vision, load_awq_source, read_llm_state, stacked_awq, write_front
@@ -103,12 +103,13 @@ def write_llm(path: Path, tensors: dict[str, np.ndarray]) -> None:
 # ---- the engine folder ---------------------------------------------------------------------------
 
 
-def build_cpu_engine(source: str | Path, out: str | Path, vision: str = BuildOptions.vision, lm_head: str = BuildOptions.lm_head,
-                     conv_mode: str | None = None, overwrite: bool = False) -> dict:
+def build_cpu_engine(source: str | Path, out: str | Path, vision: str | None = BuildOptions.vision,
+                     lm_head: str = BuildOptions.lm_head, conv_mode: str | None = None, overwrite: bool = False) -> dict:
     """Quantized checkpoint -> engine folder (atomic); returns the manifest."""
     ckpt, spec = load_awq_source(source)
+    vision = vision or cpu_vision(ckpt.root / VISION_DIR)
     if vision not in (*VISION_FILES, "none") or lm_head not in ("int8", "fp16"):
-        raise UsageError(f"--vision {vision} / --lm-head {lm_head}: choose --vision w8a8|fp32|none, --lm-head int8|fp16")
+        raise UsageError(f"--vision {vision} / --lm-head {lm_head}: choose --vision w8a8-dynamic|w8a8|fp32|none, --lm-head int8|fp16")
     with atomic_dir(out, overwrite) as tmp:
         front = write_front(ckpt, source, conv_mode, tmp)
         write_llm(tmp / CPU_LLM_FILE, llm_tensors(read_llm_state(ckpt), spec, lm_head))

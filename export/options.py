@@ -8,7 +8,7 @@ VISION_CHOICES = ("w8a8", "w8a8-dynamic", "fp16", "fp32", "none")
 
 @dataclass(frozen=True)
 class BuildOptions:
-    vision: str = "w8a8"
+    vision: str | None = None  # None: w8a8-dynamic on cpu (per-token scales hold on trained towers), w8a8 on a GPU
     lm_head: str = "int8"  # the cpu target's: int8 rows, or fp16
     conv_mode: str | None = None  # recorded in the manifest (default: the checkpoint's own)
     images: int | None = None  # GPU: images per prompt the engine takes (default 1)

@@ -313,11 +313,11 @@ def build_from_bundle(bundle: Path, out: Path, target: Target, env: dict, limits
 # ---- build-engine -------------------------------------------------------------------------------
 
 
-def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, vision: str = BuildOptions.vision,
+def build_gpu_engine(source: str | Path, out: str | Path, target_name: str, vision: str | None = BuildOptions.vision,
                      conv_mode: str | None = None,
                      limits: dict | None = None, dry_run: bool = False, overwrite: bool = False) -> tuple[int, str]:
     """(exit code, what to tell the user): 0 engine built (or a dry run that fits), 3 bundle only."""
-    target, source, out = get_target(target_name), Path(source), Path(out)
+    target, source, out, vision = get_target(target_name), Path(source), Path(out), vision or "w8a8"
     if not target.is_gpu:
         raise UsageError("--target cpu is built by build_cpu_engine")
     if vision not in (*VISION_CHOICES, "none"):

@@ -30,10 +30,10 @@ def meets(held_out: dict, target: float, least: float) -> bool:
     return held_out["cosine_mean"] >= target and held_out["cosine_min"] >= least
 
 
-def quantize_layers(fp32, thresholds: dict, opts, evaluate, save, log) -> tuple[dict, list[int], int]:
-    """Q/DQ into a copy of `fp32` (the fp32 ModelProto), evaluate(saved) -> the evaluate record, keeping the worst
-    layers float until the record meets opts' targets or opts.max_float_layers are kept; returns (the record, the
-    layers kept float, the quantized node count) with the last graph saved by `save`."""
+def quantize_layers(fp32, opts, insert, evaluate, save, log, label: str = "W8A8") -> tuple[dict, list[int], int]:
+    """insert(model, targets) quantizes a copy of `fp32` (the fp32 ModelProto), evaluate() -> the evaluate record of the
+    saved graph; the worst layers are kept float until the record meets opts' targets or opts.max_float_layers are
+    kept. Returns (the record, the layers kept float, the quantized node count) with the last graph saved by `save`."""
     from onnx import ModelProto
 
     n_layers = len({i for n in fp32.graph.node if (i := layer_of(n.name)) is not None})
@@ -43,30 +43,33 @@ def quantize_layers(fp32, thresholds: dict, opts, evaluate, save, log) -> tuple[
         model = ModelProto()
         model.CopyFrom(fp32)
         targets = quant_targets(model, tuple(opts.keep_float) + tuple(LAYER.format(i) for i in kept))
-        insert_qdq(model, targets, thresholds, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
+        n = insert(model, targets)
         save(model)
         record = evaluate()
         held = record["held_out"]
         if meets(held, opts.target_cosine, opts.min_cosine) or len(kept) >= cap:
-            return record, kept, len(targets)
+            return record, kept, n
         drops = {i: d for i, d in own_drops(record["layers"]).items() if i not in kept}
         if not drops:
-            return record, kept, len(targets)
+            return record, kept, n
         worst = max(drops, key=drops.get)
-        log(f"W8A8 cosine {held['cosine_mean']:.4f} (min {held['cosine_min']:.4f}) is under {opts.target_cosine} "
+        log(f"{label} cosine {held['cosine_mean']:.4f} (min {held['cosine_min']:.4f}) is under {opts.target_cosine} "
             f"(min {opts.min_cosine}): keeping layer {worst} in float (its own drop {drops[worst]:.4f})")
         kept.append(worst)
 
 
-def dynamic_copy(fp32, opts, kept: list[int], save) -> int:
-    """The cpu path's graph: the same MatMuls int8 (the kept layers float) on per-token dynamic activation scales;
-    saved by `save`; returns how many MatMuls it quantizes."""
-    from onnx import ModelProto
+def static_qdq(thresholds: dict, weight_qmax: int):
+    """TensorRT's scheme: int8 per-tensor activations at the calibrated thresholds (MatMuls and Convs)."""
+    def insert(model, targets) -> int:
+        insert_qdq(model, targets, thresholds, weight_qmax=weight_qmax)
+        return len(targets)
+    return insert
 
-    model = ModelProto()
-    model.CopyFrom(fp32)
-    targets = [t for t in quant_targets(model, tuple(opts.keep_float) + tuple(LAYER.format(i) for i in kept))
-               if t.axis == 1]
-    insert_dynamic(model, targets, weight_qmax=2 ** (opts.weight_bits - 1) - 1)
-    save(model)
-    return len(targets)
+
+def per_token_dynamic(weight_qmax: int):
+    """The cpu path's scheme: the MatMuls on per-token dynamic int8 activations (Convs stay float)."""
+    def insert(model, targets) -> int:
+        matmuls = [t for t in targets if t.axis == 1]
+        insert_dynamic(model, matmuls, weight_qmax=weight_qmax)
+        return len(matmuls)
+    return insert

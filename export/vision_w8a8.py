@@ -57,7 +57,7 @@ from .attention_onnx import (
 )
 from .onnx_checks import cosine
 from .vision_fp16 import ORT_CHECK, fp16_copies
-from .vision_mixed import dynamic_copy, layer_of, own_drops, quantize_layers
+from .vision_mixed import layer_of, own_drops, per_token_dynamic, quantize_layers, static_qdq
 from .vision_onnx import export_projector_onnx, export_tower_onnx, export_vision_onnx, save_onnx
 
 HELD_OUT_SEED = 10_000  # generated held-out images never coincide with generated calibration ones
@@ -181,8 +181,7 @@ def smooth_and_export(ckpt, calib: np.ndarray, held: list[ImageTiles], opts: Vis
     batches = [torch.from_numpy(calib[i : i + opts.batch]) for i in range(0, len(calib), opts.batch)]
     pairs = get_tower(ckpt.vision_kind).smooth_pairs
     batches = tqdm(batches, desc="vision SmoothQuant", unit="batch", leave=False, disable=not progress)
-    scales, alphas = smooth(vision.layers, pairs, vision, batches, opts.alpha, opts.alpha_search,
-                            2 ** (opts.weight_bits - 1) - 1)
+    scales, alphas = smooth(vision.layers, pairs, vision, batches, opts.alpha, 2 ** (opts.weight_bits - 1) - 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     size, inputs = int(calib.shape[-1]), None
     if ids is not None:
@@ -266,15 +265,19 @@ def evaluate(fp32, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: 
     }
 
 
-def cpu_dynamic(model, kept: list[int], smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: Path,
-                opts: VisionQuantOptions, threads: int | None) -> dict:
-    """The per-token dynamic int8 graph for the cpu path (the same MatMuls int8), written and evaluated as the static
-    one is: calibration.json's cpu_dynamic."""
-    n = dynamic_copy(model, opts, kept, lambda m: save_onnx(m, out_dir / VISION_W8A8_DYNAMIC_FILE))
-    ev = evaluate(smoothed.fp32, smoothed, held, layout, out_dir, opts, threads, VISION_W8A8_DYNAMIC_FILE)
+def cpu_dynamic(model, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: Path, opts: VisionQuantOptions,
+                threads: int | None, log) -> dict:
+    """The per-token dynamic int8 graph for the cpu path, written and evaluated as the static one is, with its own
+    layers kept float (it needs fewer: a trained tower's outlier tokens no longer set every token's scale):
+    calibration.json's cpu_dynamic."""
+    ev, kept, n = quantize_layers(
+        model, opts, per_token_dynamic(2 ** (opts.weight_bits - 1) - 1),
+        lambda: evaluate(smoothed.fp32, smoothed, held, layout, out_dir, opts, threads, VISION_W8A8_DYNAMIC_FILE),
+        lambda m: save_onnx(m, out_dir / VISION_W8A8_DYNAMIC_FILE), log, label="per-token dynamic W8A8")
     return {"file": VISION_W8A8_DYNAMIC_FILE, "activations": "int8 per token, scales computed as it runs",
-            "quantized_matmuls": n, "held_out": ev["held_out"],
-            "layers": [{"layer": r["layer"], "cosine": r["cosine"]} for r in ev["layers"]]}
+            "quantized_matmuls": n, "layers_kept_float": kept, "held_out": ev["held_out"],
+            "layers": [{"layer": r["layer"], "cosine": r["cosine"], "precision": "float" if r["layer"] in kept else "int8"}
+                       for r in ev["layers"]]}
 
 
 def layer_rows(layers: list[dict], kept: list[int], outliers: dict[str, float], alphas: dict) -> list[dict]:
@@ -315,9 +318,10 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
     thresholds, outliers = calibrate(acts, calib, opts, out_dir / VISION_FP32_FILE, threads, progress,
                                      reader_weights(model, targets))
     accuracy, kept, n_quantized = quantize_layers(
-        model, thresholds, opts, lambda: evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
+        model, opts, static_qdq(thresholds, 2 ** (opts.weight_bits - 1) - 1),
+        lambda: evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
         lambda m: save_onnx(m, out_dir / VISION_W8A8_FILE), log)
-    dynamic = cpu_dynamic(model, kept, smoothed, held, ckpt.vision_layout, out_dir, opts, threads)
+    dynamic = cpu_dynamic(model, smoothed, held, ckpt.vision_layout, out_dir, opts, threads, log)
     log("converting to fp16 for TensorRT, checked against the fp32 files with ONNX Runtime")
     trt = fp16_copies(out_dir, smoothed, np.concatenate([t.pixels for t in held]), opts.batch, threads)
     record = {
@@ -327,7 +331,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "calibration_tiles": len(calib),
         "layout": ckpt.vision_layout.mode,
         "method": opts.method,
-        "smooth_alpha": "searched per layer" if opts.alpha_search else opts.alpha,
+        "smooth_alpha": "searched per layer" if opts.alpha is None else opts.alpha,
         "weights": f"int8 symmetric per output channel, {opts.weight_bits}-bit range",
         "activations": "int8 symmetric per tensor",
         "projector": _projector_note(smoothed),

@@ -206,7 +206,7 @@ def test_the_default_int8_lm_head_follows_the_reference(engines, tmp_path, cli):
     quant = engines["qwen2"][0]
     assert cli("build-engine", quant, "-o", tmp_path / "e", "--target", "cpu")[0] == 0
     manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
-    assert manifest["quantization"]["lm_head"] == "int8" and manifest["vision"]["precision"] == "w8a8"
+    assert manifest["quantization"]["lm_head"] == "int8" and manifest["vision"]["precision"] == "w8a8-dynamic"
     err, _ = compare_with_reference(quant, tmp_path / "e", steps=1, activations="int8")
     assert err < 0.15, err
 

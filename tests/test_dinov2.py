@@ -131,7 +131,8 @@ def quantized(dinov2_vila, tmp_path_factory):
     from conftest import run_cli
 
     out = tmp_path_factory.mktemp("dinov2-q") / "q"
-    # the LLM's AWQ kept short; the vision side at its defaults (32 generated calibration images, percentile, α 0.5)
+    # the LLM's AWQ kept short; the vision side at its defaults (32 generated calibration images, mse ranges, each
+    # layer's alpha searched, mixed precision)
     code, _, err = run_cli("quantize", dinov2_vila, "-o", out, "--group-size", 64, "--n-samples", 2, "--seqlen", 32,
                            "--no-clip", "--quiet")
     assert code == 0, err
@@ -173,6 +174,8 @@ def test_the_cpu_engine_captions_without_torch(quantized, tmp_path, cli):
     held_out_images()["grace_hopper"].save(photo)
     code, _, err = cli("build-engine", quantized, "-o", tmp_path / "cpu", "--target", "cpu")
     assert code == 0, err
+    vision = json.loads((tmp_path / "cpu" / "manifest.json").read_text())["vision"]
+    assert vision["precision"] == "w8a8-dynamic"  # the cpu path's default: the graph that holds on this tower
     [(code, out, err)] = cli_without_quantize_extra(
         ["caption", tmp_path / "cpu", "--image", photo, "--prompt", "Describe.", "--conv-mode", "vicuna_v1",
          "--max-new-tokens", "3", "--format", "jsonl"])

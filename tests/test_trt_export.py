@@ -216,7 +216,7 @@ def test_fp16_vision_and_text_only_bundles(awq, tmp_path, cli):
     m = json.loads((tmp_path / "text/manifest.json").read_text())
     assert code == 3 and m["vision"] is None and m["limits"]["max_multimodal_len"] == 0
     code, _, err = cli("build-engine", awq("llama", 64), "-o", tmp_path / "cpu", "--target", "cpu", "--vision", "fp16")
-    assert code == 2 and "--vision w8a8|fp32|none" in err
+    assert code == 2 and "--vision w8a8-dynamic|w8a8|fp32|none" in err
 
 
 def test_every_vision_onnx_a_bundle_carries_meets_tensorrts_qdq_rules_in_fp16(bundle):

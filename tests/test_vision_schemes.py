@@ -57,7 +57,10 @@ def test_mixed_precision_keeps_the_worst_layers_float_until_the_target(tiny, tmp
     readers = {n.input[0] for n in graph.node if n.op_type == "MatMul" and n.name.startswith(f"/vision/layers.{kept[0]}/")}
     quantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     assert readers and not readers & quantized  # the kept layer's MatMuls read float
-    assert err.count("keeping layer") == 2 and f"layers {kept} kept float" in printed  # said as it went, and at the end
+    # said as it went and at the end, for the static graph and for the cpu path's dynamic one, which chooses its own
+    dynamic = record["cpu_dynamic"]["layers_kept_float"]
+    assert len(dynamic) == 2 and err.count("keeping layer") == 4 and err.count("per-token dynamic W8A8 cosine") == 2
+    assert f"layers {kept} kept float" in printed and f"MatMuls int8, layers {dynamic} kept float" in printed
 
 
 def test_mse_ranges_calibrate_end_to_end(tiny, tmp_path, cli):
@@ -95,19 +98,23 @@ def test_each_layers_alpha_is_searched_on_its_linears_error():
     assert error(best) == min(error(a) for a in ALPHAS) and error(best) < error(0.2)
 
 
-def test_the_alpha_search_runs_end_to_end_and_is_recorded(tiny, tmp_path, cli):
+def test_the_alpha_search_is_the_default_and_one_alpha_can_be_asked_for(tiny, tmp_path, cli):
     from conftest import QUICK_QUANT
 
     from vila_edge.quant.smoothquant import ALPHAS
 
     out = tmp_path / "q"
-    code, _, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, *QUICK_QUANT, "--smooth-alpha-search")
+    code, _, err = cli("quantize", tiny(), "-o", out, "--group-size", 32, *QUICK_QUANT)
     assert code == 0, err
     record = json.loads((out / "vision" / "calibration.json").read_text())
     assert record["smooth_alpha"] == "searched per layer"
     assert all(set(r["smooth_alpha"]) == {"layer_norm1", "layer_norm2"} and set(r["smooth_alpha"].values()) <= set(ALPHAS)
                for r in record["layers"])
     assert record["held_out"]["cosine_mean"] > 0.99
+    code, _, err = cli("quantize", tiny(), "-o", tmp_path / "one", "--group-size", 32, *QUICK_QUANT, "--smooth-alpha", 0.3)
+    assert code == 0, err
+    record = json.loads((tmp_path / "one" / "vision" / "calibration.json").read_text())
+    assert record["smooth_alpha"] == 0.3 and all(set(r["smooth_alpha"].values()) == {0.3} for r in record["layers"])
 
 
 def test_the_cpu_path_gets_a_per_token_dynamic_graph_and_a_cpu_engine_runs_it(tiny, tmp_path, cli):

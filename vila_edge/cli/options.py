@@ -64,8 +64,8 @@ HELP = {
     "eval_text": "also report fp / RTN / AWQ perplexity on this text",
     "eval_tokens": "tokens of --eval-text to score",
     "max_shard_bytes": "largest safetensors shard",
-    "alpha": "SmoothQuant migration strength",
-    "alpha_search": "search each layer's SmoothQuant alpha on its linears' int8 output error instead of one alpha",
+    "alpha": "one SmoothQuant migration strength for every layer (default: each layer's searched on its linears' int8 "
+             "output error)",
     "method": "how each activation's int8 range is chosen (mse: searched on its readers' output error)",
     "target_cosine": "held-out cosine (mean) the W8A8 tower must reach; under it the worst layers stay float",
     "min_cosine": "held-out cosine every image must reach; under it the worst layers stay float",

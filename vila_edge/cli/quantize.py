@@ -21,7 +21,7 @@ from .options import (
 
 AWQ = ("group_size", "w_bit", "duo_scaling", "clip")
 RUN = ("n_samples", "seqlen", "seed", "eval_text", "eval_tokens", "max_shard_bytes")
-VISION = ("alpha", "alpha_search", "method", "n_images", "weight_bits", "target_cosine", "min_cosine", "max_float_layers")
+VISION = ("alpha", "method", "n_images", "weight_bits", "target_cosine", "min_cosine", "max_float_layers")
 
 
 def add_parser(sub) -> None:
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
                    help="w8a8: also write vision/ (SmoothQuant + int8 Q/DQ ONNX); none: write no vision ONNX "
                         "(the tower stays as it is in vision_tower/)")
     add_fields(q, VisionQuantOptions, *VISION, method={"choices": METHODS},
-               flags={"alpha": "--smooth-alpha", "alpha_search": "--smooth-alpha-search", "method": "--vision-calib-method", "n_images": "--vision-calib-images",
+               flags={"alpha": "--smooth-alpha", "method": "--vision-calib-method", "n_images": "--vision-calib-images",
                       "weight_bits": "--vision-weight-bits", "target_cosine": "--vision-target-cosine",
                       "min_cosine": "--vision-min-cosine", "max_float_layers": "--vision-max-float-layers"},
                weight_bits={"choices": (7, 8)}, max_float_layers={"metavar": "N"})

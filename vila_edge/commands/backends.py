@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..backend import Backend
 from ..errors import UsageError, require_extra
-from ..formats import ATTENTION_OF, MANIFEST_FILE, PROJECTOR_OF, VISION_DIR, VISION_W8A8_FILE
+from ..formats import ATTENTION_OF, MANIFEST_FILE, PROJECTOR_OF, VISION_DIR, VISION_FILES, cpu_vision
 from ..runtime.manifest import is_engine
 from ..targets import TARGETS
 
@@ -80,13 +80,14 @@ def load_backend(folder, opts: BackendOptions) -> tuple[Backend, str]:
 
         if opts.projector_order:
             raise UsageError("--projector-order cannot change an exported vision ONNX; use --backend torch")
-        vision = OnnxVision(ckpt.root / VISION_DIR / VISION_W8A8_FILE)
+        name = VISION_FILES[cpu_vision(ckpt.root / VISION_DIR)]  # the cpu engine's default graph
+        vision = OnnxVision(ckpt.root / VISION_DIR / name)
         if ckpt.llamavid is not None:  # LLaMA-VID: the tower alone, then its attention graph (features + question ids)
             from ..runtime.onnx_vision import OnnxAttention
 
-            projector = OnnxAttention(ckpt.root / VISION_DIR / ATTENTION_OF[VISION_W8A8_FILE])
+            projector = OnnxAttention(ckpt.root / VISION_DIR / ATTENTION_OF[name])
         elif ckpt.vision_layout.channel_copies > 1:  # S2 / NVILA: the projector apart
-            projector = OnnxVision(ckpt.root / VISION_DIR / PROJECTOR_OF[VISION_W8A8_FILE])
+            projector = OnnxVision(ckpt.root / VISION_DIR / PROJECTOR_OF[name])
     model = VilaModel(ckpt, device=opts.device, dtype=opts.dtype, projector_order=opts.projector_order, vision=vision,
                       projector=projector)
     return model, "torch" if opts.backend == "auto" else opts.backend

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..caption import Captioner, VideoClip
 from ..errors import UsageError
 from ..feature_cache import open_feature_cache, video_digest
-from ..formats import VISION_DIR, VISION_W8A8_FILE
+from ..formats import VISION_DIR, VISION_FILES, cpu_vision
 from ..video import VideoPlan, sample_plan
 
 
@@ -51,7 +51,7 @@ def tower_identity(engine, backend: str) -> dict:
     if manifest is not None:  # an engine folder: its tower graph
         file = info.root / manifest["vision"]["file"]
     elif backend == "onnx":
-        file = info.root / VISION_DIR / VISION_W8A8_FILE
+        file = info.root / VISION_DIR / VISION_FILES[cpu_vision(info.root / VISION_DIR)]
     else:
         file = info.weights["vision_tower"][0]
     dtype = str(getattr(engine, "dtype", "float32"))

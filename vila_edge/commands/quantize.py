@@ -20,7 +20,7 @@ from ..checkpoint import SUBFOLDERS, Checkpoint, load_checkpoint
 from ..conversation import resolve_conv_mode
 from ..errors import UnsupportedError, UsageError
 from ..export.vision_w8a8 import quantize_vision
-from ..formats import AWQ_RESULTS_FILE, QUANT_REPORT_FILE, VISION_DIR
+from ..formats import AWQ_RESULTS_FILE, QUANT_REPORT_FILE, VISION_DIR, VISION_W8A8_FILE
 from ..llamavid_format import ATT_DIR, write_att_folder
 from ..llm_awq import check_dump, is_dump, plan_dump, read_dump, write_dump_llm
 from ..media import media_images
@@ -177,13 +177,17 @@ def write_vision(ckpt: Checkpoint, folder: Path, opts: QuantizeOptions, log, pro
         worst = sorted(vision["layers"], key=lambda r: -r["own_drop"])[:3]
         named = ", ".join(f"{r['layer']} ({r['precision']}, own drop {r['own_drop']:.4f}, outliers "
                           f"{r['outlier_ratio']:g}x)" for r in worst)
-        warnings.warn(f"the W8A8 vision tower's image embeddings reach cosine {held['cosine_mean']:.4f} (min "
-                      f"{held['cosine_min']:.4f}) against fp32 on held-out images, below 0.995 (min 0.99), with layers "
-                      f"{vision['layers_kept_float'] or 'none'} kept float; the worst layers: {named}. See "
-                      "vision/calibration.json; try --vision-calib-method mse, --vision-max-float-layers N, or "
-                      "--vision none")
-    return {k: vision[k] for k in ("media", "calibration_images", "method", "smooth_alpha", "weights",
-                                   "quantized_nodes", "int8_share", "layers_kept_float", "held_out", "tensorrt_fp16")}
+        dynamic = vision["cpu_dynamic"]["held_out"]
+        warnings.warn(f"the static W8A8 vision tower (TensorRT's, {VISION_W8A8_FILE}) reaches cosine "
+                      f"{held['cosine_mean']:.4f} (min {held['cosine_min']:.4f}) against fp32 on held-out images, below "
+                      f"0.995 (min 0.99), with layers {vision['layers_kept_float'] or 'none'} kept float; the worst "
+                      f"layers: {named}. The cpu engine's per-token dynamic one reaches {dynamic['cosine_mean']:.4f} (min "
+                      f"{dynamic['cosine_min']:.4f}). See vision/calibration.json; try --calib-media with real frames, "
+                      "--vision-max-float-layers N, or build the GPU engine with --vision fp16")
+    summary = {k: vision[k] for k in ("media", "calibration_images", "method", "smooth_alpha", "weights",
+                                      "quantized_nodes", "int8_share", "layers_kept_float", "held_out", "tensorrt_fp16")}
+    dynamic = vision["cpu_dynamic"]
+    return summary | {"cpu_dynamic": {k: dynamic[k] for k in ("quantized_matmuls", "layers_kept_float", "held_out")}}
 
 
 def quantize_checkpoint(src: str | Path, out: str | Path, opts: QuantizeOptions, overwrite: bool = False,
@@ -337,4 +341,9 @@ def summary_lines(report: dict, out: Path) -> list[str]:
                      f"{v['held_out']['cosine_mean']:.4f} (min {v['held_out']['cosine_min']:.4f}) to fp32 on "
                      f"{v['held_out']['images']} held-out images; {100 * v['int8_share']:.0f} % of the MatMul/Conv "
                      f"int8" + (f", layers {v['layers_kept_float']} kept float" if v["layers_kept_float"] else ""))
+        if v.get("cpu_dynamic"):
+            d = v["cpu_dynamic"]
+            lines.append(f"vision per-token dynamic int8 (the cpu engine's): cosine {d['held_out']['cosine_mean']:.4f} "
+                         f"(min {d['held_out']['cosine_min']:.4f}), {d['quantized_matmuls']} MatMuls int8"
+                         + (f", layers {d['layers_kept_float']} kept float" if d["layers_kept_float"] else ""))
     return lines

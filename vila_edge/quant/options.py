@@ -50,9 +50,9 @@ def parse_calib(spec: str) -> CalibSpec:
 
 @dataclass(frozen=True)
 class VisionQuantOptions:
-    alpha: float = 0.5  # SmoothQuant migration strength; see benchmarks/results/vision_w8a8.json
-    alpha_search: bool = False  # each layer's alpha searched on its linears' int8 output error (quant/smoothquant.py)
-    method: str = "percentile"
+    # SmoothQuant migration strength; None: each layer's searched on its linears' int8 output error (quant/smoothquant.py)
+    alpha: float | None = None
+    method: str = "mse"  # ranges searched on their readers' output error; benchmarks/results/vision_w8a8.json
     media: Path | None = None
     n_images: int = 32
     held_out: int = 8

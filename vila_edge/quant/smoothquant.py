@@ -107,10 +107,11 @@ def smooth_layers(layers: nn.ModuleList, pairs: Pairs, act_max: dict[str, torch.
     return scales
 
 
-def smooth(layers: nn.ModuleList, pairs: Pairs, run, batches, alpha: float, search: bool = False,
+def smooth(layers: nn.ModuleList, pairs: Pairs, run, batches, alpha: float | None = None,
            weight_qmax: int = 63) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """SmoothQuant from the calibration batches, folded in place: (the scales, the alpha of each group), one alpha for
-    all or, with `search`, each group's own (search_alphas)."""
+    all or, with alpha None, each group's own (search_alphas)."""
+    search = alpha is None
     rows = {} if search else None
     act_max = input_abs_max(layers, pairs, run, batches, rows)
     alphas = search_alphas(layers, pairs, act_max, rows, weight_qmax) if search else {k: alpha for k in act_max}
