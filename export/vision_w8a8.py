@@ -137,18 +137,27 @@ def _run(sess, inputs: np.ndarray, batch: int, names: list[str], desc: str | Non
         yield dict(zip(names, sess.run(names, {name: np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32)})))
 
 
-def calibration_images(opts: VisionQuantOptions) -> tuple[list, str]:
-    """(the images to calibrate on, where they came from): --calib-media, else drawn scenes with a warning."""
+def calibration_images(opts: VisionQuantOptions) -> tuple[list, str, list, str]:
+    """(the images to calibrate on, where they came from, the held-out images, where those came from): from
+    --calib-media, else drawn scenes with a warning. Media with enough images for both gives the held-out ones too,
+    interleaved with the calibration ones (every k-th), so that the mixed precision is decided on the user's own
+    frames; otherwise they are drawn scenes no calibration saw."""
     if opts.method not in METHODS:
         raise UsageError(f"--vision-calib-method {opts.method!r}: expected one of {', '.join(METHODS)}")
+    scenes = generated_images(opts.held_out, seed=HELD_OUT_SEED)
     if opts.media is None:
         warnings.warn("no --calib-media: the vision tower is calibrated on generated images; "
                       "real frames from your camera calibrate better")
-        return generated_images(opts.n_images, seed=0), "generated"
-    images = media_images(Path(opts.media), opts.n_images)
+        return generated_images(opts.n_images, seed=0), "generated", scenes, "generated"
+    images = media_images(Path(opts.media), opts.n_images + opts.held_out)
     if not images:
         raise MediaError(f"{opts.media}: no images to calibrate the vision tower on")
-    return images, str(opts.media)
+    if len(images) < opts.n_images + opts.held_out or opts.held_out == 0:
+        return images[: opts.n_images], str(opts.media), scenes, "generated"
+    step = len(images) // opts.held_out
+    held = set(range(step - 1, len(images), step)[: opts.held_out])
+    return ([im for i, im in enumerate(images) if i not in held], str(opts.media),
+            [im for i, im in enumerate(images) if i in held], str(opts.media))
 
 
 @dataclass
@@ -257,7 +266,7 @@ def evaluate(fp32, smoothed: Smoothed, held: list[ImageTiles], layout, out_dir: 
     got = {tag: image_outputs(layout, held, np.concatenate(f), project) for tag, f in features.items()}
     cos = image_cosines(got["w8a8"], smoothed.reference)
     return {
-        "held_out": {"images": len(held), "tiles": sum(len(t.pixels) for t in held), "source": "generated",
+        "held_out": {"images": len(held), "tiles": sum(len(t.pixels) for t in held),
                      "compared": compared,
                      "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                      "fp32_onnx_max_abs_error": max(float(np.abs(g - r).max()) for g, r in zip(got["fp32"], smoothed.reference))},
@@ -306,9 +315,9 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
     calibration record."""
     import onnx
 
-    images, source = calibration_images(opts)
+    images, source, held_images, held_source = calibration_images(opts)
     calib = pixels_of(ckpt, images)
-    held = tiles_of(ckpt, generated_images(opts.held_out, seed=HELD_OUT_SEED))
+    held = tiles_of(ckpt, held_images)
     smoothed = smooth_and_export(ckpt, calib, held, opts, out_dir, log, progress)
     model = onnx.load(out_dir / VISION_FP32_FILE)
     fold_identities(model)
@@ -322,6 +331,9 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         lambda: evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
         lambda m: save_onnx(m, out_dir / VISION_W8A8_FILE), log)
     dynamic = cpu_dynamic(model, smoothed, held, ckpt.vision_layout, out_dir, opts, threads, log)
+    for part in (accuracy, dynamic):
+        part["held_out"]["source"] = held_source
+    weighted = len(quant_targets(model, ()))  # every MatMul / Conv with a weight, --keep-float ones included
     log("converting to fp16 for TensorRT, checked against the fp32 files with ONNX Runtime")
     trt = fp16_copies(out_dir, smoothed, np.concatenate([t.pixels for t in held]), opts.batch, threads)
     record = {
@@ -336,7 +348,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "activations": "int8 symmetric per tensor",
         "projector": _projector_note(smoothed),
         "quantized_nodes": n_quantized,
-        "int8_share": round(n_quantized / max(1, len(targets)), 4),  # of the MatMul / Conv nodes with a weight
+        "int8_share": round(n_quantized / max(1, weighted), 4),  # of the MatMul / Conv nodes with a weight
         "kept_float": list(opts.keep_float),
         "layers_kept_float": kept,
         "targets": {"cosine_mean": opts.target_cosine, "cosine_min": opts.min_cosine},

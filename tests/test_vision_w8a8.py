@@ -187,6 +187,7 @@ def test_quantize_writes_vision_and_caption_runs_it(tiny, tmp_path, cli):
     assert "vision W8A8" in stdout and "generated" not in err
     record = json.loads((out / "vision" / RECORD_FILE).read_text())
     assert record["media"] == str(frames) and record["calibration_images"] == 3
+    assert record["held_out"]["source"] == "generated"  # 3 frames are too few to hold some out: drawn scenes
     report = json.loads((out / "quant_report.json").read_text())
     assert report["vision"]["held_out"]["cosine_mean"] >= 0.99
     assert report["vision"]["tensorrt_fp16"]["fp16_vs_fp32"]["cosine_min"] > 0.9999
@@ -197,6 +198,18 @@ def test_quantize_writes_vision_and_caption_runs_it(tiny, tmp_path, cli):
     assert code == 0, err
     answer = json.loads(stdout)
     assert answer["backend"] == "onnx" and answer["image_tokens"] == 9 and len(answer["token_ids"]) > 0
+
+
+def test_media_with_enough_images_gives_the_held_out_ones_too(tmp_path):
+    from vila_edge.export.vision_w8a8 import calibration_images
+
+    frames = tmp_path / "frames"
+    for i in range(14):
+        write_sample_image(frames / f"{i:02d}.png", size=40 + i, seed=i)  # each frame its own size: told apart below
+    calib, source, held, held_source = calibration_images(VisionQuantOptions(media=frames, n_images=8, held_out=4))
+    assert (len(calib), len(held), source, held_source) == (8, 4, str(frames), str(frames))
+    sizes = [im.size[0] for im in calib], [im.size[0] for im in held]
+    assert not set(sizes[0]) & set(sizes[1]) and sizes[1] == [42, 45, 48, 51]  # every third of 12, none calibrated
 
 
 def test_unreadable_media_writes_nothing(tiny, tmp_path, cli):
