@@ -3,7 +3,7 @@ engine reads per token, nvidia-smi's CSV, and the device description off a Jetso
 
 import pytest
 
-from vila_edge.bandwidth import choose_bandwidth, kv_bytes, trt_bytes_per_token
+from vila_edge.bandwidth import choose_bandwidth, decode_ceiling, kv_bytes, trt_bytes_per_token
 from vila_edge.device import JetsonMonitor, cpu_info, describe_device, parse_gpu_csv
 from vila_edge.targets import TARGETS
 
@@ -31,6 +31,18 @@ def test_cpu_bandwidth_is_measured_unless_given():
     assert "1 threads" in measured["bandwidth_note"]
     given = choose_bandwidth(TARGETS["orin"], 180.0, 1, "MAXN")
     assert given == {"bandwidth_gb_s": 180.0, "bandwidth_source": "given", "bandwidth_note": "--bandwidth-gb-s"}
+
+
+def test_the_ceiling_takes_the_higher_probe_and_never_reports_over_100_percent():
+    b = choose_bandwidth(TARGETS["cpu"], None, 2, probes=[9.5, 14.2])  # one probe ran while the machine was busy
+    assert b["bandwidth_gb_s"] == 14.2 and b["bandwidth_probes_gb_s"] == [9.5, 14.2] and "before and after" in b["bandwidth_note"]
+    fine = decode_ceiling(40.0, 14.2, 284_000_000)  # ceiling 50 tok/s
+    assert fine["decode_pct_of_ceiling"] == 80.0 and fine["ceiling_note"] is None
+    over = decode_ceiling(52.0, 14.2, 284_000_000)
+    assert over["decode_pct_of_ceiling"] is None and "probe was disturbed" in over["ceiling_note"]
+    assert "104 %" in over["ceiling_note"] and over["decode_ceiling_tok_s"] == 50.0
+    given = decode_ceiling(52.0, 14.2, 284_000_000, source="given")
+    assert given["decode_pct_of_ceiling"] is None and "given bandwidth is below" in given["ceiling_note"]
 
 
 def test_a_trt_engine_reads_its_engine_files_less_the_embedding_table_plus_an_fp16_cache(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
-from .bandwidth import choose_bandwidth, decode_ceiling, engine_bytes_per_token, engine_files_bytes
+from .bandwidth import choose_bandwidth, decode_ceiling, engine_bytes_per_token, engine_files_bytes, probe_bandwidth
 from .caption import Captioner
 from .device import JetsonMonitor, cpu_description, describe_device, process_gpu_memory_mb
 from .errors import UsageError
@@ -161,10 +161,13 @@ def speeds(runs: list[dict], images: int) -> dict:
 
 def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = None) -> dict:
     """engine: a CpuEngine or a TrtEngine. The result is one JSON-able record (bench-table reads them)."""
-    runs, device, nvpmodel, cost = measure(engine, settings)
     manifest, threads = engine.manifest, getattr(engine, "threads", None)
     target = get_target(manifest["target"])
-    bandwidth = choose_bandwidth(target, bandwidth_gb_s, threads or os.cpu_count(), nvpmodel)
+    probe = not bandwidth_gb_s and not target.bandwidth_gb_s  # the cpu target: probed on the engine's threads
+    before = probe_bandwidth(threads or os.cpu_count()) if probe else None
+    runs, device, nvpmodel, cost = measure(engine, settings)
+    probes = [before, probe_bandwidth(threads or os.cpu_count())] if probe else None
+    bandwidth = choose_bandwidth(target, bandwidth_gb_s, threads or os.cpu_count(), nvpmodel, probes)
     speed = speeds(runs, settings.images)
     tiles = cost["tiles_per_image"] * settings.images
     context = runs[0]["prompt_tokens"] + settings.gen_len / 2  # the mean cache length while decoding
@@ -195,7 +198,7 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
         **speed,
         "vision_ms_per_tile": speed["vision_ms"] * settings.images / tiles if tiles else None,
         **bandwidth,
-        **decode_ceiling(speed["decode_tok_s"], bandwidth["bandwidth_gb_s"], per_token),
+        **decode_ceiling(speed["decode_tok_s"], bandwidth["bandwidth_gb_s"], per_token, bandwidth["bandwidth_source"]),
         "peak_rss_mb": peak_rss_mb(),
         "gpu_memory_mb": process_gpu_memory_mb() if target.is_gpu else None,
         "weights_mb": weights_mb(engine),
@@ -242,8 +245,10 @@ def format_text(r: dict) -> str:
     else:
         lines += [
             f"  prefill {r['prefill_tok_s']:.1f} tok/s, decode {r['decode_tok_s']:.1f} tok/s over {r['decode_tokens']} tokens",
-            f"  decode at {r['decode_pct_of_ceiling']:.0f}% of the bandwidth ceiling, {r['decode_ceiling_tok_s']:.1f} tok/s "
-            f"= {r['bandwidth_gb_s']} GB/s ({r['bandwidth_source']}) / {r['bytes_per_token_mb']:.1f} MB per token",
+            (f"  decode at {r['decode_pct_of_ceiling']:.0f}% of the bandwidth ceiling" if r["decode_pct_of_ceiling"] is not None
+             else f"  decode share of the ceiling not given: {r['ceiling_note']}")
+            + f", ceiling {r['decode_ceiling_tok_s']:.1f} tok/s = {r['bandwidth_gb_s']} GB/s ({r['bandwidth_source']}) / "
+              f"{r['bytes_per_token_mb']:.1f} MB per token",
         ]
     gpu = f", GPU {r['gpu_memory_mb']:.0f} MB" if r.get("gpu_memory_mb") is not None else ""
     lines.append(f"  peak RSS {r['peak_rss_mb']:.0f} MB{gpu}")

@@ -1,9 +1,11 @@
 """Per-token dynamic int8 activations for the cpu path, in standard ONNX ops that ONNX Runtime's CPU provider runs with
 its integer GEMM: each quantized MatMul reads its input row by row at that row's own scale, computed as it runs,
 
-    s = max(|x|, last axis) / 127;  q = int8(clip(round(x / s)));  y = float(MatMulInteger(q, W_q)) * s * w_scale
+    s = max(|x|, last axis) / 127;  q = uint8(clip(round(x / s), ±127) + 128);
+    y = float(MatMulInteger(q, W_q, a_zero_point 128)) * s * w_scale
 
-so a token with outliers (the high-norm tokens trained ViTs grow) no longer sets the scale of every other token, and
+(q is stored offset by 128 with one scalar zero point: ONNX Runtime's integer GEMM is fast for u8 × s8 and several
+times slower for s8 × s8; with 7-bit weights, u8 × s8 pairs cannot saturate int16), so a token with outliers (the high-norm tokens trained ViTs grow) no longer sets the scale of every other token, and
 nothing is calibrated for it. The weights are the static scheme's (int8 per output channel). TensorRT's plans keep the
 static per-tensor Q/DQ (what its INT8 kernels fuse); this graph is ONNX Runtime's only.
 """
@@ -23,7 +25,9 @@ def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
                  numpy_helper.from_array(np.array(1e-8, np.float32), "dyn_eps"),
                  numpy_helper.from_array(np.array(-127.0, np.float32), "dyn_lo"),
                  numpy_helper.from_array(np.array(127.0, np.float32), "dyn_hi"),
-                 numpy_helper.from_array(np.array([-1], np.int64), "dyn_last")]
+                 numpy_helper.from_array(np.array([-1], np.int64), "dyn_last"),
+                 numpy_helper.from_array(np.array(128.0, np.float32), "dyn_offset"),
+                 numpy_helper.from_array(np.array(128, np.uint8), "dyn_zero")]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     reduce = ({"inputs": ["dyn_last"]} if opset >= 18 else {"axes": [-1]})  # ReduceMax took axes as an input from 18
     nodes, rows_of = [], {}  # rows_of: activation -> (its int8 tensor, its per-row scale), shared by q/k/v
@@ -44,7 +48,8 @@ def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
                 helper.make_node("Div", [t.activation, f"{a}_scale"], [f"{a}_div"], name=f"{a}_Div"),
                 helper.make_node("Round", [f"{a}_div"], [f"{a}_round"], name=f"{a}_Round"),
                 helper.make_node("Clip", [f"{a}_round", "dyn_lo", "dyn_hi"], [f"{a}_clip"], name=f"{a}_Clip"),
-                helper.make_node("Cast", [f"{a}_clip"], [f"{a}_q"], name=f"{a}_Cast", to=TensorProto.INT8),
+                helper.make_node("Add", [f"{a}_clip", "dyn_offset"], [f"{a}_shift"], name=f"{a}_Shift"),
+                helper.make_node("Cast", [f"{a}_shift"], [f"{a}_q"], name=f"{a}_Cast", to=TensorProto.UINT8),
             ]
             rows_of[t.activation] = (f"{a}_q", f"{a}_scale")
         q_in, row_scale = rows_of[t.activation]
@@ -52,7 +57,8 @@ def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
         wq, w_scale = quantize_weight(w, 1, weight_qmax)
         new_inits += [numpy_helper.from_array(wq, f"{base}_wq"), numpy_helper.from_array(w_scale, f"{base}_wscale")]
         nodes += [
-            helper.make_node("MatMulInteger", [q_in, f"{base}_wq"], [f"{base}_i32"], name=f"{base}_MatMulInteger"),
+            helper.make_node("MatMulInteger", [q_in, f"{base}_wq", "dyn_zero"], [f"{base}_i32"],
+                             name=f"{base}_MatMulInteger"),
             helper.make_node("Cast", [f"{base}_i32"], [f"{base}_f32"], name=f"{base}_CastF", to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{base}_f32", row_scale], [f"{base}_rows"], name=f"{base}_RowScale"),
             helper.make_node("Mul", [f"{base}_rows", f"{base}_wscale"], [node.output[0]], name=f"{base}_ColScale"),
