@@ -404,7 +404,7 @@ def main() -> None:
         build_demo_checkpoint(DEMO)
     results = {"what": __doc__.split("\n\n")[0], "settings": {**plan.__dict__, "short_prompt": SHORT_PROMPT},
                "machine": None, "runs": [], "ratios": {}}
-    engines = [CpuEngine(engine_dir(g), threads=args.threads) for g in GROUPS]  # quantized and built first, if missing
+    engines = [CpuEngine(engine_dir(g), threads=args.threads, prefix_reuse=False) for g in GROUPS]  # quantized and built first, if missing
     gb_s = [_runtime.read_bandwidth(1024, args.threads, 5)]
     ids = prompt_ids(engines[0], max(plan.prompt_lens))
     bench_smollm2(args, plan, ids, engines, results)

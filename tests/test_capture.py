@@ -69,6 +69,31 @@ def test_a_window_sends_the_recent_frames_together(engine, clip, cli):
     assert [r["frames"] for r in records(out)] == [[0], [0, 30], [30, 60], [60, 90]]
 
 
+def test_a_window_encodes_each_frame_once_and_gives_the_uncached_tokens(captioner, clip):
+    """--window 3: each frame goes through the tower once while it stays in the window, and every caption's tokens
+    are those of a captioner that encodes the window's frames afresh (and prefills its prompt from position 0)."""
+    from vila_edge.capture import caption_frames, open_source
+    from vila_edge.generate import SamplingParams
+
+    params = SamplingParams(max_new_tokens=4)
+    live = captioner()
+    towered = []
+    encode_images = live.model.encode_images
+    live.model.encode_images = lambda pixels, *a: towered.append(len(pixels)) or encode_images(pixels, *a)
+    got = list(caption_frames(live, open_source(str(clip), every=15), "What changed?", params, window=3))
+    assert [r["frames"] for r in got][:4] == [[0], [0, 15], [0, 15, 30], [15, 30, 45]]
+    assert towered == [1] * len(got)  # one new frame per caption; the others' image tokens kept
+    assert live.model.reused_positions > 0  # the prompt's text before the images, from the cache
+    fresh = captioner()
+    fresh.model.prefix_reuse = False
+    source = open_source(str(clip), every=15)
+    frames = {f.index: f.image for f in source}
+    source.close()
+    for r in got:
+        fresh.keep_encoded(3)  # an empty cache each caption: every frame encoded again
+        assert fresh([frames[i] for i in r["frames"]], "What changed?", params).token_ids == r["token_ids"]
+
+
 def test_an_image_folder_in_name_order(engine, cli, tmp_path):
     for i, seed in ((3, 9), (1, 1), (2, 8)):  # seeds the tiny model tells apart
         write_sample_image(tmp_path / f"frame_{i}.png", size=64, seed=seed)

@@ -12,6 +12,7 @@ import torch
 
 from vila_edge import _runtime
 from vila_edge.checkpoint import load_checkpoint
+from vila_edge.errors import UsageError
 from vila_edge.export.cpu_engine import int8_rows, llm_tensors, pack_pairs, unpack_pairs
 from vila_edge.int4 import pack_awq_gemm, quantize_groups
 from vila_edge.model.vlm import VilaModel
@@ -256,6 +257,33 @@ def test_trim_replays_a_shared_prefix(engines):
     np.testing.assert_allclose(eng.prefill(x[10:]), full, rtol=0, atol=1e-5)
     with pytest.raises(ValueError):
         eng.trim(99)
+
+
+def greedy(engine, ids, steps=6):
+    """(the prefill's logits, `steps` greedy tokens) for a new sequence."""
+    engine.reset()
+    logits = first = engine.prefill(engine.embed(ids))
+    tokens = []
+    for _ in range(steps):
+        tokens.append(int(np.argmax(logits)))
+        logits = engine.decode(tokens[-1])
+    return first, tokens
+
+
+@pytest.mark.parametrize("kv_cache", ["fp16", "int8"])
+def test_a_new_sequence_reuses_the_cached_prefix_with_the_same_logits(engines, kv_cache):
+    """Live captioning repeats the system prompt and the text before the image: only the rest is prefilled, and
+    each row's arithmetic does not depend on where a prefill chunk starts, so the logits are the uncached path's."""
+    cached = CpuEngine(engines["llama"][1], threads=2, kv_cache=kv_cache)
+    cold = CpuEngine(engines["llama"][1], threads=2, kv_cache=kv_cache, prefix_reuse=False)
+    system = list(range(3, 73))  # 70 positions: more than one prefill chunk (64)
+    for ids, reused in ((system + [80, 81, 82], 0), (system + [90, 91], 70), (system[:40] + [7], 40),
+                        (system[:40] + [7], 40)):  # the same prompt again: its last row is run for its logits
+        (got, got_tokens), (want, want_tokens) = greedy(cached, ids), greedy(cold, ids)
+        np.testing.assert_array_equal(got, want)
+        assert got_tokens == want_tokens and cached.reused_positions == reused and cold.reused_positions == 0
+    with pytest.raises(UsageError, match="decode before prefill"):
+        cached.reset(), cached.decode(5)
 
 
 def caption_without_torch(*argv) -> tuple[int, str, str]:

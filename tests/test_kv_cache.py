@@ -245,8 +245,9 @@ def test_cache_bytes_follow_the_formula(kv, engines):
     eng.prefill(eng.embed(ids_of(260, eng.vocab_size)))
     assert eng.llm.cache_capacity == 300  # the next power of two, 512, is past max_seq
     assert eng.llm.cache_bytes == cache_bytes(llm, 300, kv)
-    eng.reset()  # keeps the capacity
-    assert eng.llm.position == 0 and eng.llm.cache_capacity == 300
+    eng.reset()  # a new sequence keeps the capacity
+    eng.prefill(eng.embed(ids_of(3, eng.vocab_size)))
+    assert eng.llm.position == 3 and eng.llm.cache_capacity == 300
 
 
 def test_max_seq_stays_the_hard_limit(engines):

@@ -122,6 +122,8 @@ def weights_mb(engine) -> float:
 def measure(engine, settings: BenchSettings) -> tuple[list[dict], dict, str | None, dict]:
     """(the timed runs after the warm-up, the device they ran on, the Jetson power mode or None, what the images
     cost: tower passes (tiles) per image and image tokens, as captioning tiles them)."""
+    if hasattr(engine, "prefix_reuse"):  # a cold prompt each run: the runs repeat one prompt, which would be reused
+        engine.prefix_reuse = False
     captioner = Captioner(engine.info, engine, max_tiles=settings.max_tiles)
     images = scenes(settings)
     encoded = captioner.encode(images)

@@ -1,6 +1,7 @@
 """One question about images (or video frames) in, one answer out: prompt, vision, splice, generate."""
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,6 +63,29 @@ class Encoded:
         return sum(len(t.pixels) for t in self.tiles)
 
 
+def joined(parts: list[Encoded]) -> Encoded:
+    """Several images' Encoded as one prompt's: their blocks as a list of [T, H] blocks, in order."""
+    if not parts:
+        return Encoded(None, [])
+    return Encoded([block for e in parts for block in e.blocks], [t for e in parts for t in e.tiles])
+
+
+class EncodedImages:
+    """The last `size` images encoded, by identity (each entry holds its image, so an id is not reused while the entry
+    lives): a live --window K caption encodes each frame once while it stays in the window."""
+
+    def __init__(self, size: int):
+        self.size, self.entries = size, OrderedDict()
+
+    def get(self, image, question: str, encode) -> Encoded:
+        key = (id(image), question)
+        if key not in self.entries:
+            self.entries[key] = (image, encode())
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return self.entries[key][1]
+
+
 class Captioner:
     """Holds a loaded model; answers questions with the checkpoint's conversation template.
     `max_tiles` caps NVILA's tiles per image (VILA's max_tiles; 1: one tile)."""
@@ -73,6 +97,7 @@ class Captioner:
         self.template = get_template(self.conv_mode)
         self.layout = ckpt.vision_layout.with_max_tiles(max_tiles)
         self.conditioned = ckpt.family.question_conditioned
+        self.encoded_images: EncodedImages | None = None  # keep_encoded(): each image encoded alone, kept a while
         self.question_tokenizer = QuestionTokenizer(ckpt.question_tokenizer_dir) if self.conditioned else None
         limit = getattr(ckpt, "max_tiles_limit", None)
         if max_tiles is not None and limit is not None and max_tiles > limit:
@@ -100,9 +125,19 @@ class Captioner:
         """One image as the tower takes it (the checkpoint's processor and aspect ratio), [3, S, S] float32."""
         return layout_preprocess(image, self.ckpt.preprocessor, self.ckpt.image_aspect_ratio, self.layout)
 
+    def keep_encoded(self, images: int) -> None:
+        """From now on encode each image alone and keep the last `images` encoded (live captioning's window)."""
+        self.encoded_images = EncodedImages(images)
+
     def encode(self, images: list, question: str = "") -> Encoded:
         """The images as the checkpoint's layout has them: tiles through the tower, merged, projected; a
         question-conditioned family (LLaMA-VID) reads the question, and takes VideoClips."""
+        if self.encoded_images is not None and len(images) > 0:
+            keep = self.encoded_images
+            return joined([keep.get(im, question, lambda im=im: self._encode([im], question)) for im in images])
+        return self._encode(images, question)
+
+    def _encode(self, images: list, question: str) -> Encoded:
         if self.conditioned:
             return self._encode_conditioned(images, question)
         tiles = image_tiles(self.layout, images, self.preprocess)

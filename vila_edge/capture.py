@@ -333,6 +333,8 @@ def caption_frames(captioner, source, question: str, params, window: int = 1, ma
     if window < 1:
         raise UsageError(f"--window {window}: at least 1 frame")
     recent: deque[Frame] = deque(maxlen=window)
+    if window > 1:  # each frame through the tower once, not once per caption it stays in
+        captioner.keep_encoded(window)
     try:
         for n, frame in enumerate(source, start=1):
             recent.append(frame)

@@ -1,6 +1,7 @@
 """The cpu backend: an engine folder from `build-engine --target cpu`, run by the C++ engine
 (vila_edge._runtime) with vision through ONNX Runtime. Imports neither torch nor transformers."""
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -90,12 +91,28 @@ def open_llm(path: Path, llm: dict, max_seq: int, threads: int, kernels: str = "
         raise CheckpointError(f"{path}: {e}; rebuild the engine") from None
 
 
+def shared_prefix(a: list, b: list) -> int:
+    """How many leading items a and b share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
 
     def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None,
-                 activations: str = "int8", kv_cache: str | None = None):
+                 activations: str = "int8", kv_cache: str | None = None, prefix_reuse: bool = True):
         self.root = Path(root)
+        # a new sequence keeps the cached positions its inputs begin with (live captioning repeats the system prompt
+        # and the text before the image every frame); the rest is prefilled. Off: every prefill from position 0
+        self.prefix_reuse = prefix_reuse
+        self.reused_positions = 0  # how many the last prefill kept
+        self._row_keys: list[bytes] = []  # a digest of each prefilled position's input row, from position 0
+        self._new_sequence = True
         self.manifest = read_manifest(self.root, "cpu")
         self.info = EngineInfo(self.root, self.manifest)
         llm = self.manifest["llm"]
@@ -156,17 +173,31 @@ class CpuEngine:
         return np.concatenate(splice_parts(ids, image_embeds, self.embed, self.image_end_ids)).astype(np.float32, copy=False)
 
     def reset(self) -> None:
-        self.llm.reset()
+        """Start a new sequence: the next prefill begins at position 0, reusing what the cache shares with it."""
+        self._new_sequence = True
 
     def trim(self, n: int) -> None:
         """Keep the first n cached positions (a shared prompt prefix), drop the rest."""
         self.llm.trim(n)
+        del self._row_keys[n:]
 
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        self._room(len(embeds))
-        return self.llm.prefill(np.ascontiguousarray(embeds, dtype=np.float32))
+        embeds = np.ascontiguousarray(embeds, dtype=np.float32)
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in embeds]
+        start = 0
+        if self._new_sequence:
+            keep = shared_prefix(self._row_keys, keys) if self.prefix_reuse else 0
+            keep = min(keep, len(embeds) - 1)  # the last input row is run again: its logits are the answer's first
+            self.trim(keep)
+            self.reused_positions, self._new_sequence, start = keep, False, keep
+        if len(self._row_keys) == self.llm.position:  # rows after decoded positions are not a prefix of anything
+            self._row_keys += keys[start:]
+        self._room(len(embeds) - start)
+        return self.llm.prefill(embeds[start:])
 
     def decode(self, token_id: int) -> np.ndarray:
+        if self._new_sequence:
+            raise UsageError("decode before prefill: a new sequence starts with its prompt")
         self._room(1)
         return self.llm.decode(int(token_id))
 
