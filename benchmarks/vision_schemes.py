@@ -30,6 +30,10 @@ SCHEMES = {
     "mse_alpha_mixed": ("both + layers kept float until 0.995 on quantize's held-out scenes (cap: a third)",
                         dict(method="mse", alpha=None)),
     "base_mixed": ("percentile + mixed precision", dict(method="percentile", alpha=0.5)),
+    "mse_alpha_4_float": ("both + 4 layers kept float (a target no layer count meets, cap 4)",
+                          dict(target_cosine=0.99999, max_float_layers=4)),
+    "mse_alpha_fc2_float": ("both + every layer's fc2 float", dict(keep_float=("fc2",), max_float_layers=0)),
+    "mse_alpha_mlp_float": ("both + every layer's fc1 and fc2 float", dict(keep_float=("fc1", "fc2"), max_float_layers=0)),
 }
 
 

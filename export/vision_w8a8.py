@@ -331,9 +331,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         lambda: evaluate(smoothed.fp32, smoothed, held, ckpt.vision_layout, out_dir, opts, threads),
         lambda m: save_onnx(m, out_dir / VISION_W8A8_FILE), log)
     dynamic = cpu_dynamic(model, smoothed, held, ckpt.vision_layout, out_dir, opts, threads, log)
-    for part in (accuracy, dynamic):
-        part["held_out"]["source"] = held_source
-    weighted = len(quant_targets(model, ()))  # every MatMul / Conv with a weight, --keep-float ones included
+    accuracy["held_out"]["source"] = dynamic["held_out"]["source"] = held_source
     log("converting to fp16 for TensorRT, checked against the fp32 files with ONNX Runtime")
     trt = fp16_copies(out_dir, smoothed, np.concatenate([t.pixels for t in held]), opts.batch, threads)
     record = {
@@ -348,7 +346,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "activations": "int8 symmetric per tensor",
         "projector": _projector_note(smoothed),
         "quantized_nodes": n_quantized,
-        "int8_share": round(n_quantized / max(1, weighted), 4),  # of the MatMul / Conv nodes with a weight
+        "int8_share": round(n_quantized / max(1, len(quant_targets(model, ()))), 4),  # of all with a weight
         "kept_float": list(opts.keep_float),
         "layers_kept_float": kept,
         "targets": {"cosine_mean": opts.target_cosine, "cosine_min": opts.min_cosine},

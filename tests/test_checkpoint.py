@@ -166,7 +166,7 @@ def test_cli_inspect_an_engine(caption_engine, cli):
     code, out, err = cli("inspect", caption_engine)
     assert code == 0, err
     assert f"engine       {caption_engine} (cpu engine from " in out and "quantization awq int4 group 32" in out
-    assert "conv mode    vicuna_v1 (from manifest.json (build-engine))" in out and "w8a8 ONNX" in out
+    assert "conv mode    vicuna_v1 (from manifest.json (build-engine))" in out and "w8a8-dynamic ONNX" in out
     code, out, _ = cli("inspect", caption_engine, "--format", "json", "--conv-mode", "llama_3")
     info = json.loads(out)
     assert info["engine"] == str(caption_engine) and info["kind"] == "engine" and info["llm"]["layers"] == 2

@@ -15,46 +15,51 @@ import numpy as np
 from .int8 import QuantTarget, quantize_weight
 
 
+def row_quantize(activation: str, opset: int) -> tuple[list, str, str]:
+    """The nodes that quantize `activation` row by row: (them, the uint8 tensor, the per-row scale)."""
+    from onnx import TensorProto, helper
+
+    a = activation.strip("/").replace("/", "_") + "_dyn"
+    axes = {} if opset >= 18 else {"axes": [-1]}  # ReduceMax took its axes as an input from opset 18
+    nodes = [
+        helper.make_node("Abs", [activation], [f"{a}_abs"], name=f"{a}_Abs"),
+        helper.make_node("ReduceMax", [f"{a}_abs"] + (["dyn_last"] if opset >= 18 else []), [f"{a}_max"],
+                         name=f"{a}_ReduceMax", keepdims=1, **axes),
+        helper.make_node("Max", [f"{a}_max", "dyn_eps"], [f"{a}_top"], name=f"{a}_Max"),
+        helper.make_node("Div", [f"{a}_top", "dyn_qmax"], [f"{a}_scale"], name=f"{a}_Scale"),
+        helper.make_node("Div", [activation, f"{a}_scale"], [f"{a}_div"], name=f"{a}_Div"),
+        helper.make_node("Round", [f"{a}_div"], [f"{a}_round"], name=f"{a}_Round"),
+        helper.make_node("Clip", [f"{a}_round", "dyn_lo", "dyn_hi"], [f"{a}_clip"], name=f"{a}_Clip"),
+        helper.make_node("Add", [f"{a}_clip", "dyn_offset"], [f"{a}_shift"], name=f"{a}_Shift"),
+        helper.make_node("Cast", [f"{a}_shift"], [f"{a}_q"], name=f"{a}_Cast", to=TensorProto.UINT8),
+    ]
+    return nodes, f"{a}_q", f"{a}_scale"
+
+
 def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
     """Rewrite model in place: every MatMul in `targets` on per-token dynamic int8 (Convs stay float)."""
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
     by_node = {t.node: t for t in targets if t.axis == 1}  # MatMul weights [K, N]; a Conv (axis 0) stays float
-    new_inits = [numpy_helper.from_array(np.array(127.0, np.float32), "dyn_qmax"),
-                 numpy_helper.from_array(np.array(1e-8, np.float32), "dyn_eps"),
-                 numpy_helper.from_array(np.array(-127.0, np.float32), "dyn_lo"),
-                 numpy_helper.from_array(np.array(127.0, np.float32), "dyn_hi"),
-                 numpy_helper.from_array(np.array([-1], np.int64), "dyn_last"),
-                 numpy_helper.from_array(np.array(128.0, np.float32), "dyn_offset"),
-                 numpy_helper.from_array(np.array(128, np.uint8), "dyn_zero")]
+    constants = {"dyn_qmax": np.float32(127), "dyn_eps": np.float32(1e-8), "dyn_lo": np.float32(-127),
+                 "dyn_hi": np.float32(127), "dyn_last": np.array([-1], np.int64), "dyn_offset": np.float32(128),
+                 "dyn_zero": np.uint8(128)}
+    new_inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    reduce = ({"inputs": ["dyn_last"]} if opset >= 18 else {"axes": [-1]})  # ReduceMax took axes as an input from 18
-    nodes, rows_of = [], {}  # rows_of: activation -> (its int8 tensor, its per-row scale), shared by q/k/v
+    nodes, rows_of = [], {}  # rows_of: activation -> (its uint8 tensor, its per-row scale), shared by q/k/v
     for node in model.graph.node:
         t = by_node.get(node.name)
         if t is None:
             nodes.append(node)
             continue
-        base = t.node.strip("/").replace("/", "_")
         if t.activation not in rows_of:
-            a = t.activation.strip("/").replace("/", "_") + "_dyn"
-            nodes += [
-                helper.make_node("Abs", [t.activation], [f"{a}_abs"], name=f"{a}_Abs"),
-                helper.make_node("ReduceMax", [f"{a}_abs", *reduce.get("inputs", [])], [f"{a}_max"],
-                                 name=f"{a}_ReduceMax", keepdims=1, **({"axes": reduce["axes"]} if "axes" in reduce else {})),
-                helper.make_node("Max", [f"{a}_max", "dyn_eps"], [f"{a}_top"], name=f"{a}_Max"),
-                helper.make_node("Div", [f"{a}_top", "dyn_qmax"], [f"{a}_scale"], name=f"{a}_Scale"),
-                helper.make_node("Div", [t.activation, f"{a}_scale"], [f"{a}_div"], name=f"{a}_Div"),
-                helper.make_node("Round", [f"{a}_div"], [f"{a}_round"], name=f"{a}_Round"),
-                helper.make_node("Clip", [f"{a}_round", "dyn_lo", "dyn_hi"], [f"{a}_clip"], name=f"{a}_Clip"),
-                helper.make_node("Add", [f"{a}_clip", "dyn_offset"], [f"{a}_shift"], name=f"{a}_Shift"),
-                helper.make_node("Cast", [f"{a}_shift"], [f"{a}_q"], name=f"{a}_Cast", to=TensorProto.UINT8),
-            ]
-            rows_of[t.activation] = (f"{a}_q", f"{a}_scale")
+            quantize, q_name, scale_name = row_quantize(t.activation, opset)
+            nodes += quantize
+            rows_of[t.activation] = (q_name, scale_name)
         q_in, row_scale = rows_of[t.activation]
-        w = numpy_helper.to_array(inits[t.weight])
-        wq, w_scale = quantize_weight(w, 1, weight_qmax)
+        base = t.node.strip("/").replace("/", "_")
+        wq, w_scale = quantize_weight(numpy_helper.to_array(inits[t.weight]), 1, weight_qmax)
         new_inits += [numpy_helper.from_array(wq, f"{base}_wq"), numpy_helper.from_array(w_scale, f"{base}_wscale")]
         nodes += [
             helper.make_node("MatMulInteger", [q_in, f"{base}_wq", "dyn_zero"], [f"{base}_i32"],
