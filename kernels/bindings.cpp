@@ -187,6 +187,7 @@ double read_bandwidth(int mb, int threads, int repeat) {
 PYBIND11_MODULE(_runtime, m) {
     m.doc() = "vila_edge's CPU engine: int4 LLM forward pass with per-ISA kernels";
     m.attr("QK") = QK;
+    m.attr("PANEL_ROWS") = PANEL_ROWS;  // a prefill of fewer rows runs the decode kernels
     m.def("cpu_name", [] { return std::string(cpu_name()); });
     m.def("best_kernels", [] { return std::string(best_kernels()->name); });
     m.def("supported_kernels", [] {

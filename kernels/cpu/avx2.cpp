@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include <vector>
 
@@ -121,7 +122,110 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
     }
 }
 
+// ---- prefill (PANEL_ROWS or more rows): a GEMM over panels of 8 output columns, as avx512_impl.h's with 256-bit
+// vectors: each vector holds 4 consecutive k of 8 columns (column c in dword c), so maddubs with 4 activation bytes
+// broadcast feeds 8 columns, a block's sums stay integer until its scales apply as 8-wide vectors, and no horizontal
+// sum is left. Every row's arithmetic is the same whatever the row tile (see PANEL_ROWS).
+constexpr int PANEL = 8;
+
+struct Panel {
+    std::vector<uint32_t> q;  // [pair of blocks][8][8]: dword t of each column's 32 packed bytes
+    std::vector<float> s;    // [block][8] each column's weight scale
+    std::vector<float> sz;   // [group][8] each column's scale · zero
+};
+
+void pack_panel(const Q4Weight& w, int j0, int cols, Panel& p) {
+    const int nb = w.k / QK, pairs = (nb + 1) / 2, ng = w.k / w.group, gshift = __builtin_ctz(w.group / QK);
+    const size_t row_bytes = q4_row_bytes(w.k);
+    alignas(32) int32_t offsets[PANEL];
+    for (int c = 0; c < PANEL; ++c) offsets[c] = int32_t(std::min(c, cols - 1) * row_bytes);  // spare lanes: any column
+    const __m256i idx = _mm256_load_si256((const __m256i*)offsets);
+    const int* base = reinterpret_cast<const int*>(w.q + size_t(j0) * row_bytes);
+    p.q.resize(size_t(pairs) * 8 * PANEL);
+    for (int pr = 0; pr < pairs; ++pr)
+        for (int t = 0; t < 8; ++t)
+            _mm256_storeu_si256((__m256i*)(p.q.data() + (size_t(pr) * 8 + t) * PANEL), _mm256_i32gather_epi32(base + pr * 8 + t, idx, 1));
+    p.s.assign(size_t(nb) * PANEL, 0.f), p.sz.assign(size_t(ng) * PANEL, 0.f);
+    for (int c = 0; c < cols; ++c) {
+        const uint16_t* ws = w.scales + size_t(j0 + c) * ng;
+        const uint8_t* wz = w.zeros + size_t(j0 + c) * ng;
+        for (int b = 0; b < nb; ++b) p.s[size_t(b) * PANEL + c] = h2f(ws[b >> gshift]);
+        for (int g = 0; g < ng; ++g) p.sz[size_t(g) * PANEL + c] = h2f(ws[g]) * float(wz[g]);
+    }
+}
+
+inline __m256i broadcast4(const int8_t* x) {
+    int32_t v;
+    std::memcpy(&v, x, 4);
+    return _mm256_set1_epi32(v);
+}
+
+// Σ over k of one block for 8 columns (low nibbles: shift 0; high: 4): maddubs pairs of t summed in int16 (4 products
+// of at most 15 · 127 each), then widened once per pair of t. Unpacking per row costs less than keeping the 8 unpacked
+// vectors live across the rows (measured: AVX2's 16 registers spill).
+inline __m256i block_dot(const uint32_t* w, int shift, const int8_t* x) {
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (int t = 0; t < 8; t += 2) {
+        const __m256i w0 = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)(w + t * PANEL)), shift), m4);
+        const __m256i w1 = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i*)(w + (t + 1) * PANEL)), shift), m4);
+        const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(w0, broadcast4(x + 4 * t)),
+                                           _mm256_maddubs_epi16(w1, broadcast4(x + 4 * t + 4)));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    return acc;
+}
+
+// Rows i0 .. i0 + MT - 1 against a panel: y = Σ_b s_b · d_b · Σ_k q x  -  Σ_g s_g · z_g · X_g, 8 columns at once.
+template <int MT>
+void panel_rows(const Panel& p, const ActQ8& x, int i0, const float* X, int ng, float* y, int ldy, int j0, int cols) {
+    const int nb = x.k / QK;
+    __m256 acc[MT];
+    for (auto& a : acc) a = _mm256_setzero_ps();
+    for (int b = 0; b < nb; ++b) {
+        const uint32_t* v = p.q.data() + size_t(b / 2) * 8 * PANEL;
+        const __m256 s = _mm256_loadu_ps(p.s.data() + size_t(b) * PANEL);
+        for (int r = 0; r < MT; ++r) {
+            const size_t row = size_t(i0 + r);
+            const __m256i dot = block_dot(v, 4 * (b & 1), x.q + row * x.k + b * QK);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(s, _mm256_set1_ps(x.d[row * nb + b])), acc[r]);
+        }
+    }
+    alignas(32) float out[PANEL];
+    for (int r = 0; r < MT; ++r) {
+        for (int g = 0; g < ng; ++g)
+            acc[r] = _mm256_fnmadd_ps(_mm256_set1_ps(X[size_t(i0 + r) * ng + g]), _mm256_loadu_ps(p.sz.data() + size_t(g) * PANEL), acc[r]);
+        float* yr = y + size_t(i0 + r) * ldy + j0;
+        if (cols == PANEL) {
+            _mm256_storeu_ps(yr, acc[r]);
+        } else {
+            _mm256_store_ps(out, acc[r]);
+            std::copy(out, out + cols, yr);
+        }
+    }
+}
+
+void q4_gemm(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    thread_local Panel p;
+    thread_local std::vector<float> X;
+    const int ng = w.k / w.group;
+    X.resize(size_t(x.m) * ng);
+    group_sums(x, w.group, X.data());
+    for (int jc = j0; jc < j1; jc += PANEL) {
+        const int cols = std::min(PANEL, j1 - jc);
+        pack_panel(w, jc, cols, p);
+        int i = 0;
+        for (; i + 4 <= x.m; i += 4) panel_rows<4>(p, x, i, X.data(), ng, y, ldy, jc, cols);
+        switch (x.m - i) {
+            case 3: panel_rows<3>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
+            case 2: panel_rows<2>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
+            case 1: panel_rows<1>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
+        }
+    }
+}
+
 void q4_matmul(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    if (x.m >= PANEL_ROWS) return q4_gemm(w, x, y, ldy, j0, j1);
     q4_matmul_tiles(w, x, j0, j1, [&](auto mt, int i, const float* X, int jc, int je) {
         q4_tile<decltype(mt)::value>(w, x, i, X, y, ldy, jc, je);
     });

@@ -5,6 +5,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "kernels.h"
@@ -19,6 +21,15 @@ inline __m512i dot_u8s8(__m512i w, __m512i x) {
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, x);
 #else
     return _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
+#endif
+}
+
+// acc + the u8 × s8 products of w and x summed in fours, per int32 lane
+inline __m512i dot_acc(__m512i acc, __m512i w, __m512i x) {
+#ifdef VILA_VNNI
+    return _mm512_dpbusd_epi32(acc, w, x);
+#else
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1)));
 #endif
 }
 
@@ -81,7 +92,108 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
     }
 }
 
+// ---- prefill (PANEL_ROWS or more rows): a GEMM over panels of 16 output columns --------------------------------
+// The 16 weight rows of a panel are gathered once per call so that each 512-bit vector holds 4 consecutive k of every
+// column (column c in dword c): one u8 × s8 dot product with 4 activation bytes broadcast feeds 16 columns, the
+// integer sums of a block stay int32 until its scales are applied as 16-wide vectors, and no horizontal sum is left.
+// Every row's arithmetic is the same whatever the row tile, so results do not depend on how a prefill is chunked
+// (as long as each chunk has PANEL_ROWS rows or more: fewer take q4_tile).
+constexpr int PANEL = 16;
+
+struct Panel {
+    std::vector<uint32_t> q;  // [pair of blocks][8][16]: dword t of each column's 32 packed bytes (low nibbles: the
+                              // pair's first block, k = 4t .. 4t + 3; high nibbles: its second)
+    std::vector<float> s;    // [block][16] each column's weight scale
+    std::vector<float> sz;   // [group][16] each column's scale · zero
+};
+
+void pack_panel(const Q4Weight& w, int j0, int cols, Panel& p) {
+    const int nb = w.k / QK, pairs = (nb + 1) / 2, ng = w.k / w.group, gshift = __builtin_ctz(w.group / QK);
+    const size_t row_bytes = q4_row_bytes(w.k);
+    alignas(64) int32_t offsets[PANEL];
+    for (int c = 0; c < PANEL; ++c) offsets[c] = int32_t(std::min(c, cols - 1) * row_bytes);  // spare lanes: any column
+    const __m512i idx = _mm512_load_si512(offsets);
+    const uint8_t* base = w.q + size_t(j0) * row_bytes;
+    p.q.resize(size_t(pairs) * 8 * PANEL);
+    for (int pr = 0; pr < pairs; ++pr)
+        for (int t = 0; t < 8; ++t)
+            _mm512_storeu_si512(p.q.data() + (size_t(pr) * 8 + t) * PANEL, _mm512_i32gather_epi32(idx, base + pr * 32 + 4 * t, 1));
+    p.s.assign(size_t(nb) * PANEL, 0.f), p.sz.assign(size_t(ng) * PANEL, 0.f);
+    for (int c = 0; c < cols; ++c) {
+        const uint16_t* ws = w.scales + size_t(j0 + c) * ng;
+        const uint8_t* wz = w.zeros + size_t(j0 + c) * ng;
+        for (int b = 0; b < nb; ++b) p.s[size_t(b) * PANEL + c] = h2f(ws[b >> gshift]);
+        for (int g = 0; g < ng; ++g) p.sz[size_t(g) * PANEL + c] = h2f(ws[g]) * float(wz[g]);
+    }
+}
+
+inline __m512i broadcast4(const int8_t* x) {
+    int32_t v;
+    std::memcpy(&v, x, 4);
+    return _mm512_set1_epi32(v);
+}
+
+// Rows i0 .. i0 + MT - 1 against a panel: y = Σ_b s_b · d_b · Σ_k q x  -  Σ_g s_g · z_g · X_g, 16 columns at once.
+template <int MT>
+void panel_rows(const Panel& p, const ActQ8& x, int i0, const float* X, int ng, float* y, int ldy, int j0, int cols) {
+    const int nb = x.k / QK;
+    const __m512i m4 = _mm512_set1_epi8(15);
+    const int8_t* xq[MT];
+    const float* xd[MT];
+    for (int r = 0; r < MT; ++r) xq[r] = x.q + size_t(i0 + r) * x.k, xd[r] = x.d + size_t(i0 + r) * nb;
+    __m512 acc[MT];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += 2) {
+        const uint32_t* v = p.q.data() + size_t(b / 2) * 8 * PANEL;
+        const bool two = b + 1 < nb;
+        __m512i lo[MT], hi[MT];
+        for (int r = 0; r < MT; ++r) lo[r] = hi[r] = _mm512_setzero_si512();
+        for (int t = 0; t < 8; ++t) {
+            const __m512i vt = _mm512_loadu_si512(v + t * PANEL);
+            const __m512i wlo = _mm512_and_si512(vt, m4), whi = _mm512_and_si512(_mm512_srli_epi16(vt, 4), m4);
+            for (int r = 0; r < MT; ++r) {
+                lo[r] = dot_acc(lo[r], wlo, broadcast4(xq[r] + b * QK + 4 * t));
+                if (two) hi[r] = dot_acc(hi[r], whi, broadcast4(xq[r] + (b + 1) * QK + 4 * t));
+            }
+        }
+        const __m512 s0 = _mm512_loadu_ps(p.s.data() + size_t(b) * PANEL);
+        for (int r = 0; r < MT; ++r)
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[r]), _mm512_mul_ps(s0, _mm512_set1_ps(xd[r][b])), acc[r]);
+        if (two) {
+            const __m512 s1 = _mm512_loadu_ps(p.s.data() + size_t(b + 1) * PANEL);
+            for (int r = 0; r < MT; ++r)
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi[r]), _mm512_mul_ps(s1, _mm512_set1_ps(xd[r][b + 1])), acc[r]);
+        }
+    }
+    const __mmask16 keep = __mmask16((1u << cols) - 1);
+    for (int r = 0; r < MT; ++r) {
+        for (int g = 0; g < ng; ++g)
+            acc[r] = _mm512_fnmadd_ps(_mm512_set1_ps(X[size_t(i0 + r) * ng + g]), _mm512_loadu_ps(p.sz.data() + size_t(g) * PANEL), acc[r]);
+        _mm512_mask_storeu_ps(y + size_t(i0 + r) * ldy + j0, keep, acc[r]);
+    }
+}
+
+void q4_gemm(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    thread_local Panel p;
+    thread_local std::vector<float> X;
+    const int ng = w.k / w.group;
+    X.resize(size_t(x.m) * ng);
+    group_sums(x, w.group, X.data());
+    for (int jc = j0; jc < j1; jc += PANEL) {
+        const int cols = std::min(PANEL, j1 - jc);
+        pack_panel(w, jc, cols, p);
+        int i = 0;
+        for (; i + 4 <= x.m; i += 4) panel_rows<4>(p, x, i, X.data(), ng, y, ldy, jc, cols);
+        switch (x.m - i) {
+            case 3: panel_rows<3>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
+            case 2: panel_rows<2>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
+            case 1: panel_rows<1>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
+        }
+    }
+}
+
 void q4_matmul(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
+    if (x.m >= PANEL_ROWS) return q4_gemm(w, x, y, ldy, j0, j1);
     q4_matmul_tiles(w, x, j0, j1, [&](auto mt, int i, const float* X, int jc, int je) {
         q4_tile<decltype(mt)::value>(w, x, i, X, y, ldy, jc, je);
     });

@@ -236,8 +236,9 @@ void Engine::prefill(const float* embeds, int n, float* logits) {
         throw std::length_error("the cache holds " + std::to_string(max_seq_) + " positions; " + std::to_string(pos_) + " used, " +
                                 std::to_string(n) + " more asked");
     cache_.reserve(pos_ + n, pos_);
-    for (int i = 0; i < n; i += kChunk) {
-        const int m = std::min(kChunk, n - i);
+    for (int i = 0, m; i < n; i += m) {
+        m = std::min(kChunk, n - i);
+        if (n - i - m > 0 && n - i - m < PANEL_ROWS) m = n - i - PANEL_ROWS;  // no short last chunk: see PANEL_ROWS
         std::copy(embeds + size_t(i) * c_.hidden, embeds + size_t(i + m) * c_.hidden, x_.begin());
         forward(m, i + m == n ? logits : nullptr);
     }

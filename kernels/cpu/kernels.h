@@ -10,6 +10,10 @@
 namespace vila {
 
 constexpr int QK = 32;  // activation block: int8 values sharing one float scale
+// A matmul of this many activation rows or more is a GEMM (prefill); fewer take the row-at-a-time kernels (decode).
+// The engine never gives a prefill chunk fewer rows than this unless the whole prefill is shorter, so each row's
+// arithmetic does not depend on where a chunk starts.
+constexpr int PANEL_ROWS = 4;
 
 // Int4 weight [n, k] in groups of `group` along k (32, 64 or 128): w = scale * (q - zero).
 // q: n rows of q4_row_bytes(k); each 32 bytes hold 64 weights: byte j has weight j in its low

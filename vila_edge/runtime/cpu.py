@@ -126,6 +126,9 @@ class CpuEngine:
         self.kv_cache = kv_cache or DEFAULT_KV_CACHE
         self.llm = open_llm(self.root / llm["file"], llm, self.max_seq, self.threads, kernels or "", activations == "int8",
                             self.kv_cache)
+        from .. import _runtime  # open_llm has imported it
+
+        self.gemm_rows = _runtime.PANEL_ROWS
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
         self.vision = self.projector = self.attention = None
         if self.manifest.get("vision"):
@@ -187,7 +190,9 @@ class CpuEngine:
         start = 0
         if self._new_sequence:
             keep = shared_prefix(self._row_keys, keys) if self.prefix_reuse else 0
-            keep = min(keep, len(embeds) - 1)  # the last input row is run again: its logits are the answer's first
+            # at least PANEL_ROWS rows are run again (the last one's logits are the answer's first): a prefill of fewer
+            # takes the decode kernels, whose rounding differs from the GEMM's that computed the kept rows
+            keep = max(0, min(keep, len(embeds) - self.gemm_rows))
             self.trim(keep)
             self.reused_positions, self._new_sequence, start = keep, False, keep
         if len(self._row_keys) == self.llm.position:  # rows after decoded positions are not a prefix of anything
