@@ -351,11 +351,15 @@ void Engine::forward(int m, float* logits) {
         // SwiGLU feed-forward: down(silu(gate(h)) * up(h)) into the residual
         rmsnorm(x_.data(), L.ffn_norm, m, h_.data());
         matmul(L.gate_up, h_.data(), m, gu_.data());
-        for (int i = 0; i < m; ++i)
-            for (int t = 0; t < I; ++t) {
-                const float g = gu_[size_t(i) * 2 * I + t], u = gu_[size_t(i) * 2 * I + I + t];
-                act_[size_t(i) * I + t] = g / (1.f + std::exp(-g)) * u;
-            }
+        auto swiglu = [&](int b, int e) {  // m · I exps: over the pool at prefill, where they cost as much as a matmul
+            for (int i = b; i < e; ++i)
+                for (int t = 0; t < I; ++t) {
+                    const float g = gu_[size_t(i) * 2 * I + t], u = gu_[size_t(i) * 2 * I + I + t];
+                    act_[size_t(i) * I + t] = g / (1.f + std::exp(-g)) * u;
+                }
+        };
+        if (m < PANEL_ROWS) swiglu(0, m);
+        else pool_.parallel_for(m, 1, swiglu);
         matmul(L.down, act_.data(), m, tmp_.data());
         for (size_t t = 0; t < size_t(m) * H; ++t) x_[t] += tmp_[t];
     }
