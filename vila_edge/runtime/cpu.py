@@ -195,10 +195,12 @@ class CpuEngine:
             keep = max(0, min(keep, len(embeds) - self.gemm_rows))
             self.trim(keep)
             self.reused_positions, self._new_sequence, start = keep, False, keep
-        if len(self._row_keys) == self.llm.position:  # rows after decoded positions are not a prefix of anything
-            self._row_keys += keys[start:]
         self._room(len(embeds) - start)
-        return self.llm.prefill(embeds[start:])
+        tracked = len(self._row_keys) == self.llm.position  # rows after decoded positions are not a prefix of anything
+        logits = self.llm.prefill(embeds[start:])
+        if tracked:  # only once they are in the cache
+            self._row_keys += keys[start:]
+        return logits
 
     def decode(self, token_id: int) -> np.ndarray:
         if self._new_sequence:
