@@ -157,8 +157,9 @@ def held_out_cosines(quantized, model, pixels) -> np.ndarray:
 
 
 @pytest.mark.xfail(raises=AssertionError, strict=True,
-                   reason="issue 20: static per-tensor int8 (what TensorRT keeps) does not hold on a trained DINOv2 yet; "
-                          "the per-token dynamic graph (the cpu path) does, below")
+                   reason="static per-tensor int8 (what TensorRT keeps) with the default mixed precision reaches ~0.9944 "
+                          "mean on these photos (0.995 asked; quantize's own held-out scenes say 0.996): 4 layers float "
+                          "or real --calib-media get there; the per-token dynamic graph (the cpu path) holds, below")
 def test_w8a8_holds_on_the_trained_tower(quantized, model, held_pixels):
     names, pixels = held_pixels
     cos = held_out_cosines(quantized, model, pixels)
