@@ -289,15 +289,17 @@ def cpu_dynamic(model, smoothed: Smoothed, held: list[ImageTiles], layout, out_d
                        for r in ev["layers"]]}
 
 
-def layer_rows(layers: list[dict], kept: list[int], outliers: dict[str, float], alphas: dict) -> list[dict]:
-    """Per encoder layer: its output cosine (int8 against fp32), its own drop, int8 or float, the largest outlier
-    ratio (max over median channel of max |x|) among the activations it quantizes, its SmoothQuant alphas."""
+def layer_rows(layers: list[dict], kept: list[int], outliers: dict[str, float], alphas: dict, method: str) -> list[dict]:
+    """Per encoder layer: its output cosine (int8 against fp32), its own drop, its scheme, int8 or float, the largest
+    outlier ratio (max over median channel of max |x|) among the activations it quantizes, its SmoothQuant alphas."""
+    int8 = f"W8A8: int8 weights per output channel, int8 activations per tensor ({method} ranges)"
     worst: dict[int, float] = {}
     for name, ratio in outliers.items():
         if (i := layer_of(name)) is not None:
             worst[i] = max(worst.get(i, 0.0), ratio)
     drops = own_drops(layers)
     return [{**row, "own_drop": round(drops[row["layer"]], 6), "precision": "float" if row["layer"] in kept else "int8",
+             "scheme": "float (kept by the mixed precision)" if row["layer"] in kept else int8,
              "outlier_ratio": round(worst.get(row["layer"], 0.0), 2),
              "smooth_alpha": {k.split(".", 1)[1]: a for k, a in alphas.items() if k.split(".")[0] == str(row["layer"])}}
             for row in layers]
@@ -351,7 +353,7 @@ def quantize_vision(ckpt, out_dir: Path, opts: VisionQuantOptions, log=print, th
         "layers_kept_float": kept,
         "targets": {"cosine_mean": opts.target_cosine, "cosine_min": opts.min_cosine},
         **accuracy,
-        "layers": layer_rows(accuracy["layers"], kept, outliers, smoothed.alphas),
+        "layers": layer_rows(accuracy["layers"], kept, outliers, smoothed.alphas, opts.method),
         "cpu_dynamic": dynamic,
         "tensorrt_fp16": {"check": ORT_CHECK, **trt},
         "ranges": {a: thresholds[a] for a in acts},

@@ -52,7 +52,8 @@ def test_mixed_precision_keeps_the_worst_layers_float_until_the_target(tiny, tmp
     kept = record["layers_kept_float"]
     assert len(kept) == 2 and record["int8_share"] < 1
     assert [r["layer"] for r in record["layers"] if r["precision"] == "float"] == sorted(kept)
-    assert all({"cosine", "own_drop", "outlier_ratio", "precision"} <= set(r) for r in record["layers"])
+    assert all({"cosine", "own_drop", "outlier_ratio", "precision", "scheme"} <= set(r) for r in record["layers"])
+    assert all(r["scheme"].startswith("float" if r["precision"] == "float" else "W8A8: int8") for r in record["layers"])
     graph = onnx.load(out / "vision" / "vision_w8a8.onnx", load_external_data=False).graph
     readers = {n.input[0] for n in graph.node if n.op_type == "MatMul" and n.name.startswith(f"/vision/layers.{kept[0]}/")}
     quantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
