@@ -9,6 +9,7 @@ produces those numbers.
 
 import ctypes
 import json
+import sys
 import types
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,6 +135,41 @@ class CudaStreams:
             self.current = before
 
 
+class PlanEngine:
+    """An ICudaEngine stand-in: its I/O tensors (`names`: name -> (mode, dtype)), and `context()` per execution context."""
+
+    def __init__(self, names: dict, context):
+        self.names, self.context = names, context
+        self.num_io_tensors = len(names)
+
+    def get_tensor_name(self, i):
+        return list(self.names)[i]
+
+    def get_tensor_mode(self, name):
+        return self.names[name][0]
+
+    def get_tensor_dtype(self, name):
+        return self.names[name][1]
+
+    def create_execution_context(self):
+        return self.context()
+
+
+def install_trt_llm(monkeypatch) -> CudaStreams:
+    """TensorRT-LLM's stand-in in sys.modules, vila_edge's TensorRT runtime's tensors on the CPU, torch.cuda's
+    streams recorded (the CudaStreams returned)."""
+    from vila_edge.runtime import trt
+
+    streams = CudaStreams()
+    monkeypatch.setattr(trt, "DEVICE", "cpu")
+    monkeypatch.setattr(torch.cuda, "Stream", streams.Stream)
+    monkeypatch.setattr(torch.cuda, "stream", streams.stream)
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", tensorrt_llm_module())
+    monkeypatch.setitem(sys.modules, "tensorrt_llm.runtime", sys.modules["tensorrt_llm"].runtime)
+    ModelRunnerCpp.instances.clear()
+    return streams
+
+
 def tensorrt_module(streams: CudaStreams, tokens: int, hidden: int, max_batch: int, version: str = "10.3.0"):
     """tensorrt's Runtime / ICudaEngine / IExecutionContext as TrtVision uses them. The plan's output for image b is
     the mean of its pixels, repeated over [tokens, hidden]: enough to see that every batch lands in its place."""
@@ -172,27 +208,12 @@ def tensorrt_module(streams: CudaStreams, tokens: int, hidden: int, max_batch: i
             runs.append({"batch": b, "stream": stream_handle})
             return True
 
-    class Engine:
-        num_io_tensors = len(names)
-
-        def get_tensor_name(self, i):
-            return list(names)[i]
-
-        def get_tensor_mode(self, name):
-            return names[name][0]
-
-        def get_tensor_dtype(self, name):
-            return names[name][1]
-
-        def create_execution_context(self):
-            return Context()
-
     class Runtime:
         def __init__(self, logger):
             self.logger = logger
 
         def deserialize_cuda_engine(self, data):
-            return Engine() if data == b"stand-in plan" else None
+            return PlanEngine(names, Context) if data == b"stand-in plan" else None
 
     trt.Runtime, trt.runs = Runtime, runs
     return trt
@@ -240,26 +261,11 @@ def add_attention_plan(trt, streams: CudaStreams, tokens: int, hidden: int, max_
             runs.append({"batch": b, "question": n, "stream": stream_handle})
             return True
 
-    class Engine:
-        num_io_tensors = len(names)
-
-        def get_tensor_name(self, i):
-            return list(names)[i]
-
-        def get_tensor_mode(self, name):
-            return names[name][0]
-
-        def get_tensor_dtype(self, name):
-            return names[name][1]
-
-        def create_execution_context(self):
-            return Context()
-
     vision_runtime = trt.Runtime
 
     class Runtime(vision_runtime):
         def deserialize_cuda_engine(self, data):
-            return Engine() if data == b"stand-in attention plan" else super().deserialize_cuda_engine(data)
+            return PlanEngine(names, Context) if data == b"stand-in attention plan" else super().deserialize_cuda_engine(data)
 
     trt.Runtime = Runtime
     return trt

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import standins
-import torch
 from conftest import QUICK_QUANT, run_cli
 from test_trt_runtime import HELP_1_X, ORIN_ENV, STANDIN_TRTLLM_BUILD
 from test_trt_vision import stand_in
@@ -118,13 +117,7 @@ def test_build_engine_on_the_device_builds_the_attention_plan(bundle, monkeypatc
 @pytest.fixture
 def engine(bundle, monkeypatch, tmp_path):
     """The bundle as build-engine on an Orin leaves it, stand-in plans and runner; (TrtEngine, manifest)."""
-    streams = standins.CudaStreams()
-    monkeypatch.setattr(trt, "DEVICE", "cpu")
-    monkeypatch.setattr(torch.cuda, "Stream", streams.Stream)
-    monkeypatch.setattr(torch.cuda, "stream", streams.stream)
-    monkeypatch.setitem(sys.modules, "tensorrt_llm", standins.tensorrt_llm_module())
-    monkeypatch.setitem(sys.modules, "tensorrt_llm.runtime", sys.modules["tensorrt_llm"].runtime)
-    standins.ModelRunnerCpp.instances.clear()
+    streams = standins.install_trt_llm(monkeypatch)
     folder = tmp_path / "engine"
     shutil.copytree(bundle, folder)
     m = json.loads((folder / "manifest.json").read_text())

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import standins
-import torch
 import trtllm_rules
 from conftest import run_cli
 
@@ -35,14 +34,7 @@ def orin_bundle(awq, tmp_path_factory):
 @pytest.fixture
 def stand_ins(monkeypatch):
     """TensorRT-LLM and TensorRT stand-ins in sys.modules, tensors on the CPU, torch.cuda's streams recorded."""
-    streams = standins.CudaStreams()
-    monkeypatch.setattr(trt, "DEVICE", "cpu")
-    monkeypatch.setattr(torch.cuda, "Stream", streams.Stream)
-    monkeypatch.setattr(torch.cuda, "stream", streams.stream)
-    monkeypatch.setitem(sys.modules, "tensorrt_llm", standins.tensorrt_llm_module())
-    monkeypatch.setitem(sys.modules, "tensorrt_llm.runtime", sys.modules["tensorrt_llm"].runtime)
-    standins.ModelRunnerCpp.instances.clear()
-    return streams
+    return standins.install_trt_llm(monkeypatch)
 
 
 def engine_from_bundle(bundle, folder, monkeypatch, streams) -> dict:
