@@ -12,7 +12,7 @@ static per-tensor Q/DQ (what its INT8 kernels fuse); this graph is ONNX Runtime'
 
 import numpy as np
 
-from .int8 import QuantTarget, quantize_weight
+from .int8 import QuantTarget, quantize_weight, replace_nodes
 
 
 def row_quantize(activation: str, opset: int) -> tuple[list, str, str]:
@@ -68,9 +68,4 @@ def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
             helper.make_node("Mul", [f"{base}_f32", row_scale], [f"{base}_rows"], name=f"{base}_RowScale"),
             helper.make_node("Mul", [f"{base}_rows", f"{base}_wscale"], [node.output[0]], name=f"{base}_ColScale"),
         ]
-    used = {i for n in nodes for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep + [i for i in new_inits if i.name in used])
+    replace_nodes(model, nodes, new_inits)

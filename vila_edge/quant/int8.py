@@ -179,6 +179,11 @@ def insert_qdq(model, targets: list[QuantTarget], thresholds: dict[str, float], 
         nodes.append(node)
     # a Q/DQ pair must come after its tensor's producer and before its first reader: producers precede
     # readers in a topologically sorted graph, and the pair went in front of the first quantized reader
+    replace_nodes(model, nodes, new_inits)
+
+
+def replace_nodes(model, nodes: list, new_inits: list) -> None:
+    """The graph's nodes become `nodes`; its initializers, those of the old and `new_inits` that a node still reads."""
     used = {i for n in nodes for i in n.input}
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.node[:]
