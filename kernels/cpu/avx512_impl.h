@@ -108,7 +108,7 @@ struct Panel {
 };
 
 void pack_panel(const Q4Weight& w, int j0, int cols, Panel& p) {
-    const int nb = w.k / QK, pairs = (nb + 1) / 2, ng = w.k / w.group, gshift = __builtin_ctz(w.group / QK);
+    const int pairs = (w.k / QK + 1) / 2;
     const size_t row_bytes = q4_row_bytes(w.k);
     alignas(64) int32_t offsets[PANEL];
     for (int c = 0; c < PANEL; ++c) offsets[c] = int32_t(std::min(c, cols - 1) * row_bytes);  // spare lanes: any column
@@ -118,13 +118,7 @@ void pack_panel(const Q4Weight& w, int j0, int cols, Panel& p) {
     for (int pr = 0; pr < pairs; ++pr)
         for (int t = 0; t < 8; ++t)
             _mm512_storeu_si512(p.q.data() + (size_t(pr) * 8 + t) * PANEL, _mm512_i32gather_epi32(idx, base + pr * 32 + 4 * t, 1));
-    p.s.assign(size_t(nb) * PANEL, 0.f), p.sz.assign(size_t(ng) * PANEL, 0.f);
-    for (int c = 0; c < cols; ++c) {
-        const uint16_t* ws = w.scales + size_t(j0 + c) * ng;
-        const uint8_t* wz = w.zeros + size_t(j0 + c) * ng;
-        for (int b = 0; b < nb; ++b) p.s[size_t(b) * PANEL + c] = h2f(ws[b >> gshift]);
-        for (int g = 0; g < ng; ++g) p.sz[size_t(g) * PANEL + c] = h2f(ws[g]) * float(wz[g]);
-    }
+    panel_scales<PANEL>(w, j0, cols, p.s, p.sz, h2f);
 }
 
 inline __m512i broadcast4(const int8_t* x) {
@@ -175,21 +169,11 @@ void panel_rows(const Panel& p, const ActQ8& x, int i0, const float* X, int ng, 
 
 void q4_gemm(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {
     thread_local Panel p;
-    thread_local std::vector<float> X;
     const int ng = w.k / w.group;
-    X.resize(size_t(x.m) * ng);
-    group_sums(x, w.group, X.data());
-    for (int jc = j0; jc < j1; jc += PANEL) {
-        const int cols = std::min(PANEL, j1 - jc);
-        pack_panel(w, jc, cols, p);
-        int i = 0;
-        for (; i + 4 <= x.m; i += 4) panel_rows<4>(p, x, i, X.data(), ng, y, ldy, jc, cols);
-        switch (x.m - i) {
-            case 3: panel_rows<3>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
-            case 2: panel_rows<2>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
-            case 1: panel_rows<1>(p, x, i, X.data(), ng, y, ldy, jc, cols); break;
-        }
-    }
+    q4_gemm_panels<PANEL>(w, x, j0, j1, [&](int jc, int cols) { pack_panel(w, jc, cols, p); },
+                          [&](auto mt, int i, const float* X, int jc, int cols) {
+                              panel_rows<decltype(mt)::value>(p, x, i, X, ng, y, ldy, jc, cols);
+                          });
 }
 
 void q4_matmul(const Q4Weight& w, const ActQ8& x, float* y, int ldy, int j0, int j1) {

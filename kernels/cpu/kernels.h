@@ -141,6 +141,42 @@ float fp16_to_float(uint16_t h);
 uint16_t float_to_fp16(float f);
 void quantize_kv_q8(const float* x, int hd, int8_t* q, uint16_t* d);
 
+// A prefill GEMM panel's scales as the SIMD GEMMs read them: s[b · W + c] column c's weight scale for block b,
+// sz[g · W + c] its scale · zero for group g; columns from `cols` on are zero. `h2f`: the table's own fp16 conversion
+// (an inlined F16C instruction, where the portable fp16_to_float is a call: a panel converts hundreds).
+template <int W, class ToFloat>
+void panel_scales(const Q4Weight& w, int j0, int cols, std::vector<float>& s, std::vector<float>& sz, ToFloat h2f) {
+    const int nb = w.k / QK, ng = w.k / w.group, gshift = __builtin_ctz(w.group / QK);
+    s.assign(size_t(nb) * W, 0.f), sz.assign(size_t(ng) * W, 0.f);
+    for (int c = 0; c < cols; ++c) {
+        const uint16_t* ws = w.scales + size_t(j0 + c) * ng;
+        const uint8_t* wz = w.zeros + size_t(j0 + c) * ng;
+        for (int b = 0; b < nb; ++b) s[size_t(b) * W + c] = h2f(ws[b >> gshift]);
+        for (int g = 0; g < ng; ++g) sz[size_t(g) * W + c] = h2f(ws[g]) * float(wz[g]);
+    }
+}
+
+// The prefill GEMM's loop, shared by the SIMD tables: panels of W output columns in [j0, j1), each packed once by
+// `pack(jc, cols)`, then `rows(std::integral_constant<int, MT>{}, i0, X, jc, cols)` over row tiles of up to 4 rows;
+// X holds group_sums.
+template <int W, class Pack, class Rows>
+void q4_gemm_panels(const Q4Weight& w, const ActQ8& x, int j0, int j1, Pack pack, Rows rows) {
+    thread_local std::vector<float> X;
+    X.resize(size_t(x.m) * (w.k / w.group));
+    group_sums(x, w.group, X.data());
+    for (int jc = j0; jc < j1; jc += W) {
+        const int cols = j1 - jc < W ? j1 - jc : W;
+        pack(jc, cols);
+        int i = 0;
+        for (; i + 4 <= x.m; i += 4) rows(std::integral_constant<int, 4>{}, i, X.data(), jc, cols);
+        switch (x.m - i) {
+            case 3: rows(std::integral_constant<int, 3>{}, i, X.data(), jc, cols); break;
+            case 2: rows(std::integral_constant<int, 2>{}, i, X.data(), jc, cols); break;
+            case 1: rows(std::integral_constant<int, 1>{}, i, X.data(), jc, cols); break;
+        }
+    }
+}
+
 // The tables as their ISA files declare them, empty entries included: call the ones below instead.
 extern const Kernels kRef;
 #if defined(__x86_64__) || defined(_M_X64)
