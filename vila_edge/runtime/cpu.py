@@ -186,17 +186,20 @@ class CpuEngine:
 
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
-        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in embeds]
+        if not self.prefix_reuse:  # nothing to digest (bench times this prefill) nor to keep
+            self._row_keys.clear()
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in embeds] if self.prefix_reuse else []
         start = 0
         if self._new_sequence:
-            keep = shared_prefix(self._row_keys, keys) if self.prefix_reuse else 0
+            keep = shared_prefix(self._row_keys, keys)
             # at least PANEL_ROWS rows are run again (the last one's logits are the answer's first): a prefill of fewer
             # takes the decode kernels, whose rounding differs from the GEMM's that computed the kept rows
             keep = max(0, min(keep, len(embeds) - self.gemm_rows))
             self.trim(keep)
             self.reused_positions, self._new_sequence, start = keep, False, keep
         self._room(len(embeds) - start)
-        tracked = len(self._row_keys) == self.llm.position  # rows after decoded positions are not a prefix of anything
+        # rows after decoded positions are not a prefix of anything
+        tracked = self.prefix_reuse and len(self._row_keys) == self.llm.position
         logits = self.llm.prefill(embeds[start:])
         if tracked:  # only once they are in the cache
             self._row_keys += keys[start:]
