@@ -24,7 +24,7 @@ ISA_SOURCES = {
 }
 ISA_SOURCES["AMD64"] = ISA_SOURCES["x86_64"]
 ISA_SOURCES["arm64"] = ISA_SOURCES["aarch64"]
-COMMON_SOURCES = ["kernels/bindings.cpp", "kernels/cpu/engine.cpp", "kernels/cpu/ref.cpp", "kernels/cpu/dispatch.cpp"]
+COMMON_SOURCES = ["kernels/bindings.cpp", "kernels/vit_bindings.cpp", "kernels/cpu/engine.cpp", "kernels/cpu/vit.cpp", "kernels/cpu/ref.cpp", "kernels/cpu/dispatch.cpp"]
 CFLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden", "-Wall"]
 
 
@@ -48,7 +48,7 @@ runtime = Pybind11Extension(
     extra_compile_args=CFLAGS,
     extra_link_args=["-pthread"],
     depends=[
-        "kernels/cpu/kernels.h", "kernels/cpu/engine.h", "kernels/cpu/threadpool.h",
+        "kernels/cpu/kernels.h", "kernels/cpu/engine.h", "kernels/cpu/vit.h", "kernels/cpu/threadpool.h", "kernels/bindings.h",
         "kernels/cpu/avx512_impl.h", "kernels/cpu/neon_impl.h",
     ],
 )

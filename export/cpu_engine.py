@@ -24,6 +24,7 @@ from vila_edge.runtime.manifest import write_manifest
 
 from .common import copy_vision, load_awq_source, read_llm_state, stacked_awq, write_front
 from .options import BuildOptions
+from .vision_native import write_native_vision
 
 QK = 32
 
@@ -103,6 +104,16 @@ def write_llm(path: Path, tensors: dict[str, np.ndarray]) -> None:
 # ---- the engine folder ---------------------------------------------------------------------------
 
 
+def cpu_vision_spec(ckpt, vision: str, out: Path) -> dict | None:
+    """The vision ONNX copied in and, for the per-token dynamic graph of a tower our kernels run, the native files."""
+    spec = copy_vision(ckpt, vision, out)
+    if vision == "w8a8-dynamic" and ckpt.llamavid is None:
+        native = write_native_vision(out / spec["file"], ckpt)
+        if native:
+            spec["native"] = native
+    return spec
+
+
 def build_cpu_engine(source: str | Path, out: str | Path, vision: str | None = BuildOptions.vision,
                      lm_head: str = BuildOptions.lm_head, conv_mode: str | None = None, overwrite: bool = False) -> dict:
     """Quantized checkpoint -> engine folder (atomic); returns the manifest."""
@@ -119,7 +130,7 @@ def build_cpu_engine(source: str | Path, out: str | Path, vision: str | None = B
             quantization={"method": "awq", "w_bit": 4, "group_size": spec["group_size"], "lm_head": lm_head,
                           "activations": "int8 per 32 (on the fly)"},
             llm={"file": CPU_LLM_FILE, "layout": CPU_LAYOUT, **spec},
-            vision=copy_vision(ckpt, vision, tmp),
+            vision=cpu_vision_spec(ckpt, vision, tmp),
             memory={"weights_mb": round((tmp / CPU_LLM_FILE).stat().st_size / 2**20, 1)},
             **front,
         )

@@ -8,31 +8,12 @@
 #include <stdexcept>
 #include <vector>
 
+#include "bindings.h"
 #include "cpu/engine.h"
 
-namespace py = pybind11;
 using namespace vila;
 
 namespace {
-
-using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
-using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-
-const Kernels& kernels_or_throw(const std::string& name) {
-    const Kernels* k = name.empty() ? best_kernels() : kernels_named(name.c_str());
-    if (!k) throw std::invalid_argument("kernels '" + name + "' are not available on this CPU");
-    return *k;
-}
-
-template <class T>
-const T* data_of(const py::array& a, const char* what, std::vector<py::ssize_t> shape) {
-    if (a.ndim() != py::ssize_t(shape.size())) throw std::invalid_argument(std::string(what) + ": wrong rank");
-    for (size_t i = 0; i < shape.size(); ++i)
-        if (a.shape(i) != shape[i]) throw std::invalid_argument(std::string(what) + ": wrong shape");
-    if (!(a.flags() & py::array::c_style) || a.itemsize() != sizeof(T))
-        throw std::invalid_argument(std::string(what) + ": need a C-contiguous array of " + std::to_string(sizeof(T)) + "-byte items");
-    return static_cast<const T*>(a.data());
-}
 
 struct Quantized {  // x as int8 blocks, kept alive for a kernel call
     std::vector<int8_t> q;
@@ -188,6 +169,7 @@ PYBIND11_MODULE(_runtime, m) {
     m.doc() = "vila_edge's CPU engine: int4 LLM forward pass with per-ISA kernels";
     m.attr("QK") = QK;
     m.attr("PANEL_ROWS") = PANEL_ROWS;  // a prefill of fewer rows runs the decode kernels
+    bind_vit(m);
     m.def("cpu_name", [] { return std::string(cpu_name()); });
     m.def("best_kernels", [] { return std::string(best_kernels()->name); });
     m.def("supported_kernels", [] {

@@ -7,8 +7,10 @@ import pytest
 from vila_edge import _runtime
 
 KERNELS = _runtime.supported_kernels()
-ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "attend_f16", "attend_q8", "q4_matmul_f32", "quantize"]
+VISION = ["i8_gemm", "f32_gemm", "quantize_u8", "layer_norm", "gelu", "softmax"]  # the vision tower's (cpu/vit.h)
+ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "attend_f16", "attend_q8", "q4_matmul_f32", "quantize", *VISION]
 ATTEND = ("attend", "attend_f16", "attend_q8")
+VISION_FLOAT = ("quantize_u8", "layer_norm", "gelu")  # AVX2's for every x86 table
 
 
 def own(table, *entries):
@@ -19,12 +21,14 @@ def own(table, *entries):
 EXPECTED = {
     "ref": own("ref", *ENTRIES),
     "avx2": own("avx2", *ENTRIES),
-    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul"), **own("avx2", *ATTEND, "q4_matmul_f32", "quantize")},
-    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul"), "f16_matmul": "avx512",
-                   **own("avx2", *ATTEND, "q4_matmul_f32", "quantize")},
-    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", *ATTEND, "quantize"), "q4_matmul_f32": "ref"},
+    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul", "i8_gemm", "f32_gemm", "softmax"),
+               **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT)},
+    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul", "i8_gemm"), **own("avx512", "f16_matmul", "f32_gemm", "softmax"),
+                   **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT)},
+    # NEON runs the vision tower on the portable kernels for now
+    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", *ATTEND, "quantize"), **own("ref", "q4_matmul_f32", *VISION)},
     "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", *ATTEND, "quantize"),
-                     "q4_matmul_f32": "ref"},
+                     **own("ref", "q4_matmul_f32", *VISION)},
 }
 
 

@@ -260,6 +260,7 @@ def test_quantize_build_engine_caption_without_torch(folders, name, tmp_path, cl
     assert written.config["conv_mode"] == "vicuna_v1" and written.image_aspect_ratio == "pad"
     code, _, err = cli("build-engine", quant, "-o", engine, "--target", "cpu", "--lm-head", "fp16")
     assert code == 0, err
+    assert "native" in json.loads((engine / "manifest.json").read_text())["vision"]  # CLIP on our kernels by default
     args = ("--image", image, "--prompt", QUESTION, "--temperature", 0, "--max-new-tokens", 8, "--format", "jsonl")
     code, out, err = cli("caption", quant, "--backend", "onnx", *args)
     assert code == 0, err

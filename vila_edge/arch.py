@@ -122,6 +122,22 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
+class NativeLayer:
+    """An encoder layer as the C++ vision engine runs it (kernels/cpu/vit.h: pre-norm, one attention, a GELU MLP, layer
+    scales or none), in hf_class's module names: the ONNX export names its nodes after them."""
+
+    norms: tuple[str, str]
+    linears: tuple[str, str, str, str, str, str]  # q, k, v, the attention's output, fc1, fc2
+    layer_scales: tuple[str, str] | None = None  # modules multiplying the attention's and the MLP's output
+
+
+SIGLIP_LAYER = NativeLayer(("layer_norm1", "layer_norm2"), ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                           "self_attn.out_proj", "mlp.fc1", "mlp.fc2"))
+# The GELU the C++ engine computes for a tower config's hidden_act (transformers' ACT2FN names)
+NATIVE_GELU = {"gelu": "erf", "gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "quick_gelu": "quick"}
+
+
+@dataclass(frozen=True)
 class VisionTower:
     kind: str  # the substring VILA dispatches on in the tower config's `architectures`
     hf_class: str  # transformers class that runs vision_tower/
@@ -139,14 +155,15 @@ class VisionTower:
     # the config's image_size is the position table's; the tower runs at the processor's size, the table
     # interpolated (bicubic) to that grid as the tower class does (HF Dinov2Embeddings.interpolate_pos_encoding)
     runs_at_processor_size: bool = False
+    native: NativeLayer | None = None  # None: ONNX Runtime runs the tower on a cpu engine
 
 
 VISION_TOWERS = {
     t.kind: t
     for t in (
-        VisionTower("siglip", "SiglipVisionModel"),
+        VisionTower("siglip", "SiglipVisionModel", native=SIGLIP_LAYER),
         # CLIP prepends a class token: 577 tokens at 336 px, which `patch` selection drops again.
-        VisionTower("clip", "CLIPVisionModel", cls_token=True),
+        VisionTower("clip", "CLIPVisionModel", cls_token=True, native=SIGLIP_LAYER),
         # InternViT-6B (VILA1.5-40b): RMSNorm, qk-norm over the full width, layer scale, a class token, no post-LN.
         # Its preprocessor_config.json names only VILA's InternVisionPreprocessor class, which resizes (PIL bicubic),
         # rescales (ToTensor) and normalises with ImageNet's statistics.
@@ -176,6 +193,8 @@ VISION_TOWERS = {
             smooth_pairs=(("norm1", ("attention.q_proj", "attention.k_proj", "attention.v_proj")), ("norm2", ("mlp.fc1",))),
             layers="encoder.layer", position_embedding=("embeddings.position_embeddings", 1),
             runs_at_processor_size=True,
+            native=NativeLayer(("norm1", "norm2"), ("attention.q_proj", "attention.k_proj", "attention.v_proj",
+                                                    "attention.o_proj", "mlp.fc1", "mlp.fc2"), ("layer_scale1", "layer_scale2")),
         ),
     )
 }

@@ -194,9 +194,7 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
         "decode_tokens": min(r["decode_tokens"] for r in runs),
         "repeat": settings.repeat,
         "warmup": settings.warmup,
-        "threads": threads,
-        "kernels": getattr(engine, "kernels", None),
-        "kv_cache": getattr(engine, "kv_cache", "fp16"),
+        **runner(engine),
         **speed,
         "vision_ms_per_tile": speed["vision_ms"] * settings.images / tiles if tiles else None,
         **bandwidth,
@@ -211,6 +209,12 @@ def run_bench(engine, settings: BenchSettings, bandwidth_gb_s: float | None = No
         "python": platform.python_version(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def runner(engine) -> dict:
+    """What runs a cpu engine: threads, kernel table, KV cache storage, vision tower (native: our kernels, or ort)."""
+    return {"threads": getattr(engine, "threads", None), "kernels": getattr(engine, "kernels", None),
+            "kv_cache": getattr(engine, "kv_cache", "fp16"), "vision_backend": getattr(engine, "vision_backend", None)}
 
 
 def peak_rss_mb() -> float:
@@ -231,6 +235,8 @@ def device_line(r: dict) -> str:
 
 def format_text(r: dict) -> str:
     vision = f", vision {r['vision_ms']:.1f} ms/image" if r["vision_ms"] is not None else ""
+    if vision and r.get("vision_backend"):
+        vision += f" ({'our int8 kernels' if r['vision_backend'] == 'native' else 'ONNX Runtime'})"
     if r.get("tiles_per_image", 1) > 1:
         vision += (f" ({r['tiles_per_image']:g} tiles per image, {r['vision_ms_per_tile']:.1f} ms/tile, "
                    f"{r['image_tokens']} image tokens)")

@@ -46,6 +46,11 @@ ATTENTION_OF = {VISION_W8A8_FILE: ATTENTION_FP32_FILE, VISION_FP32_FILE: ATTENTI
                 VISION_W8A8_DYNAMIC_FILE: ATTENTION_FP32_FILE,
                 VISION_W8A8_FP16_FILE: ATTENTION_FP16_FILE, VISION_FP16_FILE: ATTENTION_FP16_FILE}
 VISION_RECORD_FILE = "calibration.json"
+# a cpu engine's tower on our own kernels (export/vision_native.py): the encoder layers of the per-token dynamic graph,
+# and that graph's two ends apart for ONNX Runtime (pixels -> the first layer's input; the last layer's output -> out)
+VISION_NATIVE_FILE, VISION_NATIVE_LAYOUT = "vision_native.safetensors", "vit-w8a8-dynamic/1"
+VISION_EMBED_FILE, VISION_HEAD_FILE = "vision_embed.onnx", "vision_head.onnx"
+VISION_BACKENDS = ("native", "ort")  # what runs a cpu engine's tower: our kernels (where built), or ONNX Runtime
 
 
 def cpu_vision(vision_dir: Path) -> str:

@@ -428,9 +428,219 @@ void q4_matmul_f32(const Q4Weight& w, const float* x, int m, float* y, int ldy, 
     }
 }
 
+// ---- the vision tower ------------------------------------------------------------------------------------------
+
+// acc += a · w and acc += p in place: GCC 12 keeps a tile's accumulator array in memory around the intrinsics' forms
+inline __m256 fma_acc(__m256 acc, __m256 a, __m256 w) {
+    __asm__("vfmadd231ps %2, %1, %0" : "+x"(acc) : "x"(a), "x"(w));
+    return acc;
+}
+inline __m256i add_acc(__m256i acc, __m256i p) {
+    __asm__("vpaddd %1, %0, %0" : "+x"(acc) : "x"(p));
+    return acc;
+}
+
+// 16 columns of a tile's row (+ bias[j ..]) at yr; the first `cols` of them where the panel is the last, partial one
+inline void store16(__m256 v0, __m256 v1, const float* bias, int j, int cols, float* yr) {
+    if (cols == VISION_PANEL) {
+        if (bias) v0 = _mm256_add_ps(v0, _mm256_loadu_ps(bias + j)), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(bias + j + 8));
+        _mm256_storeu_ps(yr, v0), _mm256_storeu_ps(yr + 8, v1);
+        return;
+    }
+    alignas(32) float out[VISION_PANEL];
+    _mm256_store_ps(out, v0), _mm256_store_ps(out + 8, v1);
+    for (int c = 0; c < cols; ++c) yr[c] = bias ? out[c] + bias[j + c] : out[c];
+}
+
+// MR activation rows × one panel of 16 columns: two vectors of 8 columns, each k4 step one broadcast of 4 activation
+// bytes per row into vpmaddubsw (u8 × s8 pairs: no saturation with 7-bit weights) and vpmaddwd.
+template <int MR>
+void i8_rows(const I8Panels& w, const ActU8& x, int i0, const float* bias, float* y, int ldy, int j, int cols) {
+    const int k4 = k4_of(w.k);
+    const int8_t* wp = w.q + size_t(j / VISION_PANEL) * k4 * VISION_PANEL * 4;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MR][2];
+    for (auto& r : acc) r[0] = r[1] = _mm256_setzero_si256();
+    for (int t = 0; t < k4; ++t) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i*)(wp + size_t(t) * 64));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i*)(wp + size_t(t) * 64 + 32));
+        for (int r = 0; r < MR; ++r) {
+            int32_t four;
+            std::memcpy(&four, x.q + (size_t(i0 + r) * k4 + t) * 4, 4);
+            const __m256i a = _mm256_set1_epi32(four);
+            acc[r][0] = add_acc(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a, w0), ones));
+            acc[r][1] = add_acc(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a, w1), ones));
+        }
+    }
+#pragma GCC unroll 8  // every index of acc a constant: the accumulators stay in registers
+    for (int r = 0; r < MR; ++r) {
+        const __m256 d = _mm256_set1_ps(x.d[i0 + r]);
+        __m256 v[2];
+        for (int h = 0; h < 2; ++h) {
+            const __m256i zero = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)(w.sum + j + 8 * h)), 7);
+            v[h] = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[r][h], zero)), d),
+                                 _mm256_loadu_ps(w.scale + j + 8 * h));
+        }
+        store16(v[0], v[1], bias, j, cols, y + size_t(i0 + r) * ldy + j);
+    }
+}
+
+void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int ldy, int j0, int j1) {
+    for (int j = j0; j < j1; j += VISION_PANEL) {
+        const int cols = std::min(VISION_PANEL, j1 - j);
+        int i = 0;
+        for (; i + 4 <= x.m; i += 4) i8_rows<4>(w, x, i, bias, y, ldy, j, cols);
+        for (; i < x.m; ++i) i8_rows<1>(w, x, i, bias, y, ldy, j, cols);
+    }
+}
+
+// MR rows × one panel of 16 columns of fp32, 2·MR accumulators.
+template <int MR>
+void f32_rows(const F32Panels& w, const float* x, int ldx, int i0, const float* bias, float* y, int ldy, int j, int cols) {
+    const float* wp = w.w + size_t(j / VISION_PANEL) * w.k * VISION_PANEL;
+    __m256 acc[MR][2];
+    for (auto& r : acc) r[0] = r[1] = _mm256_setzero_ps();
+    for (int t = 0; t < w.k; ++t) {
+        const __m256 w0 = _mm256_loadu_ps(wp + size_t(t) * VISION_PANEL), w1 = _mm256_loadu_ps(wp + size_t(t) * VISION_PANEL + 8);
+        for (int r = 0; r < MR; ++r) {
+            const __m256 a = _mm256_broadcast_ss(x + size_t(i0 + r) * ldx + t);
+            acc[r][0] = fma_acc(acc[r][0], a, w0);
+            acc[r][1] = fma_acc(acc[r][1], a, w1);
+        }
+    }
+#pragma GCC unroll 8  // every index of acc a constant: the accumulators stay in registers
+    for (int r = 0; r < MR; ++r) store16(acc[r][0], acc[r][1], bias, j, cols, y + size_t(i0 + r) * ldy + j);
+}
+
+void f32_gemm(const F32Panels& w, const float* x, int ldx, int m, const float* bias, float* y, int ldy, int j0, int j1) {
+    for (int j = j0; j < j1; j += VISION_PANEL) {
+        const int cols = std::min(VISION_PANEL, j1 - j);
+        int i = 0;
+        for (; i + 4 <= m; i += 4) f32_rows<4>(w, x, ldx, i, bias, y, ldy, j, cols);
+        for (; i < m; ++i) f32_rows<1>(w, x, ldx, i, bias, y, ldy, j, cols);
+    }
+}
+
+// the reference's float ops (a true division, round half to even), eight at a time: the same bits
+void quantize_u8(const float* x, int ldx, int m, int k, uint8_t* q, float* d) {
+    const int kp = k4_of(k) * 4;
+    const __m256 sign = _mm256_set1_ps(-0.f), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+    for (int i = 0; i < m; ++i) {
+        const float* xr = x + size_t(i) * ldx;
+        __m256 top = _mm256_setzero_ps();
+        int t = 0;
+        for (; t + 8 <= k; t += 8) top = _mm256_max_ps(top, _mm256_andnot_ps(sign, _mm256_loadu_ps(xr + t)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+        for (; t < k; ++t) amax = std::max(amax, std::fabs(xr[t]));
+        const float s = std::max(amax, 1e-8f) / 127.f;
+        const __m256 sv = _mm256_set1_ps(s);
+        uint8_t* qr = q + size_t(i) * kp;
+        for (t = 0; t + 8 <= k; t += 8) {
+            __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(xr + t), sv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m256i n = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi)), _mm256_set1_epi32(128));
+            const __m128i p16 = _mm_packus_epi32(_mm256_castsi256_si128(n), _mm256_extracti128_si256(n, 1));
+            _mm_storel_epi64((__m128i*)(qr + t), _mm_packus_epi16(p16, p16));
+        }
+        for (; t < k; ++t) qr[t] = uint8_t(std::min(std::max(std::nearbyint(xr[t] / s), -127.f), 127.f) + 128.f);
+        for (; t < kp; ++t) qr[t] = 128;
+        d[i] = s;
+    }
+}
+
+void layer_norm(const float* x, int m, int k, const float* g, const float* b, float eps, float* y) {
+    for (int i = 0; i < m; ++i) {
+        const float* xr = x + size_t(i) * k;
+        float* yr = y + size_t(i) * k;
+        __m256 acc = _mm256_setzero_ps();
+        int t = 0;
+        for (; t + 8 <= k; t += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(xr + t));
+        float sum = hsum(acc);
+        for (; t < k; ++t) sum += xr[t];
+        const float mean = sum / float(k);
+        const __m256 mv = _mm256_set1_ps(mean);
+        acc = _mm256_setzero_ps();
+        for (t = 0; t + 8 <= k; t += 8) {
+            const __m256 c = _mm256_sub_ps(_mm256_loadu_ps(xr + t), mv);
+            acc = _mm256_fmadd_ps(c, c, acc);
+        }
+        float var = hsum(acc);
+        for (; t < k; ++t) var += (xr[t] - mean) * (xr[t] - mean);
+        const float inv = 1.f / std::sqrt(var / float(k) + eps);
+        const __m256 iv = _mm256_set1_ps(inv);
+        for (t = 0; t + 8 <= k; t += 8) {
+            const __m256 c = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + t), mv), iv);
+            _mm256_storeu_ps(yr + t, _mm256_fmadd_ps(c, _mm256_loadu_ps(g + t), _mm256_loadu_ps(b + t)));
+        }
+        for (; t < k; ++t) yr[t] = (xr[t] - mean) * inv * g[t] + b[t];
+    }
+}
+
+// 0.5 · x · (1 + f(x)) with f = erf(x / √2) (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7) or tanh(√(2/π)(x + 0.044715x³)),
+// or x · sigmoid(1.702x); every exp of a non-positive argument.
+inline __m256 gelu8(__m256 x, int kind) {
+    const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
+    const __m256 neg = _mm256_and_ps(x, sign), ax = _mm256_andnot_ps(sign, x);
+    if (kind == GELU_QUICK) {
+        const __m256 e = exp_nonpositive(_mm256_mul_ps(ax, _mm256_set1_ps(-1.702f)));
+        const __m256 sig = _mm256_div_ps(_mm256_blendv_ps(one, e, neg), _mm256_add_ps(one, e));
+        return _mm256_mul_ps(x, sig);
+    }
+    __m256 f;
+    if (kind == GELU_TANH) {
+        const __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456f), _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), ax), _mm256_mul_ps(ax, ax), ax));
+        const __m256 e = exp_nonpositive(_mm256_mul_ps(u, _mm256_set1_ps(-2.f)));
+        f = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+    } else {
+        const __m256 z = _mm256_mul_ps(ax, _mm256_set1_ps(0.70710678f));
+        const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), z, one));
+        __m256 p = _mm256_set1_ps(1.061405429f);
+        for (float c : {-1.453152027f, 1.421413741f, -0.284496736f, 0.254829592f}) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c));
+        p = _mm256_mul_ps(p, t);
+        f = _mm256_fnmadd_ps(p, exp_nonpositive(_mm256_mul_ps(_mm256_mul_ps(z, z), _mm256_set1_ps(-1.f))), one);
+    }
+    f = _mm256_or_ps(f, neg);  // f is odd
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(one, f));
+}
+
+void gelu(float* x, size_t n, int kind) {
+    size_t t = 0;
+    for (; t + 8 <= n; t += 8) _mm256_storeu_ps(x + t, gelu8(_mm256_loadu_ps(x + t), kind));
+    if (t < n) {
+        alignas(32) float tail[8] = {};
+        std::memcpy(tail, x + t, (n - t) * sizeof(float));
+        _mm256_store_ps(tail, gelu8(_mm256_load_ps(tail), kind));
+        std::memcpy(x + t, tail, (n - t) * sizeof(float));
+    }
+}
+
+void softmax(float* s, int lds, int m, int n, float scale) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int i = 0; i < m; ++i) {
+        float* r = s + size_t(i) * lds;
+        float top = -INFINITY;
+        for (int t = 0; t < n; ++t) top = std::max(top, r[t] * scale);
+        const __m256 tv = _mm256_set1_ps(top);
+        __m256 acc = _mm256_setzero_ps();
+        int t = 0;
+        for (; t + 8 <= n; t += 8) {
+            const __m256 e = exp_nonpositive(_mm256_fmsub_ps(_mm256_loadu_ps(r + t), sc, tv));
+            _mm256_storeu_ps(r + t, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        float sum = hsum(acc);
+        for (; t < n; ++t) sum += r[t] = std::exp(r[t] * scale - top);
+        const __m256 inv = _mm256_set1_ps(1.f / sum);
+        for (t = 0; t + 8 <= n; t += 8) _mm256_storeu_ps(r + t, _mm256_mul_ps(_mm256_loadu_ps(r + t), inv));
+        for (; t < n; ++t) r[t] *= 1.f / sum;
+    }
+}
+
 }  // namespace
 
-const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, attend, attend_f16, attend_q8, q4_matmul_f32, quantize};
+const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, attend, attend_f16, attend_q8, q4_matmul_f32, quantize,
+                       i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax};
 
 }  // namespace vila
 #endif

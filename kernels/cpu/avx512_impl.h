@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -27,7 +28,9 @@ inline __m512i dot_u8s8(__m512i w, __m512i x) {
 // acc + the u8 × s8 products of w and x summed in fours, per int32 lane
 inline __m512i dot_acc(__m512i acc, __m512i w, __m512i x) {
 #ifdef VILA_VNNI
-    return _mm512_dpbusd_epi32(acc, w, x);
+    // in place: GCC 12 copies the accumulator of _mm512_dpbusd_epi32 around it (two moves per product in a GEMM tile)
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(w), "v"(x));
+    return acc;
 #else
     return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1)));
 #endif
@@ -225,6 +228,139 @@ void q8_matmul(const Q8Weight& w, const ActQ8& x, float* y, int ldy, int j0, int
     for (; i + 4 <= x.m; i += 4) q8_tile<4>(w, x, i, y, ldy, j0, j1);
     for (; i < x.m; ++i) q8_tile<1>(w, x, i, y, ldy, j0, j1);
 }
+
+// ---- the vision tower: MR activation rows × NP panels of 16 columns; each k4 step one vector of weights per panel and
+// 4 activation bytes broadcast per row (u8 × s8 with vpdpbusd, or vpmaddubsw + vpmaddwd without VNNI)
+template <int MR, int NP>
+void i8_rows(const I8Panels& w, const ActU8& x, int i0, const float* bias, float* y, int ldy, int j, int j1) {
+    const int k4 = k4_of(w.k);
+    const int8_t* wp = w.q + size_t(j / VISION_PANEL) * k4 * 64;
+    __m512i acc[MR][NP];
+    for (auto& r : acc)
+        for (auto& a : r) a = _mm512_setzero_si512();
+    for (int t = 0; t < k4; ++t) {
+        __m512i wv[NP];
+        for (int p = 0; p < NP; ++p) wv[p] = _mm512_loadu_si512(wp + (size_t(p) * k4 + t) * 64);
+        for (int r = 0; r < MR; ++r) {
+            int32_t four;
+            std::memcpy(&four, x.q + (size_t(i0 + r) * k4 + t) * 4, 4);
+            const __m512i a = _mm512_set1_epi32(four);
+            for (int p = 0; p < NP; ++p) acc[r][p] = dot_acc(acc[r][p], a, wv[p]);
+        }
+    }
+    for (int p = 0; p < NP; ++p) {
+        const int jp = j + p * VISION_PANEL, cols = std::min(VISION_PANEL, j1 - jp);
+        const __mmask16 keep = cols >= 16 ? 0xffff : __mmask16((1u << cols) - 1);
+        const __m512i zero = _mm512_slli_epi32(_mm512_loadu_si512(w.sum + jp), 7);
+        const __m512 scale = _mm512_loadu_ps(w.scale + jp);
+        const __m512 b = bias ? _mm512_maskz_loadu_ps(keep, bias + jp) : _mm512_setzero_ps();
+        for (int r = 0; r < MR; ++r) {
+            __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][p], zero)), _mm512_set1_ps(x.d[i0 + r]));
+            _mm512_mask_storeu_ps(y + size_t(i0 + r) * ldy + jp, keep, _mm512_add_ps(_mm512_mul_ps(v, scale), b));
+        }
+    }
+}
+
+// the row tiles of MR ≤ 8 rows over one or two panels: every row is the same arithmetic whatever its tile
+template <int NP, class Rows>
+void row_tiles(int m, Rows rows) {
+    int i = 0;
+    for (; i + 8 <= m; i += 8) rows(std::integral_constant<int, 8>{}, std::integral_constant<int, NP>{}, i);
+    switch (m - i) {
+        case 7: rows(std::integral_constant<int, 7>{}, std::integral_constant<int, NP>{}, i); break;
+        case 6: rows(std::integral_constant<int, 6>{}, std::integral_constant<int, NP>{}, i); break;
+        case 5: rows(std::integral_constant<int, 5>{}, std::integral_constant<int, NP>{}, i); break;
+        case 4: rows(std::integral_constant<int, 4>{}, std::integral_constant<int, NP>{}, i); break;
+        case 3: rows(std::integral_constant<int, 3>{}, std::integral_constant<int, NP>{}, i); break;
+        case 2: rows(std::integral_constant<int, 2>{}, std::integral_constant<int, NP>{}, i); break;
+        case 1: rows(std::integral_constant<int, 1>{}, std::integral_constant<int, NP>{}, i); break;
+    }
+}
+
+// pairs of panels (the weights of 32 columns stay in L1 while every row tile passes), a last single one
+template <class Rows>
+void panel_pairs(int m, int j0, int j1, Rows rows) {
+    for (int j = j0; j < j1; j += 2 * VISION_PANEL) {
+        if (j1 - j > VISION_PANEL) row_tiles<2>(m, [&](auto mr, auto np, int i) { rows(mr, np, i, j); });
+        else row_tiles<1>(m, [&](auto mr, auto np, int i) { rows(mr, np, i, j); });
+    }
+}
+
+void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int ldy, int j0, int j1) {
+    panel_pairs(x.m, j0, j1, [&](auto mr, auto np, int i, int j) { i8_rows<decltype(mr)::value, decltype(np)::value>(w, x, i, bias, y, ldy, j, j1); });
+}
+
+#ifndef VILA_VNNI  // VNNI has nothing to add to the float GEMM: its table takes AVX-512's
+// acc += a · w in place (GCC 12 copies the accumulators of _mm512_fmadd_ps around each product in a tile, as dot_acc's)
+inline __m512 fma_acc(__m512 acc, __m512 a, __m512 w) {
+    __asm__("vfmadd231ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w));
+    return acc;
+}
+
+template <int MR, int NP>
+void f32_rows(const F32Panels& w, const float* x, int ldx, int i0, const float* bias, float* y, int ldy, int j, int j1) {
+    const float* wp = w.w + size_t(j / VISION_PANEL) * w.k * VISION_PANEL;
+    __m512 acc[MR][NP];
+    for (auto& r : acc)
+        for (auto& a : r) a = _mm512_setzero_ps();
+    for (int t = 0; t < w.k; ++t) {
+        __m512 wv[NP];
+        for (int p = 0; p < NP; ++p) wv[p] = _mm512_loadu_ps(wp + (size_t(p) * w.k + t) * VISION_PANEL);
+        for (int r = 0; r < MR; ++r) {
+            const __m512 a = _mm512_set1_ps(x[size_t(i0 + r) * ldx + t]);
+            for (int p = 0; p < NP; ++p) acc[r][p] = fma_acc(acc[r][p], a, wv[p]);
+        }
+    }
+    for (int p = 0; p < NP; ++p) {
+        const int jp = j + p * VISION_PANEL, cols = std::min(VISION_PANEL, j1 - jp);
+        const __mmask16 keep = cols >= 16 ? 0xffff : __mmask16((1u << cols) - 1);
+        const __m512 b = bias ? _mm512_maskz_loadu_ps(keep, bias + jp) : _mm512_setzero_ps();
+        for (int r = 0; r < MR; ++r) _mm512_mask_storeu_ps(y + size_t(i0 + r) * ldy + jp, keep, _mm512_add_ps(acc[r][p], b));
+    }
+}
+
+// e^x for x <= 0: avx2.cpp's Cephes polynomial, sixteen at a time (2^n by vscalefps)
+inline __m512 exp_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// attention's softmax, sixteen scores at a time (the tail masked)
+void softmax(float* s, int lds, int m, int n, float scale) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int i = 0; i < m; ++i) {
+        float* r = s + size_t(i) * lds;
+        __m512 top = _mm512_set1_ps(-INFINITY), acc = _mm512_setzero_ps();
+        for (int t = 0; t < n; t += 16) {
+            const __mmask16 k = n - t >= 16 ? 0xffff : __mmask16((1u << (n - t)) - 1);
+            top = _mm512_mask_max_ps(top, k, top, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + t), sc));
+        }
+        const __m512 tv = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+        for (int t = 0; t < n; t += 16) {
+            const __mmask16 k = n - t >= 16 ? 0xffff : __mmask16((1u << (n - t)) - 1);
+            const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + t), sc), tv));
+            _mm512_mask_storeu_ps(r + t, k, e);
+            acc = _mm512_mask_add_ps(acc, k, acc, e);
+        }
+        const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(acc));
+        for (int t = 0; t < n; t += 16) {
+            const __mmask16 k = n - t >= 16 ? 0xffff : __mmask16((1u << (n - t)) - 1);
+            _mm512_mask_storeu_ps(r + t, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, r + t), inv));
+        }
+    }
+}
+
+void f32_gemm(const F32Panels& w, const float* x, int ldx, int m, const float* bias, float* y, int ldy, int j0, int j1) {
+    panel_pairs(m, j0, j1, [&](auto mr, auto np, int i, int j) { f32_rows<decltype(mr)::value, decltype(np)::value>(w, x, ldx, i, bias, y, ldy, j, j1); });
+}
+#endif
 
 }  // namespace
 }  // namespace vila

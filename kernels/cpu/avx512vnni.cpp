@@ -4,6 +4,7 @@
 #include "avx512_impl.h"
 
 namespace vila {
-const Kernels kAvx512Vnni = {"avx512vnni", q4_matmul, q8_matmul, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+const Kernels kAvx512Vnni = {"avx512vnni", q4_matmul, q8_matmul, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                             i8_gemm};
 }
 #endif

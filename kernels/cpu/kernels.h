@@ -60,6 +60,39 @@ struct ActQ8 {
     int m, k;
 };
 
+// ---- the vision tower's W8A8 (per-token dynamic int8, as quant/dynamic_int8.py writes it) and its float parts ----
+constexpr int VISION_PANEL = 16;  // output columns per packed panel of the vision GEMMs (one AVX-512 vector, two AVX2 ones)
+
+// Int8 weight [n, k] per output channel, w = scale · q with |q| ≤ 63 (7 bits: u8 × s8 pairs then cannot saturate the
+// int16 sums of AVX2's vpmaddubsw), packed by pack_i8_panels: panel p, for each 4 consecutive k, the 4 bytes of
+// columns 16p .. 16p + 15 in turn ([k4][16][4]), so one vector of weights meets 4 activation bytes broadcast.
+// k is padded to k4 · 4 and n to a multiple of VISION_PANEL with zero weights.
+struct I8Panels {
+    const int8_t* q;     // [n16 / VISION_PANEL][k4][VISION_PANEL][4]
+    const float* scale;  // [n16]
+    const int32_t* sum;  // [n16]: Σ_k q, for the activations' offset of 128
+    int n, k;
+};
+inline int k4_of(int k) { return (k + 3) / 4; }
+inline int n16_of(int n) { return (n + VISION_PANEL - 1) / VISION_PANEL * VISION_PANEL; }
+
+// Activation rows quantized per token, stored offset by 128 (the u8 operand of u8 × s8): x ≈ d · (q − 128).
+// Each row has k4_of(k) · 4 bytes, the padding 128 (zero).
+struct ActU8 {
+    const uint8_t* q;
+    const float* d;  // [m]
+    int m, k;
+};
+
+// fp32 weight [n, k] packed by pack_f32_panels: [n16 / VISION_PANEL][k][VISION_PANEL], padded columns zero. Also the keys and
+// values of attention: S = Q·Kᵀ takes K's rows as the n columns, O = P·V takes V's columns.
+struct F32Panels {
+    const float* w;
+    int n, k;
+};
+
+enum Gelu : int { GELU_ERF = 0, GELU_TANH = 1, GELU_QUICK = 2 };  // nn.GELU(), gelu_pytorch_tanh, CLIP's quick_gelu
+
 // y[i * ldy + j] = Σ_k x[i, k] · w[j, k] for rows i < m and output columns j in [j0, j1).
 // An ISA file leaves nullptr where it has no kernel of its own; dispatch fills each such entry from the
 // table below (avx512vnni <- avx512 <- avx2 <- ref, neon-dotprod <- neon <- ref), so the tables that
@@ -80,12 +113,24 @@ struct Kernels {
     void (*q4_matmul_f32)(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
     // quantize_act, bit for bit (the kernels' ActQ8 input)
     void (*quantize)(const float* x, int m, int k, int8_t* q, float* d, float* sum);
+    // The vision tower. Columns [j0, j1) with j0 a multiple of VISION_PANEL; bias may be null.
+    // y = x.d[i] · scale[j] · (Σ_k x.q[i, k] · w[j, k] − 128 · sum[j]) + bias[j]: the products are exact integers
+    void (*i8_gemm)(const I8Panels& w, const ActU8& x, const float* bias, float* y, int ldy, int j0, int j1);
+    // y = Σ_k x[i · ldx + k] · w[j, k] + bias[j]
+    void (*f32_gemm)(const F32Panels& w, const float* x, int ldx, int m, const float* bias, float* y, int ldy, int j0, int j1);
+    // ONNX Runtime's per-token quantization bit for bit: d = max(max|x|, 1e-8) / 127, q = clip(rint(x / d), ±127) + 128
+    void (*quantize_u8)(const float* x, int ldx, int m, int k, uint8_t* q, float* d);
+    // y = (x − mean) / sqrt(var + eps) · g + b over each of m rows of k
+    void (*layer_norm)(const float* x, int m, int k, const float* g, const float* b, float eps, float* y);
+    void (*gelu)(float* x, size_t n, int kind);  // in place, kind a Gelu
+    // each of m rows of n scores at s + i · lds: softmax(scale · row), in place
+    void (*softmax)(float* s, int lds, int m, int n, float scale);
 };
 
 // f(name, &Kernels::entry) for every entry: the one list that dispatch fills and the tests check.
 template <class F>
 void for_each_entry(F f) {
-    static_assert(sizeof(Kernels) == 9 * sizeof(void*), "a new entry of Kernels belongs here too");
+    static_assert(sizeof(Kernels) == 15 * sizeof(void*), "a new entry of Kernels belongs here too");
     f("q4_matmul", &Kernels::q4_matmul);
     f("q8_matmul", &Kernels::q8_matmul);
     f("f16_matmul", &Kernels::f16_matmul);
@@ -94,7 +139,20 @@ void for_each_entry(F f) {
     f("attend_q8", &Kernels::attend_q8);
     f("q4_matmul_f32", &Kernels::q4_matmul_f32);
     f("quantize", &Kernels::quantize);
+    f("i8_gemm", &Kernels::i8_gemm);
+    f("f32_gemm", &Kernels::f32_gemm);
+    f("quantize_u8", &Kernels::quantize_u8);
+    f("layer_norm", &Kernels::layer_norm);
+    f("gelu", &Kernels::gelu);
+    f("softmax", &Kernels::softmax);
 }
+
+// Packing for the vision GEMMs (portable, once per weight at load; attention's keys and values once per head):
+// w[j, t] = src[j · sj + t · st] for j < n, t < k.
+void pack_i8_panels(const int8_t* src, size_t sj, size_t st, int n, int k, int8_t* q, int32_t* sum);
+void pack_f32_panels(const float* src, size_t sj, size_t st, int n, int k, float* w);
+inline size_t i8_panels_bytes(int n, int k) { return size_t(n16_of(n)) * k4_of(k) * 4; }
+inline size_t f32_panels_floats(int n, int k) { return size_t(n16_of(n)) * k; }
 
 void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
 void attend_ref(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out);

@@ -198,7 +198,107 @@ void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int l
     }
 }
 
+// ---- the vision tower ------------------------------------------------------------------------------------------
+
+void pack_i8_panels(const int8_t* src, size_t sj, size_t st, int n, int k, int8_t* q, int32_t* sum) {
+    const int k4 = k4_of(k);
+    std::memset(q, 0, i8_panels_bytes(n, k));
+    std::fill(sum, sum + n16_of(n), 0);
+    for (int t = 0; t < k; ++t)  // t outer: a [k, n] source (sj = 1) is read in order
+        for (int j = 0; j < n; ++j) {
+            const int8_t v = src[size_t(j) * sj + size_t(t) * st];
+            q[((size_t(j / VISION_PANEL) * k4 + t / 4) * VISION_PANEL + j % VISION_PANEL) * 4 + t % 4] = v;
+            sum[j] += v;
+        }
+}
+
+void pack_f32_panels(const float* src, size_t sj, size_t st, int n, int k, float* w) {
+    std::memset(w, 0, f32_panels_floats(n, k) * sizeof(float));
+    auto at = [&](int j, int t) -> float& { return w[(size_t(j / VISION_PANEL) * k + t) * VISION_PANEL + j % VISION_PANEL]; };
+    if (st == 1) {  // rows of the source are the output columns (attention's keys): read each in order
+        for (int j = 0; j < n; ++j)
+            for (int t = 0; t < k; ++t) at(j, t) = src[size_t(j) * sj + t];
+    } else {  // a [k, n] source (weights, attention's values): its rows are panel rows already, 16 floats at a time
+        for (int t = 0; t < k; ++t)
+            for (int j = 0; j < n; ++j) at(j, t) = src[size_t(j) * sj + size_t(t) * st];
+    }
+}
+
+namespace {
+
+void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int ldy, int j0, int j1) {
+    const int k4 = k4_of(w.k);
+    for (int i = 0; i < x.m; ++i) {
+        const uint8_t* xr = x.q + size_t(i) * k4 * 4;
+        for (int j = j0; j < j1; ++j) {
+            const int8_t* wp = w.q + size_t(j / VISION_PANEL) * k4 * VISION_PANEL * 4 + j % VISION_PANEL * 4;
+            int32_t acc = 0;
+            for (int t = 0; t < k4 * 4; ++t) acc += int32_t(xr[t]) * wp[t / 4 * VISION_PANEL * 4 + t % 4];
+            // ONNX Runtime's order: the int32 product to float, times the row's scale, times the column's, plus the bias
+            const float v = float(acc - 128 * w.sum[j]) * x.d[i] * w.scale[j];
+            y[size_t(i) * ldy + j] = bias ? v + bias[j] : v;
+        }
+    }
+}
+
+void f32_gemm(const F32Panels& w, const float* x, int ldx, int m, const float* bias, float* y, int ldy, int j0, int j1) {
+    for (int i = 0; i < m; ++i)
+        for (int j = j0; j < j1; ++j) {
+            const float* wp = w.w + size_t(j / VISION_PANEL) * w.k * VISION_PANEL + j % VISION_PANEL;
+            float acc = 0.f;
+            for (int t = 0; t < w.k; ++t) acc += x[size_t(i) * ldx + t] * wp[size_t(t) * VISION_PANEL];
+            y[size_t(i) * ldy + j] = bias ? acc + bias[j] : acc;
+        }
+}
+
+void quantize_u8(const float* x, int ldx, int m, int k, uint8_t* q, float* d) {
+    const int kp = k4_of(k) * 4;
+    for (int i = 0; i < m; ++i) {
+        const float* xr = x + size_t(i) * ldx;
+        float amax = 0.f;
+        for (int t = 0; t < k; ++t) amax = std::max(amax, std::fabs(xr[t]));
+        const float s = std::max(amax, 1e-8f) / 127.f;
+        uint8_t* qr = q + size_t(i) * kp;
+        for (int t = 0; t < k; ++t) qr[t] = uint8_t(std::min(std::max(std::nearbyint(xr[t] / s), -127.f), 127.f) + 128.f);
+        for (int t = k; t < kp; ++t) qr[t] = 128;
+        d[i] = s;
+    }
+}
+
+void layer_norm(const float* x, int m, int k, const float* g, const float* b, float eps, float* y) {
+    for (int i = 0; i < m; ++i) {
+        const float* xr = x + size_t(i) * k;
+        float mean = 0.f, var = 0.f;
+        for (int t = 0; t < k; ++t) mean += xr[t];
+        mean /= float(k);
+        for (int t = 0; t < k; ++t) var += (xr[t] - mean) * (xr[t] - mean);
+        const float inv = 1.f / std::sqrt(var / float(k) + eps);
+        for (int t = 0; t < k; ++t) y[size_t(i) * k + t] = (xr[t] - mean) * inv * g[t] + b[t];
+    }
+}
+
+void gelu(float* x, size_t n, int kind) {
+    for (size_t t = 0; t < n; ++t) {
+        const float v = x[t];
+        if (kind == GELU_ERF) x[t] = 0.5f * v * (1.f + std::erf(v * 0.70710678f));
+        else if (kind == GELU_TANH) x[t] = 0.5f * v * (1.f + std::tanh(0.79788456f * (v + 0.044715f * v * v * v)));
+        else x[t] = v / (1.f + std::exp(-1.702f * v));
+    }
+}
+
+void softmax(float* s, int lds, int m, int n, float scale) {
+    for (int i = 0; i < m; ++i) {
+        float* r = s + size_t(i) * lds;
+        float top = -INFINITY, sum = 0.f;
+        for (int t = 0; t < n; ++t) top = std::max(top, r[t] * scale);
+        for (int t = 0; t < n; ++t) sum += r[t] = std::exp(r[t] * scale - top);
+        for (int t = 0; t < n; ++t) r[t] /= sum;
+    }
+}
+
+}  // namespace
+
 const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, attend_ref, attend_f16_ref, attend_q8_ref, q4_matmul_f32_ref,
-                      quantize_act};
+                      quantize_act, i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax};
 
 }  // namespace vila

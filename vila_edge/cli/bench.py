@@ -6,6 +6,7 @@ import sys
 from ..bench import BenchSettings
 from ..commands.backends import BackendOptions, open_engine
 from ..errors import UsageError
+from ..formats import VISION_BACKENDS
 from ..runtime.cpu import KV_CACHE_BYTES
 from .options import add_fields, add_format, from_args
 
@@ -17,8 +18,9 @@ def add_parser(sub) -> None:
                                      "the memory-bandwidth ceiling")
     q.add_argument("engine", help="an engine folder from build-engine (cpu, or a TensorRT engine on its GPU)")
     add_fields(q, BenchSettings, *SETTINGS, image_size={"metavar": "WxH", "help": "size of the drawn test images"})
-    add_fields(q, BackendOptions, "threads", "kernels", "kv_cache", kernels={"help": "cpu engine: force a kernel table "
-               "(see caption --kernels)"}, kv_cache={"choices": tuple(KV_CACHE_BYTES)})
+    add_fields(q, BackendOptions, "threads", "kernels", "kv_cache", "vision_backend", kernels={"help": "cpu engine: force a "
+               "kernel table (see caption --kernels)"}, kv_cache={"choices": tuple(KV_CACHE_BYTES)},
+               vision_backend={"choices": VISION_BACKENDS})
     q.add_argument("--bandwidth-gb-s", type=float, metavar="GB_S",
                    help="memory bandwidth for the decode ceiling (default: measured on cpu, the target's peak on GPUs)")
     q.add_argument("-o", "--out", metavar="FILE", help="also write the result JSON here (bench-table reads it)")
@@ -34,7 +36,8 @@ def run(args) -> int:
     settings.check()
     if args.bandwidth_gb_s is not None and args.bandwidth_gb_s <= 0:
         raise UsageError("give --bandwidth-gb-s above 0 (GB/s), or leave it out to measure it")
-    engine, _ = open_engine(args.engine, from_args(BackendOptions, args, "threads", "kernels", "kv_cache"))
+    engine, _ = open_engine(args.engine, from_args(BackendOptions, args, "threads", "kernels", "kv_cache",
+                                                             "vision_backend"))
     if settings.images and engine.vision is None:
         raise UsageError(f"{args.engine}: built without vision (--vision none); bench it with --images 0")
     result = run_bench(engine, settings, args.bandwidth_gb_s)

@@ -7,13 +7,14 @@ from ..capture import CaptureOptions
 from ..commands.backends import BACKENDS, BackendOptions
 from ..commands.caption import caption_media, caption_source, print_record, stderr_log
 from ..commands.long_video import VideoOptions
+from ..formats import VISION_BACKENDS
 from ..generate import SamplingParams
 from ..runtime.cpu import KV_CACHE_BYTES
 from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_format, add_llava_options, from_args
 
 SAMPLING = ("max_new_tokens", "temperature", "top_p", "seed")
 CAPTURE = ("every", "fps", "window", "max_captions", "realtime", "reconnect_timeout", "record", "alert")
-CPU_ENGINE = ("threads", "kernels", "max_seq", "activations", "kv_cache")
+CPU_ENGINE = ("threads", "kernels", "max_seq", "activations", "kv_cache", "vision_backend")
 TORCH = ("dtype", "projector_order")
 LONG_VIDEO = ("max_frames", "start", "end", "feature_cache", "no_feature_cache")
 
@@ -35,7 +36,8 @@ def add_parser(sub) -> None:
     add_fields(q, VideoOptions, *LONG_VIDEO, max_frames={"metavar": "N"}, start={"metavar": "S"}, end={"metavar": "S"},
                feature_cache={"metavar": "DIR"})
     add_fields(q, BackendOptions, "backend", *CPU_ENGINE, "max_tiles", backend={"choices": BACKENDS},
-               activations={"choices": ("int8", "fp32")}, kv_cache={"choices": tuple(KV_CACHE_BYTES)})
+               activations={"choices": ("int8", "fp32")}, kv_cache={"choices": tuple(KV_CACHE_BYTES)},
+               vision_backend={"choices": VISION_BACKENDS})
     add_device(q)
     add_fields(q, BackendOptions, *TORCH, dtype={"choices": ("auto", "float32", "float16", "bfloat16")},
                projector_order={"choices": ("row", "column")})

@@ -1,10 +1,11 @@
 """`vila-edge serve MODEL`: an OpenAI-compatible chat server (see vila_edge/serve/)."""
 
 from ..commands.backends import BACKENDS, BackendOptions
+from ..formats import VISION_BACKENDS
 from ..runtime.cpu import KV_CACHE_BYTES
 from .options import add_allow_pickle, add_conv_mode, add_device, add_fields, add_llava_options, from_args
 
-CPU_ENGINE = ("threads", "kernels", "max_seq", "activations", "kv_cache")
+CPU_ENGINE = ("threads", "kernels", "max_seq", "activations", "kv_cache", "vision_backend")
 
 
 def add_parser(sub) -> None:
@@ -18,7 +19,8 @@ def add_parser(sub) -> None:
     add_fields(q, ServeSettings, *SERVER_FIELDS, *LIMIT_FIELDS, *MEDIA_FIELDS, *LIVE_FIELDS, **extra)
     add_conv_mode(q)
     add_fields(q, BackendOptions, "backend", *CPU_ENGINE, "max_tiles", backend={"choices": BACKENDS},
-               activations={"choices": ("int8", "fp32")}, kv_cache={"choices": tuple(KV_CACHE_BYTES)})
+               activations={"choices": ("int8", "fp32")}, kv_cache={"choices": tuple(KV_CACHE_BYTES)},
+               vision_backend={"choices": VISION_BACKENDS})
     add_device(q)
     add_fields(q, BackendOptions, "dtype", dtype={"choices": ("auto", "float32", "float16", "bfloat16")})
     add_allow_pickle(q)

@@ -22,6 +22,7 @@ class BackendOptions:
     max_seq: int | None = None  # cpu engine
     activations: str = "int8"  # cpu engine
     kv_cache: str | None = None  # cpu engine: the KV cache's storage (None: fp16)
+    vision_backend: str | None = None  # cpu engine: "native" or "ort" (None: native where the engine has it)
     device: str = "auto"  # torch
     dtype: str = "auto"  # torch
     projector_order: str | None = None  # torch
@@ -49,16 +50,17 @@ def open_engine(folder, opts: BackendOptions) -> tuple[Backend, str]:
     if kind == "trt":
         from ..runtime.trt import TrtEngine
 
-        if opts.threads or opts.kernels or opts.kv_cache:
-            raise UsageError(f"{folder} is a TensorRT engine; --threads and --kernels set the cpu engine, as does "
-                             "--kv-cache: drop them")
+        if opts.threads or opts.kernels or opts.kv_cache or opts.vision_backend:
+            raise UsageError(f"{folder} is a TensorRT engine; --threads and --kernels set the cpu engine, as do "
+                             "--kv-cache and --vision-backend: drop them")
         engine = TrtEngine(folder)
         return engine, f"trt ({engine.manifest['target']})"
     from ..runtime.cpu import CpuEngine
 
     engine = CpuEngine(folder, threads=opts.threads, kernels=opts.kernels, max_seq=opts.max_seq,
-                       activations=opts.activations, kv_cache=opts.kv_cache)
-    return engine, f"cpu ({engine.kernels}, {engine.threads} threads)"
+                       activations=opts.activations, kv_cache=opts.kv_cache, vision_backend=opts.vision_backend)
+    vision = f", vision {engine.vision_backend}" if engine.vision_backend else ""
+    return engine, f"cpu ({engine.kernels}, {engine.threads} threads{vision})"
 
 
 def load_backend(folder, opts: BackendOptions) -> tuple[Backend, str]:

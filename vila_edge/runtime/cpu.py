@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, UsageError
-from ..formats import CPU_LAYOUT, check_layout
+from ..formats import CPU_LAYOUT, VISION_BACKENDS, check_layout
 from ..prompt import splice_parts
 from ..safetensors_header import read_header_and_metadata
 from ..tiling import encode_multiscale
@@ -105,7 +105,8 @@ class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
 
     def __init__(self, root: str | Path, threads: int | None = None, kernels: str | None = None, max_seq: int | None = None,
-                 activations: str = "int8", kv_cache: str | None = None, prefix_reuse: bool = True):
+                 activations: str = "int8", kv_cache: str | None = None, prefix_reuse: bool = True,
+                 vision_backend: str | None = None):
         self.root = Path(root)
         # a new sequence keeps the cached positions its inputs begin with (live captioning repeats the system prompt
         # and the text before the image every frame); the rest is prefilled. Off: every prefill from position 0
@@ -131,12 +132,29 @@ class CpuEngine:
         self.gemm_rows = _runtime.PANEL_ROWS
         self.tokenizer, self.image_end_ids = self.info.load_tokenizer()
         self.vision = self.projector = self.attention = None
+        self.vision_backend = None  # "native" (our kernels) or "ort" (ONNX Runtime)
         if self.manifest.get("vision"):
-            from .onnx_vision import onnx_vision
+            self._open_vision(self.manifest["vision"], vision_backend, kernels or "")
 
-            self.vision, self.projector = onnx_vision(self.root, self.manifest["vision"], self.threads)
-            if self.manifest["vision"].get("attention_file"):  # LLaMA-VID: the graph after the tower is its attention
+    def _open_vision(self, spec: dict, backend: str | None, kernels: str) -> None:
+        """The tower on our kernels where the engine has them (unless backend is "ort"), else on ONNX Runtime."""
+        from .onnx_vision import OnnxVision, onnx_vision
+
+        if backend not in (None, *VISION_BACKENDS):
+            raise UsageError(f"--vision-backend {backend}: choose {' or '.join(VISION_BACKENDS)}")
+        if backend == "native" and not spec.get("native"):
+            raise UsageError(f"{self.root}: this engine has no native vision tower (built for the per-token dynamic W8A8 "
+                             "graph of SigLIP, CLIP and DINOv2 towers); use --vision-backend ort, or rebuild the engine")
+        self.vision_backend = "native" if spec.get("native") and backend != "ort" else "ort"
+        if self.vision_backend == "ort":
+            self.vision, self.projector = onnx_vision(self.root, spec, self.threads)
+            if spec.get("attention_file"):  # LLaMA-VID: the graph after the tower is its attention
                 self.attention, self.projector = self.projector, None
+            return
+        from .native_vision import NativeVision
+
+        self.vision = NativeVision(self.root, spec["native"], self.threads, kernels)
+        self.projector = spec.get("projector_file") and OnnxVision(self.root / spec["projector_file"], self.threads)
 
     @property
     def vocab_size(self) -> int:
