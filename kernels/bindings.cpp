@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "bindings.h"
@@ -163,6 +164,27 @@ double read_bandwidth(int mb, int threads, int repeat) {
     return best;
 }
 
+// The cores' peak multiply-accumulate rate (GMAC/s) on `threads` threads at once: each runs the table's peak probe for
+// about `seconds`; the probe's work per round is known, so the rate is rounds × their MACs / the slowest thread's time.
+double peak_gmacs(bool int8, int threads, double seconds, const std::string& name) {
+    const Kernels& k = kernels_or_throw(name);
+    const auto t0 = std::chrono::steady_clock::now();
+    long n = 1 << 16;
+    while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds / 8) {
+        k.peak(int8, n);
+        n *= 2;
+    }
+    std::vector<double> macs(threads);
+    std::vector<std::thread> pool;
+    const auto start = std::chrono::steady_clock::now();
+    for (int t = 0; t < threads; ++t) pool.emplace_back([&, t] { macs[t] = k.peak(int8, n); });
+    for (auto& th : pool) th.join();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    double total = 0;
+    for (double m : macs) total += m;
+    return total / dt / 1e9;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_runtime, m) {
@@ -198,6 +220,8 @@ PYBIND11_MODULE(_runtime, m) {
     m.def("to_fp16", &to_fp16, py::arg("x"));
     m.def("quantize_kv", &quantize_kv, py::arg("x"));
     m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("kernels") = "ref");
+    m.def("peak_gmacs", &peak_gmacs, py::arg("int8") = true, py::arg("threads") = 1, py::arg("seconds") = 0.5,
+          py::arg("kernels") = "", py::call_guard<py::gil_scoped_release>());
     m.def("read_bandwidth", &read_bandwidth, py::arg("mb") = 1024, py::arg("threads") = 1, py::arg("repeat") = 5,
           py::call_guard<py::gil_scoped_release>());
 

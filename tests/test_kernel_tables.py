@@ -8,7 +8,8 @@ from vila_edge import _runtime
 
 KERNELS = _runtime.supported_kernels()
 VISION = ["i8_gemm", "f32_gemm", "quantize_u8", "layer_norm", "gelu", "softmax"]  # the vision tower's (cpu/vit.h)
-ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "attend_f16", "attend_q8", "q4_matmul_f32", "quantize", *VISION]
+ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "attend_f16", "attend_q8", "q4_matmul_f32", "quantize", *VISION,
+           "peak"]
 ATTEND = ("attend", "attend_f16", "attend_q8")
 VISION_FLOAT = ("quantize_u8", "layer_norm", "gelu")  # AVX2's for every x86 table
 
@@ -19,16 +20,17 @@ def own(table, *entries):
 
 # Where each table's entries come from, for every table there is.
 EXPECTED = {
-    "ref": own("ref", *ENTRIES),
+    "ref": own("ref", *ENTRIES),  # every table its own peak probe
     "avx2": own("avx2", *ENTRIES),
-    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul", "i8_gemm", "f32_gemm", "softmax"),
+    "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul", "i8_gemm", "f32_gemm", "softmax", "peak"),
                **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT)},
-    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul", "i8_gemm"), **own("avx512", "f16_matmul", "f32_gemm", "softmax"),
+    "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul", "i8_gemm", "peak"), **own("avx512", "f16_matmul", "f32_gemm", "softmax"),
                    **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT)},
     # NEON runs the vision tower on the portable kernels for now
-    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", *ATTEND, "quantize"), **own("ref", "q4_matmul_f32", *VISION)},
+    "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", *ATTEND, "quantize"),
+             **own("ref", "q4_matmul_f32", *VISION, "peak")},
     "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", *ATTEND, "quantize"),
-                     **own("ref", "q4_matmul_f32", *VISION)},
+                     **own("ref", "q4_matmul_f32", *VISION, "peak")},
 }
 
 
@@ -62,3 +64,10 @@ def test_quantize_rounds_ties_to_even_like_ref(kernels):
     x[:, 128:] = np.where(np.arange(32) % 2, -0.0, 0.25 * (np.arange(32) - 16))
     for a, b in zip(_runtime.quantize_activations(x, kernels), _runtime.quantize_activations(x, "ref")):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_the_peak_probe_counts_its_work(kernels):
+    """GMAC/s of the table's own multiply-accumulate (what the benchmarks set achieved GEMM rates against)."""
+    for int8 in (True, False):
+        assert _runtime.peak_gmacs(int8, threads=1, seconds=0.05, kernels=kernels) > 0.1

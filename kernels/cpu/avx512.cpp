@@ -25,6 +25,6 @@ void f16_matmul(const F16Weight& w, const float* x, int m, float* y, int ldy, in
 }  // namespace
 
 const Kernels kAvx512 = {"avx512", q4_matmul, q8_matmul, f16_matmul, nullptr, nullptr, nullptr, nullptr, nullptr,
-                         i8_gemm, f32_gemm, nullptr, nullptr, nullptr, softmax};
+                         i8_gemm, f32_gemm, nullptr, nullptr, nullptr, softmax, peak};
 }
 #endif

@@ -286,17 +286,43 @@ void panel_pairs(int m, int j0, int j1, Rows rows) {
     }
 }
 
-void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int ldy, int j0, int j1) {
-    panel_pairs(x.m, j0, j1, [&](auto mr, auto np, int i, int j) { i8_rows<decltype(mr)::value, decltype(np)::value>(w, x, i, bias, y, ldy, j, j1); });
-}
-
-#ifndef VILA_VNNI  // VNNI has nothing to add to the float GEMM: its table takes AVX-512's
 // acc += a · w in place (GCC 12 copies the accumulators of _mm512_fmadd_ps around each product in a tile, as dot_acc's)
 inline __m512 fma_acc(__m512 acc, __m512 a, __m512 w) {
     __asm__("vfmadd231ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w));
     return acc;
 }
 
+// the int8 GEMM's dot instruction (vpdpbusd, or vpmaddubsw + vpmaddwd + vpaddd), or vfmadd231ps without VNNI
+double peak(bool int8, long n) {
+    __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(5), acc[12];
+    for (auto& r : acc) r = _mm512_setzero_si512();
+    if (!int8) {
+        __m512 fa = _mm512_set1_ps(1.0001f), fb = _mm512_set1_ps(0.9999f), facc[12];
+        for (auto& r : facc) r = _mm512_setzero_ps();
+        for (long i = 0; i < n; ++i) {
+#pragma GCC unroll 12
+            for (int r = 0; r < 12; ++r) facc[r] = fma_acc(facc[r], fa, fb);
+            __asm__ volatile("" : "+v"(fa));
+        }
+        volatile float sink = 0;
+        for (auto& r : facc) sink = sink + _mm512_reduce_add_ps(r);
+        return 12.0 * double(n) * 16;
+    }
+    for (long i = 0; i < n; ++i) {
+#pragma GCC unroll 12
+        for (int r = 0; r < 12; ++r) acc[r] = dot_acc(acc[r], a, b);
+        __asm__ volatile("" : "+v"(a));
+    }
+    volatile int32_t sink = 0;
+    for (auto& r : acc) sink = sink + _mm512_reduce_add_epi32(r);
+    return 12.0 * double(n) * 64;
+}
+
+void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int ldy, int j0, int j1) {
+    panel_pairs(x.m, j0, j1, [&](auto mr, auto np, int i, int j) { i8_rows<decltype(mr)::value, decltype(np)::value>(w, x, i, bias, y, ldy, j, j1); });
+}
+
+#ifndef VILA_VNNI  // VNNI has nothing to add to the float GEMM: its table takes AVX-512's
 template <int MR, int NP>
 void f32_rows(const F32Panels& w, const float* x, int ldx, int i0, const float* bias, float* y, int ldy, int j, int j1) {
     const float* wp = w.w + size_t(j / VISION_PANEL) * w.k * VISION_PANEL;

@@ -5,6 +5,6 @@
 
 namespace vila {
 const Kernels kAvx512Vnni = {"avx512vnni", q4_matmul, q8_matmul, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-                             i8_gemm};
+                             i8_gemm, nullptr, nullptr, nullptr, nullptr, nullptr, peak};
 }
 #endif

@@ -125,12 +125,15 @@ struct Kernels {
     void (*gelu)(float* x, size_t n, int kind);  // in place, kind a Gelu
     // each of m rows of n scores at s + i · lds: softmax(scale · row), in place
     void (*softmax)(float* s, int lds, int m, int n, float scale);
+    // The peak probe: n rounds of the table's own multiply-accumulate instruction (int8: u8 × s8 dot products; else
+    // fp32 FMA) on 12 independent register accumulators, nothing loaded; returns the multiply-accumulates done.
+    double (*peak)(bool int8, long n);
 };
 
 // f(name, &Kernels::entry) for every entry: the one list that dispatch fills and the tests check.
 template <class F>
 void for_each_entry(F f) {
-    static_assert(sizeof(Kernels) == 15 * sizeof(void*), "a new entry of Kernels belongs here too");
+    static_assert(sizeof(Kernels) == 16 * sizeof(void*), "a new entry of Kernels belongs here too");
     f("q4_matmul", &Kernels::q4_matmul);
     f("q8_matmul", &Kernels::q8_matmul);
     f("f16_matmul", &Kernels::f16_matmul);
@@ -145,6 +148,7 @@ void for_each_entry(F f) {
     f("layer_norm", &Kernels::layer_norm);
     f("gelu", &Kernels::gelu);
     f("softmax", &Kernels::softmax);
+    f("peak", &Kernels::peak);
 }
 
 // Packing for the vision GEMMs (portable, once per weight at load; attention's keys and values once per head):

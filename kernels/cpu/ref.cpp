@@ -296,9 +296,22 @@ void softmax(float* s, int lds, int m, int n, float scale) {
     }
 }
 
+double peak(bool int8, long n) {  // scalar: what the portable kernels can reach at best
+    int32_t ia[12] = {}, ib = 3, ic = 5;
+    float fa[12] = {}, fb = 1.0001f, fc = 0.9999f;
+    for (long i = 0; i < n; ++i) {
+        for (int r = 0; r < 12; ++r) int8 ? void(ia[r] += ib * ic) : void(fa[r] = fa[r] * fb + fc);
+        __asm__ volatile("" : "+r"(ib), "+x"(fb));  // no hoisting of the products out of the loop
+    }
+    volatile int32_t sink = 0;
+    volatile float fsink = 0;
+    for (int r = 0; r < 12; ++r) sink = sink + ia[r], fsink = fsink + fa[r];
+    return 12.0 * double(n);
+}
+
 }  // namespace
 
 const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, attend_ref, attend_f16_ref, attend_q8_ref, q4_matmul_f32_ref,
-                      quantize_act, i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax};
+                      quantize_act, i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax, peak};
 
 }  // namespace vila

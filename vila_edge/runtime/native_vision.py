@@ -13,8 +13,8 @@ from ..safetensors_header import read_header_and_metadata
 from .onnx_vision import OnnxVision
 
 
-def open_vit(path: Path, threads: int | None = None, kernels: str = ""):
-    """The C++ engine over vision_native.safetensors."""
+def open_vit(path: Path, threads: int | None = None, kernels: str = "") -> tuple[object, list[int]]:
+    """(the C++ engine over vision_native.safetensors, the layers that run in float)."""
     from safetensors.numpy import load_file
 
     from .. import _runtime
@@ -24,14 +24,17 @@ def open_vit(path: Path, threads: int | None = None, kernels: str = ""):
     tensors = load_file(str(path))
     vit = _runtime.VitEngine(hidden=int(meta["hidden"]), heads=int(meta["heads"]), intermediate=int(meta["intermediate"]),
                              gelu=_runtime.GELU_KINDS[meta["gelu"]], threads=threads or 1, kernels=kernels)
+    float_layers = []
     for i, (eps1, eps2) in enumerate(json.loads(meta["eps"])):
         prefix = f"layers.{i}."
         layer = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if "q.weight" in layer:
+            float_layers.append(i)
         try:
             vit.add_layer(layer, eps1, eps2)
         except ValueError as e:
             raise CheckpointError(f"{path}: layer {i}: {e}; rebuild the engine") from None
-    return vit
+    return vit, float_layers
 
 
 class NativeVision:
@@ -42,7 +45,7 @@ class NativeVision:
         self.path = root / spec["file"]
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: missing; rebuild the engine, or run the tower with --vision-backend ort")
-        self.vit = open_vit(self.path, threads, kernels)
+        self.vit, self.float_layers = open_vit(self.path, threads, kernels)
         self.embed = OnnxVision(root / spec["embed_file"], threads)
         self.head = spec.get("head_file") and OnnxVision(root / spec["head_file"], threads)
 
