@@ -497,7 +497,7 @@ void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int
 // MR rows × one panel of 16 columns of fp32, 2·MR accumulators.
 template <int MR>
 void f32_rows(const F32Panels& w, const float* x, int ldx, int i0, const float* bias, float* y, int ldy, int j, int cols) {
-    const float* wp = w.w + size_t(j / VISION_PANEL) * w.k * VISION_PANEL;
+    const float* wp = w.w + size_t(j / VISION_PANEL) * w.panel();
     __m256 acc[MR][2];
     for (auto& r : acc) r[0] = r[1] = _mm256_setzero_ps();
     for (int t = 0; t < w.k; ++t) {
@@ -578,12 +578,12 @@ void layer_norm(const float* x, int m, int k, const float* g, const float* b, fl
 }
 
 // 0.5 · x · (1 + f(x)) with f = erf(x / √2) (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7) or tanh(√(2/π)(x + 0.044715x³)),
-// or x · sigmoid(1.702x); every exp of a non-positive argument.
+// or x · sigmoid(1.702x), or x · sigmoid(x); every exp of a non-positive argument.
 inline __m256 gelu8(__m256 x, int kind) {
     const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
     const __m256 neg = _mm256_and_ps(x, sign), ax = _mm256_andnot_ps(sign, x);
-    if (kind == GELU_QUICK) {
-        const __m256 e = exp_nonpositive(_mm256_mul_ps(ax, _mm256_set1_ps(-1.702f)));
+    if (kind == GELU_QUICK || kind == SILU) {
+        const __m256 e = exp_nonpositive(_mm256_mul_ps(ax, _mm256_set1_ps(kind == SILU ? -1.f : -1.702f)));
         const __m256 sig = _mm256_div_ps(_mm256_blendv_ps(one, e, neg), _mm256_add_ps(one, e));
         return _mm256_mul_ps(x, sig);
     }

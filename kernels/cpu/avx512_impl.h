@@ -325,13 +325,13 @@ void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int
 #ifndef VILA_VNNI  // VNNI has nothing to add to the float GEMM: its table takes AVX-512's
 template <int MR, int NP>
 void f32_rows(const F32Panels& w, const float* x, int ldx, int i0, const float* bias, float* y, int ldy, int j, int j1) {
-    const float* wp = w.w + size_t(j / VISION_PANEL) * w.k * VISION_PANEL;
+    const float* wp = w.w + size_t(j / VISION_PANEL) * w.panel();
     __m512 acc[MR][NP];
     for (auto& r : acc)
         for (auto& a : r) a = _mm512_setzero_ps();
     for (int t = 0; t < w.k; ++t) {
         __m512 wv[NP];
-        for (int p = 0; p < NP; ++p) wv[p] = _mm512_loadu_ps(wp + (size_t(p) * w.k + t) * VISION_PANEL);
+        for (int p = 0; p < NP; ++p) wv[p] = _mm512_loadu_ps(wp + size_t(p) * w.panel() + size_t(t) * VISION_PANEL);
         for (int r = 0; r < MR; ++r) {
             const __m512 a = _mm512_set1_ps(x[size_t(i0 + r) * ldx + t]);
             for (int p = 0; p < NP; ++p) acc[r][p] = fma_acc(acc[r][p], a, wv[p]);

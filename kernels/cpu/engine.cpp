@@ -144,6 +144,25 @@ void KvCache::attend(const Kernels& kt, int layer, int head, const float* q, int
     kt.attend_q8(q, kq, vq, n, hd_, scale, p, out);
 }
 
+void KvCache::read(int layer, int head, int n, float* out) const {
+    const size_t row = head_rows(layer, head), values = size_t(layers_) * kv_heads_ * cap_ * hd_;
+    for (int which = 0; which < 2; ++which) {
+        const uint8_t* plane = (which ? v_ : k_).get();
+        float* y = out + size_t(which) * n * hd_;
+        if (type_ == KvType::F32) {
+            const float* x = reinterpret_cast<const float*>(plane) + row * hd_;
+            std::copy(x, x + size_t(n) * hd_, y);
+        } else if (type_ == KvType::F16) {
+            const uint16_t* x = reinterpret_cast<const uint16_t*>(plane) + row * hd_;
+            for (size_t t = 0; t < size_t(n) * hd_; ++t) y[t] = fp16_to_float(x[t]);
+        } else {
+            const int8_t* x = reinterpret_cast<const int8_t*>(plane) + row * hd_;
+            const uint16_t* d = scales_of(const_cast<uint8_t*>(plane), values) + row * (hd_ / QK);
+            for (size_t t = 0; t < size_t(n) * hd_; ++t) y[t] = fp16_to_float(d[t / QK]) * float(x[t]);
+        }
+    }
+}
+
 template <class T>
 const T* Engine::tensor(const std::string& name, const char* dtype, std::vector<int64_t> shape) const {
     auto it = tensors_.find(name);
@@ -313,6 +332,7 @@ void Engine::rope(float* qkv, int m) {
 
 // Causal attention of m new rows over the cache (their own k/v already written).
 void Engine::attention(int layer, const float* qkv, int m, float* out) {
+    if (m >= PANEL_ROWS) return attention_blocked(layer, qkv, m, out);
     const int hd = c_.head_dim, nh = c_.heads, group = c_.heads / c_.kv_heads, stride = (nh + 2 * c_.kv_heads) * hd;
     const float scale = 1.f / std::sqrt(float(hd));
     pool_.parallel_for(nh * m, 1, [&](int b, int e) {
@@ -323,6 +343,40 @@ void Engine::attention(int layer, const float* qkv, int m, float* out) {
             const int h = task / m, i = task % m, n = pos_ + i + 1;
             const float* q = qkv + size_t(i) * stride + size_t(h) * hd;
             cache_.attend(*k_, layer, h / group, q, n, scale, score.data(), out + size_t(i) * nh * hd + size_t(h) * hd);
+        }
+    });
+}
+
+void Engine::attention_blocked(int layer, const float* qkv, int m, float* out) {
+    const int hd = c_.head_dim, nh = c_.heads, nkv = c_.kv_heads, group = nh / nkv, stride = (nh + 2 * nkv) * hd;
+    const int n = pos_ + m, lds = n16_of(n);
+    const size_t kp_head = f32_panels_floats(n, hd), vp_head = f32_panels_floats(hd, n);
+    kp_.resize(kp_head * nkv), vp_.resize(vp_head * nkv);
+    pool_.parallel_for(nkv, 1, [&](int b, int e) {
+        thread_local std::vector<float> rows;
+        rows.resize(size_t(2) * n * hd);
+        for (int h = b; h < e; ++h) {
+            cache_.read(layer, h, n, rows.data());
+            pack_f32_panels(rows.data(), size_t(hd), 1, n, hd, kp_.data() + kp_head * h);  // keys: the columns of Q·Kᵀ
+            pack_f32_panels(rows.data() + size_t(n) * hd, 1, size_t(hd), hd, n, vp_.data() + vp_head * h);
+        }
+    });
+    constexpr int QB = 32;  // query rows per job: their scores against every key stay in L2
+    const int blocks = (m + QB - 1) / QB;
+    const float scale = 1.f / std::sqrt(float(hd));
+    pool_.parallel_for(nh * blocks, 1, [&](int b, int e) {
+        thread_local std::vector<float> s;
+        s.resize(size_t(QB) * lds);
+        for (int job = b; job < e; ++job) {  // head-major: consecutive jobs read the same kv head's panels
+            const int h = job / blocks, i0 = job % blocks * QB, rows = std::min(QB, m - i0), keys = pos_ + i0 + rows;
+            const F32Panels k{kp_.data() + kp_head * (h / group), n, hd}, v{vp_.data() + vp_head * (h / group), hd, keys, n};
+            k_->f32_gemm(k, qkv + size_t(i0) * stride + size_t(h) * hd, stride, rows, nullptr, s.data(), lds, 0, keys);
+            for (int r = 0; r < rows; ++r) {  // row r sees positions [0, pos_ + i0 + r]; the later keys weigh 0
+                const int seen = pos_ + i0 + r + 1;
+                k_->softmax(s.data() + size_t(r) * lds, lds, 1, seen, scale);
+                std::fill(s.data() + size_t(r) * lds + seen, s.data() + size_t(r) * lds + keys, 0.f);
+            }
+            k_->f32_gemm(v, s.data(), lds, rows, nullptr, out + size_t(i0) * nh * hd + size_t(h) * hd, nh * hd, 0, hd);
         }
     });
 }
@@ -351,12 +405,14 @@ void Engine::forward(int m, float* logits) {
         // SwiGLU feed-forward: down(silu(gate(h)) * up(h)) into the residual
         rmsnorm(x_.data(), L.ffn_norm, m, h_.data());
         matmul(L.gate_up, h_.data(), m, gu_.data());
-        auto swiglu = [&](int b, int e) {  // m · I exps: over the pool at prefill, where they cost as much as a matmul
-            for (int i = b; i < e; ++i)
-                for (int t = 0; t < I; ++t) {
-                    const float g = gu_[size_t(i) * 2 * I + t], u = gu_[size_t(i) * 2 * I + I + t];
-                    act_[size_t(i) * I + t] = g / (1.f + std::exp(-g)) * u;
-                }
+        auto swiglu = [&](int b, int e) {  // m · I exps (SIMD): over the pool at prefill, where they cost as much as a matmul
+            for (int i = b; i < e; ++i) {
+                float* a = act_.data() + size_t(i) * I;
+                const float* g = gu_.data() + size_t(i) * 2 * I;
+                std::copy(g, g + I, a);
+                k_->gelu(a, I, SILU);
+                for (int t = 0; t < I; ++t) a[t] *= g[I + t];
+            }
         };
         if (m < PANEL_ROWS) swiglu(0, m);
         else pool_.parallel_for(m, 1, swiglu);

@@ -88,10 +88,13 @@ struct ActU8 {
 // values of attention: S = Q·Kᵀ takes K's rows as the n columns, O = P·V takes V's columns.
 struct F32Panels {
     const float* w;
-    int n, k;
+    int n, k;     // a GEMM reads k rows of each panel ...
+    int rows = 0;  // ... of `rows` (0: k) packed: causal attention reads the first keys of values packed for all
+    size_t panel() const { return size_t(rows ? rows : k) * VISION_PANEL; }  // floats per panel
 };
 
-enum Gelu : int { GELU_ERF = 0, GELU_TANH = 1, GELU_QUICK = 2 };  // nn.GELU(), gelu_pytorch_tanh, CLIP's quick_gelu
+// nn.GELU(), gelu_pytorch_tanh, CLIP's quick_gelu x·σ(1.702x), and the LLM's SwiGLU gate x·σ(x)
+enum Gelu : int { GELU_ERF = 0, GELU_TANH = 1, GELU_QUICK = 2, SILU = 3 };
 
 // y[i * ldy + j] = Σ_k x[i, k] · w[j, k] for rows i < m and output columns j in [j0, j1).
 // An ISA file leaves nullptr where it has no kernel of its own; dispatch fills each such entry from the

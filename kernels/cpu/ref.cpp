@@ -244,7 +244,7 @@ void i8_gemm(const I8Panels& w, const ActU8& x, const float* bias, float* y, int
 void f32_gemm(const F32Panels& w, const float* x, int ldx, int m, const float* bias, float* y, int ldy, int j0, int j1) {
     for (int i = 0; i < m; ++i)
         for (int j = j0; j < j1; ++j) {
-            const float* wp = w.w + size_t(j / VISION_PANEL) * w.k * VISION_PANEL + j % VISION_PANEL;
+            const float* wp = w.w + size_t(j / VISION_PANEL) * w.panel() + j % VISION_PANEL;
             float acc = 0.f;
             for (int t = 0; t < w.k; ++t) acc += x[size_t(i) * ldx + t] * wp[size_t(t) * VISION_PANEL];
             y[size_t(i) * ldy + j] = bias ? acc + bias[j] : acc;
@@ -282,7 +282,7 @@ void gelu(float* x, size_t n, int kind) {
         const float v = x[t];
         if (kind == GELU_ERF) x[t] = 0.5f * v * (1.f + std::erf(v * 0.70710678f));
         else if (kind == GELU_TANH) x[t] = 0.5f * v * (1.f + std::tanh(0.79788456f * (v + 0.044715f * v * v * v)));
-        else x[t] = v / (1.f + std::exp(-1.702f * v));
+        else x[t] = v / (1.f + std::exp((kind == SILU ? -1.f : -1.702f) * v));
     }
 }
 
