@@ -145,7 +145,12 @@ class CpuEngine:
         if backend == "native" and not spec.get("native"):
             raise UsageError(f"{self.root}: this engine has no native vision tower (built for the per-token dynamic W8A8 "
                              "graph of SigLIP, CLIP and DINOv2 towers); use --vision-backend ort, or rebuild the engine")
-        self.vision_backend = "native" if spec.get("native") and backend != "ort" else "ort"
+        from .. import _runtime
+
+        # by default our kernels only where this CPU's table has its own int8 GEMM: the portable one (NEON for now)
+        # is slower than ONNX Runtime's
+        simd = _runtime.kernel_sources(kernels)["i8_gemm"] != "ref"
+        self.vision_backend = "native" if spec.get("native") and (backend == "native" or (backend is None and simd)) else "ort"
         if self.vision_backend == "ort":
             self.vision, self.projector = onnx_vision(self.root, spec, self.threads)
             if spec.get("attention_file"):  # LLaMA-VID: the graph after the tower is its attention
