@@ -184,7 +184,7 @@ def test_the_cpu_engine_captions_without_torch(quantized, held_pixels, tmp_path,
     # The bar is ONNX Runtime's own: an ulp apart moves some values across a rounding step, which a trained tower carries
     # through its layers, so its graph run without its optimizations is as far from it.
     names, pixels = held_pixels
-    native, ort = CpuEngine(tmp_path / "cpu"), CpuEngine(tmp_path / "cpu", vision_backend="ort")
+    native, ort = CpuEngine(tmp_path / "cpu", vision_backend="native"), CpuEngine(tmp_path / "cpu", vision_backend="ort")
     assert (native.vision_backend, ort.vision_backend) == ("native", "ort")
     want = ort.encode_images(pixels)
     cos = cosine(native.encode_images(pixels), want)

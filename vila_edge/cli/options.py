@@ -39,8 +39,8 @@ HELP = {
     "activations": "cpu engine: int8 blocks into the int4 linears (fast) or fp32 (exact with an fp16 lm_head; slower)",
     "kv_cache": "cpu engine KV cache storage: fp16 (the default; half of fp32's memory), int8 (blocks of 32 with an "
     "fp16 scale: 0.53x fp16's) or fp32 (exact); allocated for the context in use, grown on demand up to --max-seq",
-    "vision_backend": "cpu engine vision tower: native (our int8 kernels; the default where build-engine wrote them, for "
-    "SigLIP, CLIP and DINOv2 towers, on x86 with AVX2 or AVX-512) or ort (ONNX Runtime, the fallback; NEON's default)",
+    "vision_backend": "cpu engine vision tower: native (our int8 kernels, for SigLIP, CLIP and DINOv2 towers) or ort "
+    "(ONNX Runtime, the fallback); default: the one build-engine timed faster (ort on NEON for now)",
     "dtype": "auto: float16 on CUDA (as VILA), float32 on CPU",
     "max_tiles": "NVILA / NVILA-Lite: tiles per image at most (default: the checkpoint's max_tiles, 12); 1 is one "
     "tile (fastest)",

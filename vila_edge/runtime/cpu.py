@@ -101,6 +101,18 @@ def shared_prefix(a: list, b: list) -> int:
     return n
 
 
+def native_is_faster(native: dict | None, kernels: str) -> bool:
+    """The default vision backend: our kernels where build-engine wrote them and timed them faster than ONNX Runtime
+    (engines built before it timed both: where this CPU's table has an int8 GEMM of its own; the portable one, NEON's
+    for now, is slower than ONNX Runtime's)."""
+    from .. import _runtime
+
+    if not native or _runtime.kernel_sources(kernels)["i8_gemm"] == "ref":
+        return False
+    ms = native.get("probe_ms")
+    return ms is None or ms["native"] <= ms["ort"]
+
+
 class CpuEngine:
     """Prompt ids and images in, logits out: the backend interface of generate(), plus the vision and splice."""
 
@@ -137,7 +149,7 @@ class CpuEngine:
             self._open_vision(self.manifest["vision"], vision_backend, kernels or "")
 
     def _open_vision(self, spec: dict, backend: str | None, kernels: str) -> None:
-        """The tower on our kernels where the engine has them (unless backend is "ort"), else on ONNX Runtime."""
+        """The tower on `backend`, by default on our kernels where they were timed faster (native_is_faster)."""
         from .onnx_vision import OnnxVision, onnx_vision
 
         if backend not in (None, *VISION_BACKENDS):
@@ -145,12 +157,7 @@ class CpuEngine:
         if backend == "native" and not spec.get("native"):
             raise UsageError(f"{self.root}: this engine has no native vision tower (built for the per-token dynamic W8A8 "
                              "graph of SigLIP, CLIP and DINOv2 towers); use --vision-backend ort, or rebuild the engine")
-        from .. import _runtime
-
-        # by default our kernels only where this CPU's table has its own int8 GEMM: the portable one (NEON for now)
-        # is slower than ONNX Runtime's
-        simd = _runtime.kernel_sources(kernels)["i8_gemm"] != "ref"
-        self.vision_backend = "native" if spec.get("native") and (backend == "native" or (backend is None and simd)) else "ort"
+        self.vision_backend = backend or ("native" if native_is_faster(spec.get("native"), kernels) else "ort")
         if self.vision_backend == "ort":
             self.vision, self.projector = onnx_vision(self.root, spec, self.threads)
             if spec.get("attention_file"):  # LLaMA-VID: the graph after the tower is its attention
