@@ -124,6 +124,9 @@ def write_native_vision(onnx_path: Path, ckpt, log=print) -> dict | None:
         return None
     model = onnx.load(str(onnx_path))
     g, outs = Graph(model), layer_outputs(model)
+    if not outs:  # a feature layer before the first encoder layer: nothing for the engine to run
+        log(f"vision: {onnx_path.name} has no encoder layer; ONNX Runtime runs it")
+        return None
     tensors, eps = {}, []
     for i in outs:
         if (found := layer_tensors(g, i, VISION_TOWERS[kind].native)) is None:
