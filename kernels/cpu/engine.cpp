@@ -357,26 +357,21 @@ void Engine::attention_blocked(int layer, const float* qkv, int m, float* out) {
         rows.resize(size_t(2) * n * hd);
         for (int h = b; h < e; ++h) {
             cache_.read(layer, h, n, rows.data());
-            pack_f32_panels(rows.data(), size_t(hd), 1, n, hd, kp_.data() + kp_head * h);  // keys: the columns of Q·Kᵀ
-            pack_f32_panels(rows.data() + size_t(n) * hd, 1, size_t(hd), hd, n, vp_.data() + vp_head * h);
+            pack_kv_panels(rows.data(), rows.data() + size_t(n) * hd, size_t(hd), n, hd, kp_.data() + kp_head * h,
+                           vp_.data() + vp_head * h);
         }
     });
-    constexpr int QB = 32;  // query rows per job: their scores against every key stay in L2
-    const int blocks = (m + QB - 1) / QB;
+    const int blocks = (m + ATTENTION_BLOCK - 1) / ATTENTION_BLOCK;
     const float scale = 1.f / std::sqrt(float(hd));
     pool_.parallel_for(nh * blocks, 1, [&](int b, int e) {
         thread_local std::vector<float> s;
-        s.resize(size_t(QB) * lds);
+        s.resize(size_t(ATTENTION_BLOCK) * lds);
         for (int job = b; job < e; ++job) {  // head-major: consecutive jobs read the same kv head's panels
-            const int h = job / blocks, i0 = job % blocks * QB, rows = std::min(QB, m - i0), keys = pos_ + i0 + rows;
-            const F32Panels k{kp_.data() + kp_head * (h / group), n, hd}, v{vp_.data() + vp_head * (h / group), hd, keys, n};
-            k_->f32_gemm(k, qkv + size_t(i0) * stride + size_t(h) * hd, stride, rows, nullptr, s.data(), lds, 0, keys);
-            for (int r = 0; r < rows; ++r) {  // row r sees positions [0, pos_ + i0 + r]; the later keys weigh 0
-                const int seen = pos_ + i0 + r + 1;
-                k_->softmax(s.data() + size_t(r) * lds, lds, 1, seen, scale);
-                std::fill(s.data() + size_t(r) * lds + seen, s.data() + size_t(r) * lds + keys, 0.f);
-            }
-            k_->f32_gemm(v, s.data(), lds, rows, nullptr, out + size_t(i0) * nh * hd + size_t(h) * hd, nh * hd, 0, hd);
+            const int h = job / blocks, i0 = job % blocks * ATTENTION_BLOCK, rows = std::min(ATTENTION_BLOCK, m - i0);
+            // row i0 + r sees positions [0, pos_ + i0 + r]
+            attend_block(*k_, kp_.data() + kp_head * (h / group), vp_.data() + vp_head * (h / group), n, hd,
+                         qkv + size_t(i0) * stride + size_t(h) * hd, stride, rows, pos_ + i0 + rows, pos_ + i0 + 1, scale,
+                         s.data(), lds, out + size_t(i0) * nh * hd + size_t(h) * hd, nh * hd);
         }
     });
 }

@@ -161,6 +161,34 @@ void pack_f32_panels(const float* src, size_t sj, size_t st, int n, int k, float
 inline size_t i8_panels_bytes(int n, int k) { return size_t(n16_of(n)) * k4_of(k) * 4; }
 inline size_t f32_panels_floats(int n, int k) { return size_t(n16_of(n)) * k; }
 
+// ---- blocked attention (the vision tower's layers, a prefill's): one head's keys and values as F32Panels ----------
+constexpr int ATTENTION_BLOCK = 32;  // query rows per block: their scores against every key stay in L2
+
+// One head's n keys as the columns of Q·Kᵀ (kp: f32_panels_floats(n, hd)) and its values as P·V's (vp:
+// f32_panels_floats(hd, n)); row t of the keys at k + t·ld, of the values at v + t·ld.
+inline void pack_kv_panels(const float* k, const float* v, size_t ld, int n, int hd, float* kp, float* vp) {
+    pack_f32_panels(k, ld, 1, n, hd, kp);
+    pack_f32_panels(v, 1, ld, hd, n, vp);
+}
+
+// `rows` query rows (q, ldq) against the first `keys` keys of a head packed for n (pack_kv_panels):
+// out (ldo) = softmax(scale · q·kᵀ)·v. causal_from > 0: row r sees keys [0, causal_from + r) only, the later ones
+// weigh exactly 0, so a row's arithmetic does not depend on its block. s: scratch of rows × lds floats, lds >= keys.
+inline void attend_block(const Kernels& kt, const float* kp, const float* vp, int n, int hd, const float* q, int ldq,
+                         int rows, int keys, int causal_from, float scale, float* s, int lds, float* out, int ldo) {
+    kt.f32_gemm(F32Panels{kp, n, hd}, q, ldq, rows, nullptr, s, lds, 0, keys);
+    if (causal_from <= 0) {
+        kt.softmax(s, lds, rows, keys, scale);
+    } else {
+        for (int r = 0; r < rows; ++r) {
+            float* row = s + size_t(r) * lds;
+            kt.softmax(row, lds, 1, causal_from + r, scale);
+            for (int t = causal_from + r; t < keys; ++t) row[t] = 0.f;
+        }
+    }
+    kt.f32_gemm(F32Panels{vp, hd, keys, n}, s, lds, rows, nullptr, out, ldo, 0, hd);
+}
+
 void q4_matmul_f32_ref(const Q4Weight& w, const float* x, int m, float* y, int ldy, int j0, int j1);
 void attend_ref(const float* q, const float* k, const float* v, int n, int hd, float scale, float* p, float* out);
 void attend_f16_ref(const float* q, const uint16_t* k, const uint16_t* v, int n, int hd, float scale, float* p, float* out);

@@ -88,23 +88,21 @@ void VitEngine::attention(int m) {
     const int h = c_.hidden, nh = c_.heads, hd = h / nh;
     const size_t kp_head = f32_panels_floats(m, hd), vp_head = f32_panels_floats(hd, m);
     kp_.resize(kp_head * nh), vp_.resize(vp_head * nh);
-    pool_.parallel_for(nh, 1, [&](int b, int e) {  // each head's keys as the columns of Q·Kᵀ, its values of P·V
-        for (int head = b; head < e; ++head) {
-            pack_f32_panels(qkv_.data() + h + head * hd, size_t(3) * h, 1, m, hd, kp_.data() + kp_head * head);
-            pack_f32_panels(qkv_.data() + 2 * h + head * hd, 1, size_t(3) * h, hd, m, vp_.data() + vp_head * head);
-        }
+    pool_.parallel_for(nh, 1, [&](int b, int e) {
+        for (int head = b; head < e; ++head)
+            pack_kv_panels(qkv_.data() + h + head * hd, qkv_.data() + 2 * h + head * hd, size_t(3) * h, m, hd,
+                           kp_.data() + kp_head * head, vp_.data() + vp_head * head);
     });
-    const int blocks = (m + kQueryBlock - 1) / kQueryBlock, lds = n16_of(m);
-    scores_.resize(size_t(pool_.size()) * kQueryBlock * lds);
+    const int blocks = (m + ATTENTION_BLOCK - 1) / ATTENTION_BLOCK, lds = n16_of(m);
     const float scale = 1.f / std::sqrt(float(hd));
-    pool_.run([&](int t) {  // each thread claims (head, query block) jobs of its own; scores in its own scratch
-        float* s = scores_.data() + size_t(t) * kQueryBlock * lds;
-        for (int job = t; job < nh * blocks; job += pool_.size()) {
-            const int head = job / blocks, i0 = job % blocks * kQueryBlock, rows = std::min(kQueryBlock, m - i0);
-            const F32Panels keys{kp_.data() + kp_head * head, m, hd}, values{vp_.data() + vp_head * head, hd, m};
-            k_->f32_gemm(keys, qkv_.data() + size_t(i0) * 3 * h + head * hd, 3 * h, rows, nullptr, s, lds, 0, m);
-            k_->softmax(s, lds, rows, m, scale);
-            k_->f32_gemm(values, s, lds, rows, nullptr, attn_.data() + size_t(i0) * h + head * hd, h, 0, hd);
+    pool_.parallel_for(nh * blocks, 1, [&](int b, int e) {
+        thread_local std::vector<float> s;
+        s.resize(size_t(ATTENTION_BLOCK) * lds);
+        for (int job = b; job < e; ++job) {  // head-major: consecutive jobs read the same head's panels
+            const int head = job / blocks, i0 = job % blocks * ATTENTION_BLOCK, rows = std::min(ATTENTION_BLOCK, m - i0);
+            attend_block(*k_, kp_.data() + kp_head * head, vp_.data() + vp_head * head, m, hd,
+                         qkv_.data() + size_t(i0) * 3 * h + head * hd, 3 * h, rows, m, 0, scale, s.data(), lds,
+                         attn_.data() + size_t(i0) * h + head * hd, h);
         }
     });
 }

@@ -77,12 +77,11 @@ private:
     void attention(int m);  // qkv_ -> attn_
     void residual(float* x, const float* y, const std::vector<float>& ls, int m);
 
-    static constexpr int kQueryBlock = 32;  // query rows per attention job: scores 32 × tokens, in L2
     VitConfig c_;
     const Kernels* k_;
     ThreadPool pool_;
     std::vector<VitLayer> layers_;
-    std::vector<float> h_, qkv_, attn_, tmp_, mlp_, kp_, vp_, scores_;
+    std::vector<float> h_, qkv_, attn_, tmp_, mlp_, kp_, vp_;
     std::vector<uint8_t> aq_;
     std::vector<float> ad_;
     std::map<std::string, double> profile_;
