@@ -128,11 +128,7 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
 // sum is left. Every row's arithmetic is the same whatever the row tile (see PANEL_ROWS).
 constexpr int PANEL = 8;
 
-struct Panel {
-    std::vector<uint32_t> q;  // [pair of blocks][8][8]: dword t of each column's 32 packed bytes
-    std::vector<float> s;    // [block][8] each column's weight scale
-    std::vector<float> sz;   // [group][8] each column's scale · zero
-};
+using Panel = Q4Panel<PANEL>;
 
 void pack_panel(const Q4Weight& w, int j0, int cols, Panel& p) {
     const int pairs = (w.k / QK + 1) / 2;

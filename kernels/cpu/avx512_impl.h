@@ -103,12 +103,7 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
 // (as long as each chunk has PANEL_ROWS rows or more: fewer take q4_tile).
 constexpr int PANEL = 16;
 
-struct Panel {
-    std::vector<uint32_t> q;  // [pair of blocks][8][16]: dword t of each column's 32 packed bytes (low nibbles: the
-                              // pair's first block, k = 4t .. 4t + 3; high nibbles: its second)
-    std::vector<float> s;    // [block][16] each column's weight scale
-    std::vector<float> sz;   // [group][16] each column's scale · zero
-};
+using Panel = Q4Panel<PANEL>;
 
 void pack_panel(const Q4Weight& w, int j0, int cols, Panel& p) {
     const int pairs = (w.k / QK + 1) / 2;

@@ -234,6 +234,15 @@ float fp16_to_float(uint16_t h);
 uint16_t float_to_fp16(float f);
 void quantize_kv_q8(const float* x, int hd, int8_t* q, uint16_t* d);
 
+// A prefill GEMM panel of W output columns, gathered once per call by each SIMD table's pack_panel.
+template <int W>
+struct Q4Panel {
+    std::vector<uint32_t> q;  // [pair of blocks][8][W]: dword t of each column's 32 packed bytes (low nibbles: the
+                              // pair's first block, k = 4t .. 4t + 3; high nibbles: its second)
+    std::vector<float> s;    // [block][W] each column's weight scale
+    std::vector<float> sz;   // [group][W] each column's scale · zero
+};
+
 // A prefill GEMM panel's scales as the SIMD GEMMs read them: s[b · W + c] column c's weight scale for block b,
 // sz[g · W + c] its scale · zero for group g; columns from `cols` on are zero. `h2f`: the table's own fp16 conversion
 // (an inlined F16C instruction, where the portable fp16_to_float is a call: a panel converts hundreds).
