@@ -21,6 +21,7 @@ import numpy as np
 
 from vila_edge.arch import NATIVE_GELU, VISION_TOWERS
 from vila_edge.formats import VISION_DIR, VISION_EMBED_FILE, VISION_HEAD_FILE, VISION_NATIVE_FILE, VISION_NATIVE_LAYOUT
+from vila_edge.quant.dynamic_int8 import dynamic_names
 from vila_edge.scenes import generated_images
 
 from .onnx_checks import cosine
@@ -53,10 +54,9 @@ class Graph:
 
 def linear_tensors(g: Graph, prefix: str, name: str, path: str) -> dict[str, np.ndarray] | None:
     base = f"{prefix}/{path.replace('.', '/')}"
-    int8 = g.nodes.get(f"{base}/MatMul".strip("/").replace("/", "_") + "_MatMulInteger")
-    if int8 is not None:
-        flat = f"{base}/MatMul".strip("/").replace("/", "_")
-        out = {f"{name}.wq": g.array(int8.input[1]), f"{name}.wscale": g.array(f"{flat}_wscale")}
+    dynamic = dynamic_names(f"{base}/MatMul")
+    if (int8 := g.nodes.get(dynamic["node"])) is not None:
+        out = {f"{name}.wq": g.array(int8.input[1]), f"{name}.wscale": g.array(dynamic["wscale"])}
     elif (node := g.nodes.get(f"{base}/MatMul")) is not None and node.op_type == "MatMul":
         out = {f"{name}.weight": g.array(node.input[1])}
     else:

@@ -12,14 +12,14 @@ static per-tensor Q/DQ (what its INT8 kernels fuse); this graph is ONNX Runtime'
 
 import numpy as np
 
-from .int8 import QuantTarget, quantize_weight, replace_nodes
+from .int8 import QuantTarget, flat_name, quantize_weight, replace_nodes
 
 
 def row_quantize(activation: str, opset: int) -> tuple[list, str, str]:
     """The nodes that quantize `activation` row by row: (them, the uint8 tensor, the per-row scale)."""
     from onnx import TensorProto, helper
 
-    a = activation.strip("/").replace("/", "_") + "_dyn"
+    a = flat_name(activation) + "_dyn"
     axes = {} if opset >= 18 else {"axes": [-1]}  # ReduceMax took its axes as an input from opset 18
     nodes = [
         helper.make_node("Abs", [activation], [f"{a}_abs"], name=f"{a}_Abs"),
@@ -34,6 +34,12 @@ def row_quantize(activation: str, opset: int) -> tuple[list, str, str]:
         helper.make_node("Cast", [f"{a}_shift"], [f"{a}_q"], name=f"{a}_Cast", to=TensorProto.UINT8),
     ]
     return nodes, f"{a}_q", f"{a}_scale"
+
+
+def dynamic_names(matmul: str) -> dict[str, str]:
+    """What insert_dynamic names the int8 rewrite of MatMul node `matmul`: its MatMulInteger node, int8 weight, scale."""
+    base = flat_name(matmul)
+    return {"node": f"{base}_MatMulInteger", "wq": f"{base}_wq", "wscale": f"{base}_wscale"}
 
 
 def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
@@ -58,14 +64,13 @@ def insert_dynamic(model, targets: list[QuantTarget], weight_qmax: int) -> None:
             nodes += quantize
             rows_of[t.activation] = (q_name, scale_name)
         q_in, row_scale = rows_of[t.activation]
-        base = t.node.strip("/").replace("/", "_")
+        base, names = flat_name(t.node), dynamic_names(t.node)
         wq, w_scale = quantize_weight(numpy_helper.to_array(inits[t.weight]), 1, weight_qmax)
-        new_inits += [numpy_helper.from_array(wq, f"{base}_wq"), numpy_helper.from_array(w_scale, f"{base}_wscale")]
+        new_inits += [numpy_helper.from_array(wq, names["wq"]), numpy_helper.from_array(w_scale, names["wscale"])]
         nodes += [
-            helper.make_node("MatMulInteger", [q_in, f"{base}_wq", "dyn_zero"], [f"{base}_i32"],
-                             name=f"{base}_MatMulInteger"),
+            helper.make_node("MatMulInteger", [q_in, names["wq"], "dyn_zero"], [f"{base}_i32"], name=names["node"]),
             helper.make_node("Cast", [f"{base}_i32"], [f"{base}_f32"], name=f"{base}_CastF", to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"{base}_f32", row_scale], [f"{base}_rows"], name=f"{base}_RowScale"),
-            helper.make_node("Mul", [f"{base}_rows", f"{base}_wscale"], [node.output[0]], name=f"{base}_ColScale"),
+            helper.make_node("Mul", [f"{base}_rows", names["wscale"]], [node.output[0]], name=f"{base}_ColScale"),
         ]
     replace_nodes(model, nodes, new_inits)

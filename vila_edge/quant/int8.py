@@ -125,6 +125,11 @@ def entropy_bins(hist: np.ndarray, levels: int = QMAX + 1) -> int:
 # ---- graph rewriting --------------------------------------------------------------------------------
 
 
+def flat_name(name: str) -> str:
+    """An ONNX node or tensor name as the prefix of the names a rewrite adds: /vision/layers.0/x -> vision_layers.0_x."""
+    return name.strip("/").replace("/", "_")
+
+
 def quantize_weight(w: np.ndarray, axis: int, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 per output channel (values in ±qmax) -> (int8 weight, float32 scales)."""
     reduce = tuple(d for d in range(w.ndim) if d != axis)
@@ -146,7 +151,7 @@ def insert_qdq(model, targets: list[QuantTarget], thresholds: dict[str, float], 
     for t in targets:
         before = new_nodes.setdefault(t.node, [])
         if t.activation not in dq_of:
-            base = t.activation.strip("/").replace("/", "_")
+            base = flat_name(t.activation)
             scale = max(thresholds[t.activation], 1e-8) / QMAX
             new_inits += [
                 numpy_helper.from_array(np.array(scale, np.float32), f"{base}_act_scale"),
