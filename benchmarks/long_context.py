@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cpu_engine import llama_1b_tensors, save  # noqa: E402  (any shape: random int4 in the engine layout)
+from cpu_engine import save  # noqa: E402
+from shapes import random_llm_tensors  # noqa: E402
 
 from vila_edge import _runtime  # noqa: E402
 from vila_edge.bandwidth import ceiling_tok_s, safetensors_bytes_per_token  # noqa: E402
@@ -58,7 +59,7 @@ def engine_file(layers: int) -> Path:
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        write_llm(tmp, llama_1b_tensors({**VICUNA_7B, "layers": layers}))
+        write_llm(tmp, random_llm_tensors({**VICUNA_7B, "layers": layers}))
         os.replace(tmp, path)
     return path
 
