@@ -115,10 +115,17 @@ F32 attend_q8(const F32& q, const py::array& kq, const py::array& kd, const py::
     return y;
 }
 
-// The KV cache's writers: float_to_fp16 (any shape) and quantize_kv_q8 on each row of [n, hd].
-py::array_t<uint16_t> to_fp16(const F32& x) {
+// The KV cache's writers: a table's to_fp16 (any shape; the portable one by default) and quantize_kv_q8 on each row of
+// [n, hd]; its reader from_fp16.
+py::array_t<uint16_t> to_fp16(const F32& x, const std::string& name) {
     py::array_t<uint16_t> y(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
-    for (py::ssize_t i = 0; i < x.size(); ++i) y.mutable_data()[i] = float_to_fp16(x.data()[i]);
+    kernels_or_throw(name).to_fp16(x.data(), size_t(x.size()), y.mutable_data());
+    return y;
+}
+
+py::array_t<float> from_fp16(const py::array_t<uint16_t, py::array::c_style | py::array::forcecast>& h, const std::string& name) {
+    py::array_t<float> y(std::vector<py::ssize_t>(h.shape(), h.shape() + h.ndim()));
+    kernels_or_throw(name).from_fp16(h.data(), size_t(h.size()), y.mutable_data());
     return y;
 }
 
@@ -217,7 +224,8 @@ PYBIND11_MODULE(_runtime, m) {
     m.def("attend_f16", &attend_f16, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kernels") = "");
     m.def("attend_q8", &attend_q8, py::arg("q"), py::arg("kq"), py::arg("kd"), py::arg("vq"), py::arg("vd"),
           py::arg("kernels") = "");
-    m.def("to_fp16", &to_fp16, py::arg("x"));
+    m.def("to_fp16", &to_fp16, py::arg("x"), py::arg("kernels") = "ref");
+    m.def("from_fp16", &from_fp16, py::arg("h"), py::arg("kernels") = "ref");
     m.def("quantize_kv", &quantize_kv, py::arg("x"));
     m.def("quantize_activations", &quantize_activations, py::arg("x"), py::arg("kernels") = "ref");
     m.def("peak_gmacs", &peak_gmacs, py::arg("int8") = true, py::arg("threads") = 1, py::arg("seconds") = 0.5,

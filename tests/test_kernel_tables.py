@@ -8,8 +8,9 @@ from vila_edge import _runtime
 
 KERNELS = _runtime.supported_kernels()
 VISION = ["i8_gemm", "f32_gemm", "quantize_u8", "layer_norm", "gelu", "softmax"]  # the vision tower's (cpu/vit.h)
+FP16 = ["to_fp16", "from_fp16"]  # the KV cache's and the embedding table's conversions: F16C on x86, portable on NEON
 ENTRIES = ["q4_matmul", "q8_matmul", "f16_matmul", "attend", "attend_f16", "attend_q8", "q4_matmul_f32", "quantize", *VISION,
-           "peak"]
+           "peak", *FP16]
 ATTEND = ("attend", "attend_f16", "attend_q8")
 VISION_FLOAT = ("quantize_u8", "layer_norm", "gelu")  # AVX2's for every x86 table
 
@@ -23,14 +24,14 @@ EXPECTED = {
     "ref": own("ref", *ENTRIES),  # every table its own peak probe
     "avx2": own("avx2", *ENTRIES),
     "avx512": {**own("avx512", "q4_matmul", "q8_matmul", "f16_matmul", "i8_gemm", "f32_gemm", "softmax", "peak"),
-               **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT)},
+               **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT, *FP16)},
     "avx512vnni": {**own("avx512vnni", "q4_matmul", "q8_matmul", "i8_gemm", "peak"), **own("avx512", "f16_matmul", "f32_gemm", "softmax"),
-                   **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT)},
+                   **own("avx2", *ATTEND, "q4_matmul_f32", "quantize", *VISION_FLOAT, *FP16)},
     # NEON runs the vision tower on the portable kernels for now
     "neon": {**own("neon", "q4_matmul", "q8_matmul", "f16_matmul", *ATTEND, "quantize"),
-             **own("ref", "q4_matmul_f32", *VISION, "peak")},
+             **own("ref", "q4_matmul_f32", *VISION, "peak", *FP16)},
     "neon-dotprod": {**own("neon-dotprod", "q4_matmul", "q8_matmul"), **own("neon", "f16_matmul", *ATTEND, "quantize"),
-                     **own("ref", "q4_matmul_f32", *VISION, "peak")},
+                     **own("ref", "q4_matmul_f32", *VISION, "peak", *FP16)},
 }
 
 

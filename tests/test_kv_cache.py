@@ -20,8 +20,10 @@ KV_CACHES = tuple(KV_CACHE_BYTES)
 # ---- the writers ----------------------------------------------------------------------------------
 
 
-def test_fp16_rounds_as_numpy_does():
-    """Round to nearest even, subnormals, the overflow boundary (65520 rounds up to inf), signed zeros."""
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fp16_rounds_as_numpy_does(kernels):
+    """Each table's writer: round to nearest even, subnormals, the overflow boundary (65520 rounds up to inf), signed
+    zeros; lengths that leave a tail past the vectors."""
     rng = np.random.default_rng(0)
     x = np.concatenate([
         rng.standard_normal(4000) * np.exp2(rng.integers(-30, 18, 4000)),  # every exponent, normal and subnormal
@@ -29,9 +31,23 @@ def test_fp16_rounds_as_numpy_does():
          2.0**-14 - 2.0**-25, 1 + 2.0**-11, 1 + 3 * 2.0**-11, 2.0**-26],
     ]).astype(np.float32)
     with np.errstate(over="ignore"):  # numpy says so of what rounds to inf
-        np.testing.assert_array_equal(_runtime.to_fp16(x), x.astype(np.float16).view(np.uint16))
-    nan = _runtime.to_fp16(np.array([np.nan, -np.nan], np.float32)).view(np.float16)
-    assert np.isnan(nan).all()
+        for part in (x, x[:13], x[5:4021]):
+            np.testing.assert_array_equal(_runtime.to_fp16(part, kernels), part.astype(np.float16).view(np.uint16))
+    nan = np.array([np.nan, -np.nan, *np.ones(8)], np.float32)
+    nan[2] = np.frombuffer(np.uint32(0x7FA00001).tobytes(), np.float32)[0]  # a signalling NaN with a payload
+    assert (_runtime.to_fp16(nan, kernels) == _runtime.to_fp16(nan)).all()  # quiet, its top payload bits, as ref
+    assert np.isnan(_runtime.to_fp16(nan, kernels).view(np.float16)[:3]).all()
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_fp16_reads_back_exactly(kernels):
+    """Every half (NaN aside: a NaN) to the float numpy gives, by each table's reader."""
+    every = np.arange(2**16, dtype=np.uint16)
+    back, want = _runtime.from_fp16(every, kernels), every.view(np.float16).astype(np.float32)
+    finite = ~np.isnan(want)
+    np.testing.assert_array_equal(back[finite].view(np.uint32), want[finite].view(np.uint32))
+    assert np.isnan(back[~finite]).all()
+    np.testing.assert_array_equal(_runtime.from_fp16(every[3:1002], kernels), want[3:1002])
 
 
 def q8_0_oracle(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

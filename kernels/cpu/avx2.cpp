@@ -656,8 +656,22 @@ double peak(bool int8, long n) {
 
 }  // namespace
 
+// F16C rounds to nearest even as float_to_fp16 does (its NaN: quiet, the top payload bits kept, as there)
+void to_fp16(const float* x, size_t n, uint16_t* y) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; ++i) y[i] = float_to_fp16(x[i]);
+}
+
+void from_fp16(const uint16_t* x, size_t n, float* y) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(x + i))));
+    for (; i < n; ++i) y[i] = fp16_to_float(x[i]);
+}
+
 const Kernels kAvx2 = {"avx2", q4_matmul, q8_matmul, f16_matmul, attend, attend_f16, attend_q8, q4_matmul_f32, quantize,
-                       i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax, peak};
+                       i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax, peak, to_fp16, from_fp16};
 
 }  // namespace vila
 #endif

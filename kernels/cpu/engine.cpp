@@ -100,7 +100,7 @@ void KvCache::reserve(int needed, int filled) {
     cap_ = cap;
 }
 
-void KvCache::write(int layer, int head, int pos, const float* k, const float* v) {
+void KvCache::write(const Kernels& kt, int layer, int head, int pos, const float* k, const float* v) {
     const size_t row = head_rows(layer, head) + pos, values = size_t(layers_) * kv_heads_ * cap_ * hd_;
     for (int which = 0; which < 2; ++which) {
         const float* x = which ? v : k;
@@ -108,8 +108,7 @@ void KvCache::write(int layer, int head, int pos, const float* k, const float* v
         if (type_ == KvType::F32) {
             std::copy(x, x + hd_, reinterpret_cast<float*>(plane) + row * hd_);
         } else if (type_ == KvType::F16) {
-            uint16_t* y = reinterpret_cast<uint16_t*>(plane) + row * hd_;
-            for (int d = 0; d < hd_; ++d) y[d] = float_to_fp16(x[d]);
+            kt.to_fp16(x, hd_, reinterpret_cast<uint16_t*>(plane) + row * hd_);
         } else {
             quantize_kv_q8(x, hd_, reinterpret_cast<int8_t*>(plane) + row * hd_, scales_of(plane, values) + row * (hd_ / QK));
         }
@@ -144,7 +143,7 @@ void KvCache::attend(const Kernels& kt, int layer, int head, const float* q, int
     kt.attend_q8(q, kq, vq, n, hd_, scale, p, out);
 }
 
-void KvCache::read(int layer, int head, int n, float* out) const {
+void KvCache::read(const Kernels& kt, int layer, int head, int n, float* out) const {
     const size_t row = head_rows(layer, head), values = size_t(layers_) * kv_heads_ * cap_ * hd_;
     for (int which = 0; which < 2; ++which) {
         const uint8_t* plane = (which ? v_ : k_).get();
@@ -153,8 +152,7 @@ void KvCache::read(int layer, int head, int n, float* out) const {
             const float* x = reinterpret_cast<const float*>(plane) + row * hd_;
             std::copy(x, x + size_t(n) * hd_, y);
         } else if (type_ == KvType::F16) {
-            const uint16_t* x = reinterpret_cast<const uint16_t*>(plane) + row * hd_;
-            for (size_t t = 0; t < size_t(n) * hd_; ++t) y[t] = fp16_to_float(x[t]);
+            kt.from_fp16(reinterpret_cast<const uint16_t*>(plane) + row * hd_, size_t(n) * hd_, y);
         } else {
             const int8_t* x = reinterpret_cast<const int8_t*>(plane) + row * hd_;
             const uint16_t* d = scales_of(const_cast<uint8_t*>(plane), values) + row * (hd_ / QK);
@@ -244,8 +242,7 @@ void Engine::extend(int n) {
 void Engine::embed(const int32_t* ids, int n, float* out) const {
     for (int i = 0; i < n; ++i) {
         if (ids[i] < 0 || ids[i] >= c_.vocab) throw std::invalid_argument("token id " + std::to_string(ids[i]) + " outside the vocabulary");
-        const uint16_t* row = embed_ + size_t(ids[i]) * c_.hidden;
-        for (int t = 0; t < c_.hidden; ++t) out[size_t(i) * c_.hidden + t] = fp16_to_float(row[t]);
+        k_->from_fp16(embed_ + size_t(ids[i]) * c_.hidden, c_.hidden, out + size_t(i) * c_.hidden);
     }
 }
 
@@ -356,7 +353,7 @@ void Engine::attention_blocked(int layer, const float* qkv, int m, float* out) {
         thread_local std::vector<float> rows;
         rows.resize(size_t(2) * n * hd);
         for (int h = b; h < e; ++h) {
-            cache_.read(layer, h, n, rows.data());
+            cache_.read(*k_, layer, h, n, rows.data());
             pack_kv_panels(rows.data(), rows.data() + size_t(n) * hd, size_t(hd), n, hd, kp_.data() + kp_head * h,
                            vp_.data() + vp_head * h);
         }
@@ -391,7 +388,7 @@ void Engine::forward(int m, float* logits) {
         for (int i = 0; i < m; ++i)
             for (int h = 0; h < nkv; ++h) {
                 const float* k = qkv_.data() + size_t(i) * stride + size_t(nh + h) * hd;
-                cache_.write(l, h, pos_ + i, k, k + nkv * hd);
+                cache_.write(*k_, l, h, pos_ + i, k, k + nkv * hd);
             }
         // each q head over the cache so far, then the output projection into the residual
         attention(l, qkv_.data(), m, attn_.data());

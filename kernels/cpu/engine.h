@@ -63,11 +63,12 @@ class KvCache {
 public:
     KvCache(KvType type, int layers, int kv_heads, int head_dim, int max_seq);
     void reserve(int needed, int filled);  // capacity >= needed; positions [0, filled) kept
-    void write(int layer, int head, int pos, const float* k, const float* v);
+    void write(const Kernels& kt, int layer, int head, int pos, const float* k, const float* v);
     void replicate(int filled, int to);  // positions [filled, to) as copies of [0, filled), cyclically
     // kernels' attend over positions [0, n) of one kv head
     void attend(const Kernels& kt, int layer, int head, const float* q, int n, float scale, float* p, float* out) const;
-    void read(int layer, int head, int n, float* out) const;  // positions [0, n) of one kv head as fp32 [n, head_dim]
+    // positions [0, n) of one kv head as fp32 [n, head_dim]
+    void read(const Kernels& kt, int layer, int head, int n, float* out) const;
     KvType type() const { return type_; }
     int capacity() const { return cap_; }
     size_t bytes() const { return 2 * plane_bytes(cap_); }  // K and V as allocated now

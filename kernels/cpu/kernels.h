@@ -131,12 +131,16 @@ struct Kernels {
     // The peak probe: n rounds of the table's own multiply-accumulate instruction (int8: u8 × s8 dot products; else
     // fp32 FMA) on 12 independent register accumulators, nothing loaded; returns the multiply-accumulates done.
     double (*peak)(bool int8, long n);
+    // The KV cache's and the embedding table's IEEE half rows: float_to_fp16 / fp16_to_float bit for bit (round to
+    // nearest even, subnormal halves kept, NaN kept quiet)
+    void (*to_fp16)(const float* x, size_t n, uint16_t* y);
+    void (*from_fp16)(const uint16_t* x, size_t n, float* y);
 };
 
 // f(name, &Kernels::entry) for every entry: the one list that dispatch fills and the tests check.
 template <class F>
 void for_each_entry(F f) {
-    static_assert(sizeof(Kernels) == 16 * sizeof(void*), "a new entry of Kernels belongs here too");
+    static_assert(sizeof(Kernels) == 18 * sizeof(void*), "a new entry of Kernels belongs here too");
     f("q4_matmul", &Kernels::q4_matmul);
     f("q8_matmul", &Kernels::q8_matmul);
     f("f16_matmul", &Kernels::f16_matmul);
@@ -152,6 +156,8 @@ void for_each_entry(F f) {
     f("gelu", &Kernels::gelu);
     f("softmax", &Kernels::softmax);
     f("peak", &Kernels::peak);
+    f("to_fp16", &Kernels::to_fp16);
+    f("from_fp16", &Kernels::from_fp16);
 }
 
 // Packing for the vision GEMMs (portable, once per weight at load; attention's keys and values once per head):

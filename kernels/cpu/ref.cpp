@@ -311,7 +311,15 @@ double peak(bool int8, long n) {  // scalar: what the portable kernels can reach
 
 }  // namespace
 
+static void to_fp16(const float* x, size_t n, uint16_t* y) {
+    for (size_t i = 0; i < n; ++i) y[i] = float_to_fp16(x[i]);
+}
+
+static void from_fp16(const uint16_t* x, size_t n, float* y) {
+    for (size_t i = 0; i < n; ++i) y[i] = fp16_to_float(x[i]);
+}
+
 const Kernels kRef = {"ref", q4_matmul, q8_matmul, f16_matmul, attend_ref, attend_f16_ref, attend_q8_ref, q4_matmul_f32_ref,
-                      quantize_act, i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax, peak};
+                      quantize_act, i8_gemm, f32_gemm, quantize_u8, layer_norm, gelu, softmax, peak, to_fp16, from_fp16};
 
 }  // namespace vila
