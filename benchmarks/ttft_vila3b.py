@@ -67,6 +67,9 @@ def before_worktree(folder: Path, rev: str) -> Path:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(side), "pybind11"], check=True)
         subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=folder, check=True,
                        env={**os.environ, "PYTHONPATH": str(side)})
+    export = folder / "vila_edge" / "export"  # installed as vila_edge.export (setup.py's package_dir): linked here
+    if not export.exists():
+        export.symlink_to("../export")
     return folder
 
 
