@@ -92,12 +92,13 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
     for (int r = 0; r < MT; ++r) xq[r] = x.q + size_t(i0 + r) * w.k, xd[r] = x.d + size_t(i0 + r) * nb;
     for (int j = j0; j < j1; ++j) {
         const uint8_t* wq = w.q + size_t(j) * row_bytes;
+        const uint8_t* ahead = j + PREFETCH_ROWS < w.n ? wq + PREFETCH_ROWS * row_bytes : wq;  // within the weight
         const uint16_t* ws = w.scales + size_t(j) * ng;
         __m256 acc[MT];
         for (int r = 0; r < MT; ++r) acc[r] = _mm256_setzero_ps();
         int b = 0;
         for (; b + 2 <= nb; b += 2) {
-            _mm_prefetch((const char*)(wq + PREFETCH_ROWS * row_bytes + b * 16), _MM_HINT_T0);
+            _mm_prefetch((const char*)(ahead + b * 16), _MM_HINT_T0);
             __m256i v = _mm256_loadu_si256((const __m256i*)(wq + b * 16));
             __m256i w0 = _mm256_and_si256(v, m4), w1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             if (gshift) {  // groups of 64+: one weight scale and one activation scale for the pair
@@ -217,11 +218,12 @@ void q8_tile(const Q8Weight& w, const ActQ8& x, int i0, float* y, int ldy, int j
     const int nb = w.k / QK;
     for (int j = j0; j < j1; ++j) {
         const int8_t* wq = w.q + size_t(j) * w.k;
+        const int8_t* ahead = j + PREFETCH_ROWS < w.n ? wq + PREFETCH_ROWS * size_t(w.k) : wq;  // within the weight
         const uint16_t* ws = w.scales + size_t(j) * nb;
         __m256 acc[MT];
         for (int r = 0; r < MT; ++r) acc[r] = _mm256_setzero_ps();
         for (int b = 0; b < nb; ++b) {
-            _mm_prefetch((const char*)(wq + PREFETCH_ROWS * size_t(w.k) + b * QK), _MM_HINT_T0);
+            _mm_prefetch((const char*)(ahead + b * QK), _MM_HINT_T0);
             __m256i v = _mm256_loadu_si256((const __m256i*)(wq + b * QK));
             __m256i av = _mm256_sign_epi8(v, v);  // |w| as u8; the sign moves onto x
             float s = h2f(ws[b]);

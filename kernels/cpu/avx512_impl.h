@@ -62,12 +62,13 @@ void q4_tile(const Q4Weight& w, const ActQ8& x, int i0, const float* X, float* y
     for (int r = 0; r < MT; ++r) xq[r] = x.q + size_t(i0 + r) * w.k, xd[r] = x.d + size_t(i0 + r) * nb;
     for (int j = j0; j < j1; ++j) {
         const uint8_t* wq = w.q + size_t(j) * row_bytes;
+        const uint8_t* ahead = j + PREFETCH_ROWS < w.n ? wq + PREFETCH_ROWS * row_bytes : wq;  // within the weight
         const uint16_t* ws = w.scales + size_t(j) * ng;
         __m512 acc[MT];
         for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
         int b = 0;
         for (; b + 2 <= nb; b += 2) {
-            _mm_prefetch((const char*)(wq + PREFETCH_ROWS * row_bytes + b * 16), _MM_HINT_T0);
+            _mm_prefetch((const char*)(ahead + b * 16), _MM_HINT_T0);
             __m256i v = _mm256_loadu_si256((const __m256i*)(wq + b * 16));
             __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // blocks b, b + 1 in order
@@ -188,12 +189,13 @@ void q8_tile(const Q8Weight& w, const ActQ8& x, int i0, float* y, int ldy, int j
     const int nb = w.k / QK;
     for (int j = j0; j < j1; ++j) {
         const int8_t* wq = w.q + size_t(j) * w.k;
+        const int8_t* ahead = j + PREFETCH_ROWS < w.n ? wq + PREFETCH_ROWS * size_t(w.k) : wq;  // within the weight
         const uint16_t* ws = w.scales + size_t(j) * nb;
         __m512 acc[MT];
         for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
         int b = 0;
         for (; b + 2 <= nb; b += 2) {
-            _mm_prefetch((const char*)(wq + PREFETCH_ROWS * size_t(w.k) + b * QK), _MM_HINT_T0);
+            _mm_prefetch((const char*)(ahead + b * QK), _MM_HINT_T0);
             __m512i v = _mm512_loadu_si512(wq + b * QK);
             __m512i av = _mm512_abs_epi8(v);
             __mmask64 neg = _mm512_movepi8_mask(v);
