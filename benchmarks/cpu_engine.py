@@ -60,6 +60,14 @@ class Plan:
     torch_repeat: int
     long_context: int = 0  # also decode after a prompt this long (llama.cpp and ours), when set
 
+    def decode_prompts(self) -> dict[str, int]:
+        """The decode measurements and the prompt length each starts after."""
+        return {"decode": SHORT_PROMPT, **({"decode_long": self.long_context} if self.long_context else {})}
+
+    def positions(self) -> int:
+        """The cache positions a run of this plan needs (llama.cpp's n_ctx, our max_seq)."""
+        return max(*self.prompt_lens, *(p + self.gen_len for p in self.decode_prompts().values())) + 8
+
 
 PLANS = {  # SmolLM2 as the issue asks; the larger shapes within a few minutes each on 2 cores
     "smollm2": Plan(prompt_lens=[128, 512, 2048], gen_len=128, repeat=3, torch_repeat=2, long_context=512),
@@ -92,17 +100,23 @@ def decode_seconds(runner: Runner, prompt: list[int], n: int) -> float:
     return time.perf_counter() - t
 
 
+def prefill_summary(tokens: int, runs: list[float]) -> dict:
+    return {"tokens": tokens, "tok_s": round(statistics.median(runs), 1), "runs_tok_s": [round(r, 1) for r in runs]}
+
+
+def decode_summary(prompt: int, n: int, runs: list[float]) -> dict:
+    return {"tokens": n, "context": f"{prompt}..{prompt + n}", "tok_s": round(statistics.median(runs), 2),
+            "runs_tok_s": [round(r, 2) for r in runs]}
+
+
 def prefill_result(runner: Runner, ids: list[int], repeat: int) -> dict:
     runner.prefill(ids)  # warm-up
-    runs = [len(ids) / timed(lambda: runner.prefill(ids)) for _ in range(repeat)]
-    return {"tokens": len(ids), "tok_s": round(statistics.median(runs), 1), "runs_tok_s": [round(r, 1) for r in runs]}
+    return prefill_summary(len(ids), [len(ids) / timed(lambda: runner.prefill(ids)) for _ in range(repeat)])
 
 
 def decode_result(runner: Runner, prompt: list[int], n: int, repeat: int) -> dict:
     decode_seconds(runner, prompt, 8)  # warm-up
-    runs = [n / decode_seconds(runner, prompt, n) for _ in range(repeat)]
-    return {"tokens": n, "context": f"{len(prompt)}..{len(prompt) + n}", "tok_s": round(statistics.median(runs), 2),
-            "runs_tok_s": [round(r, 2) for r in runs]}
+    return decode_summary(len(prompt), n, [n / decode_seconds(runner, prompt, n) for _ in range(repeat)])
 
 
 def measure(runner: Runner, ids: list[int], plan: Plan, repeat: int) -> dict:
@@ -113,8 +127,9 @@ def measure(runner: Runner, ids: list[int], plan: Plan, repeat: int) -> dict:
 def measure_round_robin(runners: dict[str, Runner], ids: list[int], plan: Plan) -> dict[str, dict]:
     """measure() for several runtimes, taking turns each repeat, so a drift in the machine's speed
     (a shared 2-core VM drifts by 20 % over minutes) falls on all of them alike."""
+    prompts, n = plan.decode_prompts(), plan.gen_len
     prefill = {name: {p: [] for p in plan.prompt_lens} for name in runners}
-    decode, decode_long = {name: [] for name in runners}, {name: [] for name in runners}
+    decode = {name: {key: [] for key in prompts} for name in runners}
     for runner in runners.values():  # warm-up
         runner.prefill(ids[: max(plan.prompt_lens)])
         decode_seconds(runner, ids[:SHORT_PROMPT], 8)
@@ -122,23 +137,10 @@ def measure_round_robin(runners: dict[str, Runner], ids: list[int], plan: Plan) 
         for name, runner in runners.items():
             for p in plan.prompt_lens:
                 prefill[name][p].append(p / timed(lambda: runner.prefill(ids[:p])))
-            decode[name].append(plan.gen_len / decode_seconds(runner, ids[:SHORT_PROMPT], plan.gen_len))
-            if plan.long_context:
-                decode_long[name].append(plan.gen_len / decode_seconds(runner, ids[: plan.long_context], plan.gen_len))
-    out = {}
-    for name in runners:
-        out[name] = {
-            "prefill": {str(p): {"tokens": p, "tok_s": round(statistics.median(r), 1), "runs_tok_s": [round(x, 1) for x in r]}
-                        for p, r in prefill[name].items()},
-            "decode": {"tokens": plan.gen_len, "context": f"{SHORT_PROMPT}..{SHORT_PROMPT + plan.gen_len}",
-                       "tok_s": round(statistics.median(decode[name]), 2), "runs_tok_s": [round(x, 2) for x in decode[name]]},
-        }
-        if plan.long_context:
-            c = plan.long_context
-            out[name]["decode_long"] = {"tokens": plan.gen_len, "context": f"{c}..{c + plan.gen_len}",
-                                        "tok_s": round(statistics.median(decode_long[name]), 2),
-                                        "runs_tok_s": [round(x, 2) for x in decode_long[name]]}
-    return out
+            for key, prompt in prompts.items():
+                decode[name][key].append(n / decode_seconds(runner, ids[:prompt], n))
+    return {name: {"prefill": {str(p): prefill_summary(p, r) for p, r in prefill[name].items()},
+                   **{key: decode_summary(prompts[key], n, r) for key, r in decode[name].items()}} for name in runners}
 
 
 # ---- the runtimes --------------------------------------------------------------------------------
@@ -303,7 +305,7 @@ def bench_smollm2(args, plan: Plan, ids: list[int], engines: list[CpuEngine], re
     """llama.cpp's three 4-bit files and our two engines, taking turns."""
     family, q4_1 = "SmolLM2-135M-Instruct", smollm2_gguf()
     ggufs = {"Q4_1": q4_1, **llama_cpp_files("smollm2-135m", q4_1, args.threads)}
-    runners = llama_cpp_runners(ggufs, args.threads, max(plan.prompt_lens) + 64)
+    runners = llama_cpp_runners(ggufs, args.threads, plan.positions())
     ours = {f"AWQ int4 g{e.manifest['llm']['group_size']}": e for e in engines}
     runners |= {name: our_runner(e) for name, e in ours.items()}
     measured = measure_round_robin(runners, ids, plan)
@@ -327,9 +329,8 @@ def bench_shape(args, plan: Plan, slug: str, results: dict) -> None:
     family = f"{name} shape"
     ggufs = llama_cpp_files(slug, spec, args.threads)
     path = random_llm_file(slug, spec)
-    n_ctx = max(plan.prompt_lens) + 64
-    runners = {**llama_cpp_runners(ggufs, args.threads, n_ctx),
-               "ours": our_runner(open_llm(path, spec, max_seq=n_ctx, threads=args.threads))}
+    runners = {**llama_cpp_runners(ggufs, args.threads, plan.positions()),
+               "ours": our_runner(open_llm(path, spec, max_seq=plan.positions(), threads=args.threads))}
     measured = measure_round_robin(runners, shape_ids(spec, max(plan.prompt_lens)), plan)
     context = SHORT_PROMPT + plan.gen_len / 2
     for kind, gguf in ggufs.items():

@@ -5,7 +5,7 @@ today's defaults, built into a cpu engine by each checkout's own build-engine (b
 --before-rev, its extension built in place), then `vila-edge bench ENGINE --images 1` by each checkout's own CLI, the
 two taking turns. TTFT, vision ms and prefill tok/s as bench reports them (medians of its repeats).
 
-    .venv/bin/python benchmarks/ttft_demo.py [--before /work/before]   # -> benchmarks/results/ttft_demo.json
+    .venv/bin/python benchmarks/ttft_demo.py [--before DIR]   # -> benchmarks/results/ttft_demo.json
 """
 
 import argparse
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ttft_vila3b import BEFORE_REV, REPO, before_worktree  # noqa: E402
+from ttft_vila3b import BEFORE_DIR, BEFORE_REV, REPO, before_worktree  # noqa: E402
 
 HERE = Path(__file__).parent
 WORK = Path("demo/bench-cpu/ttft-demo")
@@ -53,7 +53,7 @@ def cli(checkout: Path | None, *args: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--before", default="/work/before")
+    p.add_argument("--before", default=BEFORE_DIR, help="a worktree of --before-rev (made if missing)")
     p.add_argument("--before-rev", default=BEFORE_REV)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)

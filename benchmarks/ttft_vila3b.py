@@ -15,7 +15,7 @@ The vision runners take turns in this process; the prefills run in child process
 The so400m-shape checkpoint's projector maps to the demo LLM's 576, so the 2560-wide projector's extra time (PyTorch
 fp32, both projectors timed here, as ONNX Runtime runs it in fp32 in both paths) is added to both.
 
-    .venv/bin/python benchmarks/ttft_vila3b.py [--before /work/before]   # -> benchmarks/results/ttft_vila3b.json
+    .venv/bin/python benchmarks/ttft_vila3b.py [--before DIR]   # -> benchmarks/results/ttft_vila3b.json
         # --before: a worktree of --before-rev with its extension built (made here if missing, a few minutes)
 """
 
@@ -36,6 +36,7 @@ from shapes import SHEARED_2_7B, random_llm_file  # noqa: E402
 HERE = Path(__file__).parent
 REPO = HERE.parent
 BEFORE_REV = "808c04a"  # the last commit before issue 21's first (prefix reuse, e09ebdd)
+BEFORE_DIR = f"demo/bench-cpu/before-{BEFORE_REV}"  # its worktree, made where missing
 IMAGE_TOKENS = 196  # 729 patches, 2x2 downsampled (27 -> 14 per side)
 TEXT_TOKENS = 40  # vicuna_v1's system line, "USER: <image>\n", a short question, "ASSISTANT:"
 SO400M_HIDDEN = 1152
@@ -70,7 +71,7 @@ def before_worktree(folder: Path, rev: str) -> Path:
     export = folder / "vila_edge" / "export"  # installed as vila_edge.export (setup.py's package_dir): linked here
     if not export.exists():
         export.symlink_to("../export")
-    return folder
+    return folder.resolve()  # the children run with other working folders
 
 
 def prefills(before: Path, threads: int, rounds: int, repeat: int) -> dict[str, list[float]]:
@@ -117,7 +118,7 @@ def vision(repeat: int, threads: int) -> tuple[dict, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--before", default="/work/before", help="a worktree of --before-rev (made if missing)")
+    p.add_argument("--before", default=BEFORE_DIR, help="a worktree of --before-rev (made if missing)")
     p.add_argument("--before-rev", default=BEFORE_REV)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2, help="child processes per checkout, taking turns")
